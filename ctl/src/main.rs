@@ -1,0 +1,137 @@
+//! `fastpathctl`: a view into a running fastpath through its control socket.
+//! Every command prints a readable table by default and JSON with `--json`.
+#![forbid(unsafe_code)]
+
+mod render;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use fastpath_api::{Client, LcoreInfo, PortInfo, Request, Stats};
+use std::time::{Duration, Instant};
+
+/// Inspect and control a running fastpath.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Control socket of the fastpath.
+    #[arg(long, global = true, default_value = fastpath_api::DEFAULT_SOCKET, env = "FASTPATH_SOCKET")]
+    socket: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Is the fastpath alive? Prints pid, uptime and pipeline.
+    Ping,
+    /// Ports: driver, link, queues, MTU and counters.
+    Ports {
+        /// Also print each port's DPDK extended statistics.
+        #[arg(long)]
+        xstats: bool,
+    },
+    /// Counters of ports and lcores, and drops by reason.
+    Stats {
+        /// Refresh every INTERVAL seconds and show rates per second.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Per-lcore busy percentage and busy cycles per packet.
+    Lcores,
+    /// Reset the software counters.
+    ClearStats,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli) {
+        eprintln!("fastpathctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let mut client = Client::connect(&cli.socket)?;
+    match &cli.cmd {
+        Cmd::Ping => {
+            let v = client.call(&Request::Ping)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let p: fastpath_api::Pong = serde_json::from_value(v)?;
+                println!(
+                    "fastpath pid {} up {:.1}s, pipeline {}",
+                    p.pid, p.uptime_secs, p.pipeline
+                );
+            }
+        }
+        Cmd::Ports { xstats } => {
+            let v = client.call(&Request::Ports)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let ports: Vec<PortInfo> = serde_json::from_value(v)?;
+                print!("{}", render::ports(&ports, *xstats));
+            }
+        }
+        Cmd::Stats { watch: None, .. } => {
+            let v = client.call(&Request::Stats)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let s: Stats = serde_json::from_value(v)?;
+                print!("{}", render::stats(&s));
+            }
+        }
+        Cmd::Stats {
+            watch: Some(interval),
+            count,
+        } => {
+            let interval = Duration::from_secs_f64(interval.max(0.1));
+            let mut prev: Stats = client.call_as(&Request::Stats)?;
+            let mut prev_t = Instant::now();
+            let mut n = 0u64;
+            loop {
+                std::thread::sleep(interval);
+                let cur: Stats = client.call_as(&Request::Stats)?;
+                let now = Instant::now();
+                let rates = render::rates(&prev, &cur, now.duration_since(prev_t).as_secs_f64());
+                if cli.json {
+                    println!("{}", serde_json::to_string(&rates)?);
+                } else {
+                    print!("{}", render::rates_table(&rates));
+                }
+                prev = cur;
+                prev_t = now;
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+            }
+        }
+        Cmd::Lcores => {
+            let v = client.call(&Request::Lcores)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let l: Vec<LcoreInfo> = serde_json::from_value(v)?;
+                print!("{}", render::lcores(&l));
+            }
+        }
+        Cmd::ClearStats => {
+            let v = client.call(&Request::ClearStats)?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("counters cleared");
+            }
+        }
+    }
+    Ok(())
+}

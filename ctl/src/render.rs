@@ -1,0 +1,352 @@
+//! Text tables for the commands' default output.
+
+use fastpath_api::{LcoreInfo, PortInfo, Stats};
+use serde::Serialize;
+use std::fmt::Write;
+
+/// Formats rows as an aligned table with a header line.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < width.len() {
+                width[i] = width[i].max(c.len());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, c) in cells.enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            // Left-align the first column, right-align the numbers.
+            if i == 0 {
+                let _ = write!(s, "{:<w$}", c, w = width[i]);
+            } else {
+                let _ = write!(s, "{:>w$}", c, w = width[i]);
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &mut header.iter().copied());
+    for r in rows {
+        line(&mut out, &mut r.iter().map(|s| s.as_str()));
+    }
+    out
+}
+
+/// `ports`.
+pub fn ports(ports: &[PortInfo], xstats: bool) -> String {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.port_id.to_string(),
+                p.driver.clone(),
+                if p.link_up {
+                    "up".into()
+                } else {
+                    "down".into()
+                },
+                p.mac.clone(),
+                p.mtu.to_string(),
+                format!("{}/{}", p.rx_queues, p.tx_queues),
+                p.counters.rx_packets.to_string(),
+                p.counters.tx_packets.to_string(),
+                p.counters.tx_dropped.to_string(),
+                p.counters.rx_missed.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "PORT", "ID", "DRIVER", "LINK", "MAC", "MTU", "RXQ/TXQ", "RX-PKTS", "TX-PKTS",
+            "TX-DROP", "RX-MISS",
+        ],
+        &rows,
+    );
+    if xstats {
+        for p in ports {
+            let _ = writeln!(out, "\n{} xstats:", p.name);
+            for (k, v) in &p.xstats {
+                let _ = writeln!(out, "  {k:<40} {v}");
+            }
+        }
+    }
+    out
+}
+
+/// `lcores`.
+pub fn lcores(l: &[LcoreInfo]) -> String {
+    let rows: Vec<Vec<String>> = l
+        .iter()
+        .map(|c| {
+            vec![
+                c.lcore_id.to_string(),
+                c.queues.join(","),
+                c.packets.to_string(),
+                format!("{:.1}", c.busy_percent),
+                format!("{:.1}", c.cycles_per_packet),
+                c.busy_cycles.to_string(),
+                c.idle_cycles.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "LCORE",
+            "RX-QUEUES",
+            "PACKETS",
+            "BUSY%",
+            "CYCLES/PKT",
+            "BUSY-CYCLES",
+            "IDLE-CYCLES",
+        ],
+        &rows,
+    )
+}
+
+/// `stats`.
+pub fn stats(s: &Stats) -> String {
+    let rows: Vec<Vec<String>> = s
+        .ports
+        .iter()
+        .map(|(n, c)| {
+            vec![
+                n.clone(),
+                c.rx_packets.to_string(),
+                c.rx_bytes.to_string(),
+                c.tx_packets.to_string(),
+                c.tx_bytes.to_string(),
+                c.tx_dropped.to_string(),
+                c.rx_missed.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "uptime {:.1}s, TSC {} MHz\n\n",
+        s.uptime_secs,
+        s.tsc_hz / 1_000_000
+    );
+    out += &table(
+        &[
+            "PORT", "RX-PKTS", "RX-BYTES", "TX-PKTS", "TX-BYTES", "TX-DROP", "RX-MISS",
+        ],
+        &rows,
+    );
+    out.push('\n');
+    out += &lcores(&s.lcores);
+    out.push('\n');
+    if s.drops.is_empty() {
+        out += "drops: none\n";
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .drops
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        out += &table(&["DROP-REASON", "PACKETS"], &rows);
+    }
+    out
+}
+
+/// Rates between two `stats` answers.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Rates {
+    /// Seconds between the samples.
+    pub interval_secs: f64,
+    /// Per port: name, rx pps, rx bit/s, tx pps, tx bit/s, tx drops/s.
+    pub ports: Vec<PortRate>,
+    /// Per lcore: id, busy %, cycles per packet over the interval.
+    pub lcores: Vec<LcoreRate>,
+}
+
+/// Rates of one port.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PortRate {
+    /// Port name.
+    pub name: String,
+    /// Received packets per second.
+    pub rx_pps: f64,
+    /// Received bits per second.
+    pub rx_bps: f64,
+    /// Transmitted packets per second.
+    pub tx_pps: f64,
+    /// Transmitted bits per second.
+    pub tx_bps: f64,
+    /// Transmit drops per second.
+    pub tx_drop_pps: f64,
+}
+
+/// Load of one lcore over the interval.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct LcoreRate {
+    /// Lcore id.
+    pub lcore_id: u32,
+    /// Packets per second.
+    pub pps: f64,
+    /// Busy percentage.
+    pub busy_percent: f64,
+    /// Busy cycles per packet.
+    pub cycles_per_packet: f64,
+}
+
+/// Computes per-second rates from two samples `dt` seconds apart.
+pub fn rates(prev: &Stats, cur: &Stats, dt: f64) -> Rates {
+    let dt = if dt <= 0.0 { 1.0 } else { dt };
+    let ports = cur
+        .ports
+        .iter()
+        .map(|(n, c)| {
+            let p = prev.ports.get(n).cloned().unwrap_or_default();
+            PortRate {
+                name: n.clone(),
+                rx_pps: c.rx_packets.saturating_sub(p.rx_packets) as f64 / dt,
+                rx_bps: 8.0 * c.rx_bytes.saturating_sub(p.rx_bytes) as f64 / dt,
+                tx_pps: c.tx_packets.saturating_sub(p.tx_packets) as f64 / dt,
+                tx_bps: 8.0 * c.tx_bytes.saturating_sub(p.tx_bytes) as f64 / dt,
+                tx_drop_pps: c.tx_dropped.saturating_sub(p.tx_dropped) as f64 / dt,
+            }
+        })
+        .collect();
+    let lcores = cur
+        .lcores
+        .iter()
+        .map(|c| {
+            let p = prev
+                .lcores
+                .iter()
+                .find(|p| p.lcore_id == c.lcore_id)
+                .cloned()
+                .unwrap_or_default();
+            let pk = c.packets.saturating_sub(p.packets);
+            let busy = c.busy_cycles.saturating_sub(p.busy_cycles);
+            let idle = c.idle_cycles.saturating_sub(p.idle_cycles);
+            LcoreRate {
+                lcore_id: c.lcore_id,
+                pps: pk as f64 / dt,
+                busy_percent: if busy + idle == 0 {
+                    0.0
+                } else {
+                    100.0 * busy as f64 / (busy + idle) as f64
+                },
+                cycles_per_packet: if pk == 0 {
+                    0.0
+                } else {
+                    busy as f64 / pk as f64
+                },
+            }
+        })
+        .collect();
+    Rates {
+        interval_secs: dt,
+        ports,
+        lcores,
+    }
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// `stats --watch` output for one interval.
+pub fn rates_table(r: &Rates) -> String {
+    let rows: Vec<Vec<String>> = r
+        .ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                human(p.rx_pps),
+                format!("{}b", human(p.rx_bps)),
+                human(p.tx_pps),
+                format!("{}b", human(p.tx_bps)),
+                human(p.tx_drop_pps),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["PORT", "RX-PPS", "RX-BPS", "TX-PPS", "TX-BPS", "DROP/S"],
+        &rows,
+    );
+    let rows: Vec<Vec<String>> = r
+        .lcores
+        .iter()
+        .map(|l| {
+            vec![
+                l.lcore_id.to_string(),
+                human(l.pps),
+                format!("{:.1}", l.busy_percent),
+                format!("{:.1}", l.cycles_per_packet),
+            ]
+        })
+        .collect();
+    out += &table(&["LCORE", "PPS", "BUSY%", "CYCLES/PKT"], &rows);
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastpath_api::PortCounters;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["long-name".into(), "1".into()],
+                vec!["x".into(), "12345".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "A             BB");
+        assert_eq!(lines[1], "long-name      1");
+        assert_eq!(lines[2], "x          12345");
+    }
+
+    #[test]
+    fn rates_are_per_second() {
+        let mut a = Stats::default();
+        a.ports.insert(
+            "p".into(),
+            PortCounters {
+                rx_packets: 100,
+                rx_bytes: 6400,
+                ..Default::default()
+            },
+        );
+        a.lcores.push(LcoreInfo {
+            lcore_id: 1,
+            packets: 100,
+            busy_cycles: 1000,
+            idle_cycles: 1000,
+            ..Default::default()
+        });
+        let mut b = a.clone();
+        b.ports.get_mut("p").unwrap().rx_packets = 300;
+        b.ports.get_mut("p").unwrap().rx_bytes = 6400 + 12800;
+        b.lcores[0].packets = 300;
+        b.lcores[0].busy_cycles = 1000 + 20000;
+        b.lcores[0].idle_cycles = 1000 + 20000;
+        let r = rates(&a, &b, 2.0);
+        assert_eq!(r.ports[0].rx_pps, 100.0);
+        assert_eq!(r.ports[0].rx_bps, 8.0 * 6400.0);
+        assert_eq!(r.lcores[0].cycles_per_packet, 100.0);
+        assert_eq!(r.lcores[0].busy_percent, 50.0);
+        assert!(rates_table(&r).contains("100"));
+    }
+}

@@ -1,0 +1,308 @@
+//! The control-socket protocol of the fastpath: request and response types
+//! shared by the daemon (which serves them off the worker lcores) and by
+//! `fastpathctl`.
+//!
+//! Wire format: one JSON object per line in each direction. A request is
+//! `{"cmd": "<name>", ...arguments}`; the answer is `{"ok": true, "result": ...}`
+//! or `{"ok": false, "error": "<readable message>"}`. This crate owns only the
+//! shapes; it never touches DPDK or the sockets themselves.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Default path of the control socket.
+pub const DEFAULT_SOCKET: &str = "/run/fastpath/control.sock";
+
+/// A request sent to the fastpath.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Liveness check; answered with [`Pong`].
+    Ping,
+    /// The ports and their link state and counters.
+    Ports,
+    /// Counters of every port and lcore, and drops by reason.
+    Stats,
+    /// Per-lcore busy/idle cycles and cycles per packet.
+    Lcores,
+    /// Reset the software counters (ports and lcores).
+    ClearStats,
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The result when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// A readable error when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// A successful response carrying `value`.
+    pub fn ok<T: Serialize>(value: &T) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => Response {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Response::error(format!("cannot encode result: {e}")),
+        }
+    }
+    /// A failed response.
+    pub fn error(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(msg.into()),
+        }
+    }
+}
+
+/// Answer to [`Request::Ping`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Process id of the fastpath.
+    pub pid: u32,
+    /// Seconds since the fastpath started.
+    pub uptime_secs: f64,
+    /// Name of the pipeline the workers run (for instance `xconnect`).
+    pub pipeline: String,
+}
+
+/// One port as the fastpath sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// DPDK port id.
+    pub port_id: u16,
+    /// Configured name.
+    pub name: String,
+    /// DPDK devargs the port was created from (PCI address or vdev string).
+    pub devargs: String,
+    /// Driver name reported by DPDK (for instance `net_vhost`).
+    pub driver: String,
+    /// MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Link up.
+    pub link_up: bool,
+    /// Link speed in Mbit/s (0 when unknown).
+    pub link_speed_mbps: u32,
+    /// Number of rx queues.
+    pub rx_queues: u16,
+    /// Number of tx queues.
+    pub tx_queues: u16,
+    /// MTU.
+    pub mtu: u16,
+    /// Counters as seen by the fastpath software.
+    pub counters: PortCounters,
+    /// DPDK extended statistics (`rte_eth_xstats_get`), name to value.
+    #[serde(default)]
+    pub xstats: BTreeMap<String, u64>,
+}
+
+/// Software counters of a port, summed over lcores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortCounters {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets transmitted.
+    pub tx_packets: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Packets the device could not take on transmit (dropped).
+    pub tx_dropped: u64,
+    /// Packets the device dropped on receive (`imissed` + `rx_nombuf`).
+    pub rx_missed: u64,
+}
+
+/// One lcore's work counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LcoreInfo {
+    /// DPDK lcore id.
+    pub lcore_id: u32,
+    /// The rx queues it polls, as `port:queue`.
+    pub queues: Vec<String>,
+    /// Packets processed.
+    pub packets: u64,
+    /// TSC cycles spent in iterations that received at least one packet.
+    pub busy_cycles: u64,
+    /// TSC cycles spent in iterations that received nothing (including sleep).
+    pub idle_cycles: u64,
+    /// Number of poll iterations.
+    pub iterations: u64,
+    /// `busy_cycles / packets` (0 when no packet).
+    pub cycles_per_packet: f64,
+    /// `busy / (busy + idle)` in percent.
+    pub busy_percent: f64,
+    /// Table generation the lcore currently forwards with (0 when none).
+    #[serde(default)]
+    pub table_generation: u64,
+}
+
+/// Answer to [`Request::Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// TSC frequency in Hz, to turn cycles into time.
+    pub tsc_hz: u64,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// Per-port counters, by port name.
+    pub ports: BTreeMap<String, PortCounters>,
+    /// Per-lcore counters.
+    pub lcores: Vec<LcoreInfo>,
+    /// Drops by named reason, summed over lcores (only non-zero reasons).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Errors of a control-socket client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket does not exist or nobody listens on it.
+    #[error("fastpath is not running (no control socket at {path}): start it with `fastpath --config FILE`, or point to its socket with --socket")]
+    NotRunning {
+        /// The socket path tried.
+        path: String,
+    },
+    /// Reading or writing the socket failed.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer was not valid protocol JSON.
+    #[error("bad answer from fastpath: {0}")]
+    Protocol(String),
+    /// The fastpath refused the request.
+    #[error("fastpath refused the request: {0}")]
+    Refused(String),
+}
+
+/// A blocking client: one request, one answer, over a Unix socket.
+pub struct Client {
+    path: String,
+    stream: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Client {
+    /// Connects to the fastpath's control socket.
+    pub fn connect(path: &str) -> Result<Self, ClientError> {
+        use std::io::ErrorKind;
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => {
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                Ok(Client {
+                    path: path.to_string(),
+                    stream: std::io::BufReader::new(s),
+                })
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                Err(ClientError::NotRunning {
+                    path: path.to_string(),
+                })
+            }
+            Err(e) => Err(ClientError::Io {
+                path: path.to_string(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Sends `req` and returns the `result` value of a successful answer.
+    pub fn call(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        use std::io::{BufRead, Write};
+        let io = |e| ClientError::Io {
+            path: self.path.clone(),
+            source: e,
+        };
+        let mut line =
+            serde_json::to_string(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push('\n');
+        self.stream
+            .get_mut()
+            .write_all(line.as_bytes())
+            .map_err(io)?;
+        let mut answer = String::new();
+        let n = self
+            .stream
+            .read_line(&mut answer)
+            .map_err(|e| ClientError::Io {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        if n == 0 {
+            return Err(ClientError::Protocol(
+                "connection closed before an answer".into(),
+            ));
+        }
+        let resp: Response =
+            serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if resp.ok {
+            Ok(resp.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(ClientError::Refused(
+                resp.error.unwrap_or_else(|| "no reason given".into()),
+            ))
+        }
+    }
+
+    /// Sends `req` and decodes the result as `T`.
+    pub fn call_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+        req: &Request,
+    ) -> Result<T, ClientError> {
+        let v = self.call(req)?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_shape() {
+        assert_eq!(
+            serde_json::to_string(&Request::ClearStats).unwrap(),
+            r#"{"cmd":"clear-stats"}"#
+        );
+        let r: Request = serde_json::from_str(r#"{"cmd":"ports"}"#).unwrap();
+        assert_eq!(r, Request::Ports);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn response_roundtrip() {
+        let p = Pong {
+            pid: 7,
+            uptime_secs: 1.5,
+            pipeline: "xconnect".into(),
+        };
+        let line = serde_json::to_string(&Response::ok(&p)).unwrap();
+        let back: Response = serde_json::from_str(&line).unwrap();
+        assert!(back.ok);
+        let p2: Pong = serde_json::from_value(back.result.unwrap()).unwrap();
+        assert_eq!(p, p2);
+        let e = serde_json::to_string(&Response::error("bad")).unwrap();
+        assert_eq!(e, r#"{"ok":false,"error":"bad"}"#);
+    }
+
+    #[test]
+    fn client_reports_not_running() {
+        let err = Client::connect("/nonexistent/dir/control.sock")
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::NotRunning { .. }));
+        assert!(err.to_string().contains("fastpath is not running"));
+    }
+}

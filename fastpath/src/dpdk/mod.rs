@@ -1,0 +1,52 @@
+//! Safe layer over DPDK: the EAL, mempools, owned mbufs, burst arrays and
+//! ethdev ports. This module (with `dpdk-sys`) is where the fastpath's
+//! `unsafe` lives; everything above it is safe Rust. It owns no forwarding
+//! logic: pipelines and the worker loop sit on top of it.
+#![allow(unsafe_code)]
+
+mod eal;
+mod ethdev;
+mod mbuf;
+mod mempool;
+
+pub use eal::{launch_on_lcore, main_lcore, tsc_hz, wait_lcore, Eal, EalError};
+pub use ethdev::{EthPort, LinkStatus, PortConfig, PortError, PortStats};
+pub use mbuf::{Mbuf, RxBurst, TxBuffer, TxResult, BURST_SIZE};
+pub use mempool::{Mempool, MempoolConfig};
+
+use std::ffi::CStr;
+
+/// The time-stamp counter (`rte_rdtsc`).
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: reads the CPU's time-stamp counter; no memory is touched.
+    unsafe { dpdk_sys::fp_rdtsc() }
+}
+
+/// The calling thread's DPDK lcore id (`u32::MAX` for a non-EAL thread).
+pub fn lcore_id() -> u32 {
+    // SAFETY: reads a thread-local set by EAL; valid on any thread.
+    unsafe { dpdk_sys::fp_lcore_id() }
+}
+
+/// The last DPDK error of this thread (`rte_errno`) as readable text.
+pub(crate) fn last_error() -> String {
+    // SAFETY: rte_errno is a per-thread variable; reading it is always valid.
+    let errno = unsafe { dpdk_sys::fp_errno() };
+    strerror(errno)
+}
+
+/// DPDK's text for an error number (positive or negative).
+pub(crate) fn strerror(errnum: i32) -> String {
+    let e = errnum.abs();
+    // SAFETY: rte_strerror returns a pointer to a static or per-thread
+    // NUL-terminated buffer that stays valid until the next call on this thread;
+    // we copy it out at once.
+    unsafe {
+        let p = dpdk_sys::rte_strerror(e);
+        if p.is_null() {
+            return format!("error {e}");
+        }
+        format!("{} ({e})", CStr::from_ptr(p).to_string_lossy())
+    }
+}

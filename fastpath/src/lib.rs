@@ -1,0 +1,14 @@
+//! The fastpath: a poll-mode DPDK data plane. `dpdk` is the safe layer over
+//! DPDK (the only module with `unsafe`); `config` reads the daemon's
+//! configuration; `worker` is the run-to-completion loop of each lcore;
+//! `pipeline` decides where packets go; `stats` holds the counters;
+//! `control` serves the control socket off the worker lcores; `daemon`
+//! starts and stops it all.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dpdk;
+pub mod pipeline;
+pub mod stats;
+pub mod worker;

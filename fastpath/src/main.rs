@@ -1,0 +1,137 @@
+//! The fastpath daemon's command line.
+#![forbid(unsafe_code)]
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fastpath::config::{Config, PortSection, WorkerSection};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Poll-mode DPDK data plane. Options given here override the config file.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (see fastpath.example.toml).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// EAL lcore list (EAL -l).
+    #[arg(long)]
+    lcores: Option<String>,
+    /// Add a port: NAME=DEVARGS (repeatable).
+    #[arg(long = "port", value_name = "NAME=DEVARGS")]
+    ports: Vec<String>,
+    /// Add a worker: LCORE=PORT[:QUEUE],... (repeatable).
+    #[arg(long = "worker", value_name = "LCORE=RXQ,...")]
+    workers: Vec<String>,
+    /// Add an xconnect pair: A,B (repeatable).
+    #[arg(long = "xconnect", value_name = "A,B")]
+    xconnect: Vec<String>,
+    /// Mbufs in the packet pool.
+    #[arg(long)]
+    mbufs: Option<u32>,
+    /// Data room per mbuf in bytes.
+    #[arg(long)]
+    data_room: Option<u16>,
+    /// Sleep when all queues are empty (for tests, labs, small machines).
+    #[arg(long)]
+    idle_backoff: bool,
+    /// Control socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// EAL --file-prefix.
+    #[arg(long)]
+    file_prefix: Option<String>,
+    /// EAL --in-memory.
+    #[arg(long)]
+    in_memory: bool,
+    /// EAL --no-pci.
+    #[arg(long)]
+    no_pci: bool,
+    /// Extra EAL argument, verbatim (repeatable).
+    #[arg(long = "eal-arg", allow_hyphen_values = true)]
+    eal_args: Vec<String>,
+    /// Print the resolved configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
+    if let Some(l) = &cli.lcores {
+        cfg.eal.lcores = l.clone();
+    }
+    for p in &cli.ports {
+        let (name, devargs) = p
+            .split_once('=')
+            .with_context(|| format!("--port {p:?}: expected NAME=DEVARGS"))?;
+        cfg.ports.push(PortSection {
+            name: name.into(),
+            devargs: devargs.into(),
+            rx_queues: 1,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            mtu: None,
+            promiscuous: true,
+        });
+    }
+    for w in &cli.workers {
+        let (lcore, rx) = w
+            .split_once('=')
+            .with_context(|| format!("--worker {w:?}: expected LCORE=PORT[:QUEUE],..."))?;
+        let lcore: u32 = lcore
+            .parse()
+            .with_context(|| format!("--worker {w:?}: {lcore:?} is not an lcore id"))?;
+        cfg.workers.push(WorkerSection {
+            lcore,
+            rx: rx.split(',').map(str::to_string).collect(),
+        });
+    }
+    for x in &cli.xconnect {
+        let (a, b) = x
+            .split_once(',')
+            .with_context(|| format!("--xconnect {x:?}: expected A,B"))?;
+        cfg.pipeline.xconnect.push([a.into(), b.into()]);
+    }
+    if let Some(m) = cli.mbufs {
+        cfg.mempool.mbufs = m;
+    }
+    if let Some(d) = cli.data_room {
+        cfg.mempool.data_room = d;
+    }
+    if cli.idle_backoff {
+        cfg.idle.backoff = true;
+    }
+    if let Some(s) = &cli.socket {
+        cfg.control.socket = s.clone();
+    }
+    if let Some(p) = &cli.file_prefix {
+        cfg.eal.file_prefix = Some(p.clone());
+    }
+    cfg.eal.in_memory |= cli.in_memory;
+    cfg.eal.no_pci |= cli.no_pci;
+    cfg.eal.extra_args.extend(cli.eal_args.iter().cloned());
+    cfg.validate()?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let mut cfg = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::from_toml("", "(defaults)")?,
+    };
+    apply(&cli, &mut cfg)?;
+    if cfg.workers.is_empty() {
+        anyhow::bail!("no [[worker]] configured: say which lcore polls which rx queues (config [[worker]] or --worker LCORE=PORT,...)");
+    }
+    if cli.check_config {
+        println!("{cfg:#?}");
+        println!("EAL arguments: {}", cfg.eal.args().join(" "));
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    fastpath::daemon::run(cfg, stop)
+}

@@ -1,0 +1,262 @@
+//! Counters of the data plane: per lcore, per port and per drop reason.
+//!
+//! Every counter has exactly one writer (the lcore that owns it), so it is
+//! bumped with a relaxed load and store (plain `mov` on x86-64, no locked
+//! instruction); readers on the control thread load it relaxed. Nothing here
+//! allocates or locks after start-up. Clearing is done by readers keeping a
+//! baseline, never by writing into a live counter.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A single-writer counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n` (owner lcore only).
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    /// Sets the value (owner lcore only).
+    #[inline(always)]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+    /// Reads the value (any thread).
+    #[inline(always)]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! drop_reasons {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, )*) => {
+        /// Why the data plane dropped a packet. Declared once: the enum, the
+        /// names and the counter slots all come from this list.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum DropReason {
+            $( $(#[$doc])* $variant, )*
+        }
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[ $( DropReason::$variant, )* ];
+            /// Number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+            /// The reason's name in counters and traces.
+            pub const fn name(self) -> &'static str {
+                match self { $( DropReason::$variant => $name, )* }
+            }
+            /// Counter slot.
+            #[inline(always)]
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// The output device did not take the packet (tx ring full or link down).
+    TxFull = "tx_full",
+    /// The pipeline has no output for the input port.
+    NoOutput = "no_output",
+    /// The frame could not be parsed (the packet layer names the header).
+    Malformed = "malformed",
+}
+
+/// Counters of one port as seen by one lcore.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct PortCounters {
+    /// Packets received.
+    pub rx_packets: Counter,
+    /// Bytes received.
+    pub rx_bytes: Counter,
+    /// Packets transmitted.
+    pub tx_packets: Counter,
+    /// Bytes transmitted.
+    pub tx_bytes: Counter,
+    /// Packets the device refused.
+    pub tx_dropped: Counter,
+}
+
+/// Counters of one worker lcore.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct LcoreStats {
+    /// The lcore id.
+    pub lcore: u32,
+    /// Rx queues it polls, as `port:queue` (fixed at start).
+    pub queues: Vec<String>,
+    /// Packets received and processed.
+    pub packets: Counter,
+    /// TSC cycles of polls that returned packets (rx, processing and tx).
+    pub busy_cycles: Counter,
+    /// TSC cycles of polls that returned nothing, and of idle sleeps.
+    pub idle_cycles: Counter,
+    /// Poll rounds over all of the lcore's queues.
+    pub iterations: Counter,
+    /// Table generation in use (0 when none).
+    pub table_generation: Counter,
+    /// Per-port counters, by port index.
+    pub ports: Box<[PortCounters]>,
+    /// Drops by reason, by [`DropReason::index`].
+    pub drops: Box<[Counter]>,
+    /// Drops of malformed frames by the packet layer's parse error index.
+    pub parse_drops: Box<[Counter]>,
+}
+
+impl LcoreStats {
+    /// Counters for an lcore that may touch `nports` ports.
+    pub fn new(lcore: u32, queues: Vec<String>, nports: usize) -> Self {
+        LcoreStats {
+            lcore,
+            queues,
+            packets: Counter::default(),
+            busy_cycles: Counter::default(),
+            idle_cycles: Counter::default(),
+            iterations: Counter::default(),
+            table_generation: Counter::default(),
+            ports: (0..nports).map(|_| PortCounters::default()).collect(),
+            drops: (0..DropReason::COUNT).map(|_| Counter::default()).collect(),
+            parse_drops: (0..fastpath_packet::ParseError::COUNT)
+                .map(|_| Counter::default())
+                .collect(),
+        }
+    }
+
+    /// Counts `n` drops under `reason`.
+    #[inline(always)]
+    pub fn drop_packets(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].add(n);
+    }
+}
+
+/// A point-in-time copy of one lcore's counters, for reporting.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LcoreSnapshot {
+    /// Packets.
+    pub packets: u64,
+    /// Busy cycles.
+    pub busy_cycles: u64,
+    /// Idle cycles.
+    pub idle_cycles: u64,
+    /// Iterations.
+    pub iterations: u64,
+    /// Per-port `[rx_packets, rx_bytes, tx_packets, tx_bytes, tx_dropped]`.
+    pub ports: Vec<[u64; 5]>,
+    /// Drops by reason name.
+    pub drops: Vec<(&'static str, u64)>,
+}
+
+impl LcoreStats {
+    /// Copies the counters.
+    pub fn snapshot(&self) -> LcoreSnapshot {
+        let mut drops: Vec<(&'static str, u64)> = DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.drops[r.index()].get()))
+            .collect();
+        for e in fastpath_packet::ParseError::ALL.iter() {
+            drops.push((e.name(), self.parse_drops[e.index()].get()));
+        }
+        LcoreSnapshot {
+            packets: self.packets.get(),
+            busy_cycles: self.busy_cycles.get(),
+            idle_cycles: self.idle_cycles.get(),
+            iterations: self.iterations.get(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| {
+                    [
+                        p.rx_packets.get(),
+                        p.rx_bytes.get(),
+                        p.tx_packets.get(),
+                        p.tx_bytes.get(),
+                        p.tx_dropped.get(),
+                    ]
+                })
+                .collect(),
+            drops,
+        }
+    }
+}
+
+impl LcoreSnapshot {
+    /// `self - base`, counter by counter (saturating).
+    pub fn since(&self, base: &LcoreSnapshot) -> LcoreSnapshot {
+        LcoreSnapshot {
+            packets: self.packets.saturating_sub(base.packets),
+            busy_cycles: self.busy_cycles.saturating_sub(base.busy_cycles),
+            idle_cycles: self.idle_cycles.saturating_sub(base.idle_cycles),
+            iterations: self.iterations.saturating_sub(base.iterations),
+            ports: self
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let b = base.ports.get(i).copied().unwrap_or_default();
+                    std::array::from_fn(|k| p[k].saturating_sub(b[k]))
+                })
+                .collect(),
+            drops: self
+                .drops
+                .iter()
+                .map(|(n, v)| {
+                    let b = base
+                        .drops
+                        .iter()
+                        .find(|(bn, _)| bn == n)
+                        .map(|x| x.1)
+                        .unwrap_or(0);
+                    (*n, v.saturating_sub(b))
+                })
+                .collect(),
+        }
+    }
+
+    /// Busy cycles per packet (0 without packets).
+    pub fn cycles_per_packet(&self) -> f64 {
+        if self.packets == 0 {
+            0.0
+        } else {
+            self.busy_cycles as f64 / self.packets as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reason_table_is_consistent() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn snapshot_since_subtracts() {
+        let s = LcoreStats::new(1, vec![], 2);
+        s.packets.add(10);
+        s.busy_cycles.add(1000);
+        s.ports[1].tx_packets.add(3);
+        s.drop_packets(DropReason::TxFull, 2);
+        let base = s.snapshot();
+        s.packets.add(5);
+        s.busy_cycles.add(400);
+        s.ports[1].tx_packets.add(4);
+        s.drop_packets(DropReason::TxFull, 1);
+        let d = s.snapshot().since(&base);
+        assert_eq!(d.packets, 5);
+        assert_eq!(d.ports[1][2], 4);
+        assert_eq!(d.cycles_per_packet(), 80.0);
+        assert_eq!(d.drops.iter().find(|x| x.0 == "tx_full").unwrap().1, 1);
+    }
+}

@@ -1,0 +1,59 @@
+//! A dependency-free SVG bar chart for perf results.
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Horizontal bars, one per `(label, value)`, with the value printed.
+pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
+    let w = 760.0;
+    let left = 230.0;
+    let bar_h = 34.0;
+    let gap = 14.0;
+    let top = 50.0;
+    let h = top + bars.len() as f64 * (bar_h + gap) + 40.0;
+    let max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-9);
+    let span = w - left - 90.0;
+    let colors = ["#2b6cb0", "#9b2c2c", "#2f855a", "#b7791f", "#6b46c1"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"12\" y=\"26\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
+        esc(title)
+    );
+    for (i, (label, v)) in bars.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + gap);
+        let len = (v / max) * span;
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n<rect x=\"{left}\" y=\"{y}\" width=\"{len:.1}\" height=\"{bar_h}\" fill=\"{}\"/>\n<text x=\"{:.1}\" y=\"{}\">{v:.1}</text>\n",
+            left - 8.0,
+            y + bar_h * 0.65,
+            esc(label),
+            colors[i % colors.len()],
+            left + len + 6.0,
+            y + bar_h * 0.65
+        );
+    }
+    s += &format!(
+        "<text x=\"{left}\" y=\"{}\" fill=\"#555\">{}</text>\n</svg>\n",
+        h - 12.0,
+        esc(unit)
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chart_has_a_bar_per_value_and_escapes_labels() {
+        let svg = bar_chart("t", "u", &[("a<b".into(), 10.0), ("c".into(), 5.0)]);
+        assert_eq!(svg.matches("<rect x=").count(), 2);
+        assert!(svg.contains("a&lt;b"));
+        assert!(
+            svg.contains("width=\"440.0\""),
+            "the largest bar spans the plot"
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! Scenario runner: starts the systems under test and the generator pinned
+//! to different cores, collects figures, prints a table, writes JSON and a
+//! plot.
+
+use crate::plot;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fastpath_api::{Client, LcoreInfo, Request};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Known scenarios and what they measure.
+pub const SCENARIOS: &[(&str, &str)] = &[(
+    "xconnect",
+    "fastpath xconnect between two vhost-user ports vs dpdk-testpmd io mode (the floor)",
+)];
+
+/// Arguments of `perf run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Scenario name (see `perf list`).
+    pub scenario: String,
+    /// Seconds of traffic per system.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Frame size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: u16,
+    /// Distinct flows.
+    #[arg(long, default_value_t = 1024)]
+    pub flows: u32,
+    /// Offered rate in packets per second (0 = as fast as the generator can).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Core for the system under test.
+    #[arg(long, default_value_t = 1)]
+    pub dut_core: u32,
+    /// Core for the generator.
+    #[arg(long, default_value_t = 0)]
+    pub gen_core: u32,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG bar chart here (default: next to --json, else perf-<scenario>.svg).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Skip the testpmd floor run.
+    #[arg(long)]
+    pub no_floor: bool,
+    /// Path of dpdk-testpmd.
+    #[arg(long, default_value = "dpdk-testpmd")]
+    pub testpmd: String,
+}
+
+/// One system's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemResult {
+    /// Name of the system.
+    pub system: String,
+    /// Packets the generator sent.
+    pub sent: u64,
+    /// Packets it got back.
+    pub received: u64,
+    /// Received Mpps.
+    pub mpps: f64,
+    /// Received Gbit/s.
+    pub gbps: f64,
+    /// Busy cycles per packet on the forwarding core.
+    pub cycles_per_packet: f64,
+}
+
+/// The JSON document of a run.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Frame size.
+    pub size: u16,
+    /// Flows.
+    pub flows: u32,
+    /// Fastpath received Mpps.
+    pub mpps: f64,
+    /// Fastpath busy cycles per packet.
+    pub cycles_per_packet: f64,
+    /// Floor (testpmd io) busy cycles per packet.
+    pub floor_cycles_per_packet: Option<f64>,
+    /// `cycles_per_packet / floor_cycles_per_packet`.
+    pub ratio: Option<f64>,
+    /// Every system measured.
+    pub systems: Vec<SystemResult>,
+}
+
+struct Killer(Option<Child>);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(path: &Path, what: &str, timeout: Duration, child: &mut Child) -> Result<()> {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Ok(Some(st)) = child.try_wait() {
+            bail!("{what} exited ({st}) before {} appeared", path.display());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{what}: {} did not appear within {timeout:?}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[derive(serde::Deserialize)]
+struct GenReport {
+    sent: u64,
+    received: u64,
+    rx_mpps: f64,
+    rx_gbps: f64,
+}
+
+fn run_pktgen(args: &RunArgs, dir: &Path, tag: &str) -> Result<GenReport> {
+    let out = Command::new("taskset")
+        .args(["-c", &args.gen_core.to_string()])
+        .arg(crate::sibling("pktgen"))
+        .args(["--tx", &dir.join("a.sock").display().to_string()])
+        .args(["--rx", &dir.join("b.sock").display().to_string()])
+        .args([
+            "--size",
+            &args.size.to_string(),
+            "--flows",
+            &args.flows.to_string(),
+        ])
+        .args([
+            "--rate",
+            &args.rate.to_string(),
+            "--duration",
+            &args.duration.to_string(),
+        ])
+        .args([
+            "--lcore",
+            &args.gen_core.to_string(),
+            "--file-prefix",
+            &format!("pktgen-{tag}-{}", std::process::id()),
+        ])
+        .args(["--json", "--progress"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting pktgen")?;
+    if !out.status.success() {
+        bail!("pktgen failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("pktgen printed no JSON report")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
+    let sock = dir.join("control.sock");
+    let fp = Command::new("taskset")
+        .args(["-c", &args.dut_core.to_string()])
+        .arg(crate::sibling("fastpath"))
+        .args([
+            "--lcores",
+            &args.dut_core.to_string(),
+            "--in-memory",
+            "--no-pci",
+        ])
+        .args(["--file-prefix", &format!("fp-perf-{}", std::process::id())])
+        .arg("--port")
+        .arg(format!(
+            "a=net_vhost0,iface={},queues=1",
+            dir.join("a.sock").display()
+        ))
+        .arg("--port")
+        .arg(format!(
+            "b=net_vhost1,iface={},queues=1",
+            dir.join("b.sock").display()
+        ))
+        .args([
+            "--worker",
+            &format!("{}=a,b", args.dut_core),
+            "--xconnect",
+            "a,b",
+        ])
+        .args([
+            "--socket",
+            &sock.display().to_string(),
+            "--eal-arg=--log-level=warning",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("fastpath.log"))?)
+        .spawn()
+        .context("starting fastpath")?;
+    let mut fp = Killer(Some(fp));
+    wait_for(
+        &sock,
+        "fastpath",
+        Duration::from_secs(30),
+        fp.0.as_mut().expect("child"),
+    )?;
+    let mut client = Client::connect(&sock.display().to_string())?;
+    client.call(&Request::ClearStats)?;
+    let gen = run_pktgen(args, dir, "fp")?;
+    let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
+    let cpp = lcores.first().map(|l| l.cycles_per_packet).unwrap_or(0.0);
+    terminate(fp.0.as_mut().expect("child"));
+    fp.0 = None;
+    Ok(SystemResult {
+        system: "fastpath xconnect".into(),
+        sent: gen.sent,
+        received: gen.received,
+        mpps: gen.rx_mpps,
+        gbps: gen.rx_gbps,
+        cycles_per_packet: cpp,
+    })
+}
+
+/// Parses testpmd's `CPU cycles/packet=X` line (printed with --record-core-cycles).
+pub fn parse_testpmd_cycles(out: &str) -> Option<f64> {
+    out.lines().rev().find_map(|l| {
+        let i = l.find("CPU cycles/packet=")?;
+        let rest = &l[i + "CPU cycles/packet=".len()..];
+        let num: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        num.parse().ok()
+    })
+}
+
+fn testpmd_io(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
+    let _ = std::fs::remove_file(dir.join("a.sock"));
+    let _ = std::fs::remove_file(dir.join("b.sock"));
+    // testpmd needs a main lcore besides its forwarding lcore; the main one
+    // only waits on stdin, so it shares the generator's core.
+    let log_path = dir.join("testpmd.log");
+    let mut tp = Command::new("taskset")
+        .args(["-c", &format!("{},{}", args.gen_core, args.dut_core)])
+        .arg(&args.testpmd)
+        .args([
+            "-l",
+            &format!("{},{}", args.gen_core, args.dut_core),
+            &format!("--main-lcore={}", args.gen_core),
+        ])
+        .args([
+            "--in-memory",
+            "--no-pci",
+            &format!("--file-prefix=tp-perf-{}", std::process::id()),
+        ])
+        .arg(format!(
+            "--vdev=net_vhost0,iface={},queues=1",
+            dir.join("a.sock").display()
+        ))
+        .arg(format!(
+            "--vdev=net_vhost1,iface={},queues=1",
+            dir.join("b.sock").display()
+        ))
+        .args(["--log-level=warning", "--"])
+        .args([
+            "--forward-mode=io",
+            "--auto-start",
+            "--record-core-cycles",
+            "--nb-cores=1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&log_path)?)
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (Debian package dpdk-dev)", args.testpmd))?;
+    let r = (|| {
+        wait_for(
+            &dir.join("b.sock"),
+            "dpdk-testpmd",
+            Duration::from_secs(30),
+            &mut tp,
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        run_pktgen(args, dir, "tp")
+    })();
+    // Enter ends testpmd, which then prints its statistics.
+    if let Some(stdin) = tp.stdin.as_mut() {
+        let _ = stdin.write_all(b"\n");
+    }
+    let start = Instant::now();
+    while tp.try_wait()?.is_none() && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = tp.kill();
+    let _ = tp.wait();
+    let gen = r?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let cpp = parse_testpmd_cycles(&log).context("testpmd printed no 'CPU cycles/packet' line")?;
+    Ok(SystemResult {
+        system: "dpdk-testpmd io (floor)".into(),
+        sent: gen.sent,
+        received: gen.received,
+        mpps: gen.rx_mpps,
+        gbps: gen.rx_gbps,
+        cycles_per_packet: cpp,
+    })
+}
+
+/// Runs `perf run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    if !SCENARIOS.iter().any(|(n, _)| *n == args.scenario) {
+        bail!(
+            "unknown scenario {:?}; `perf list` shows the known ones",
+            args.scenario
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("fastpath-perf-")
+        .tempdir()?;
+    eprintln!(
+        "perf: scenario {} — {}-byte frames, {} flows, {}s per system",
+        args.scenario, args.size, args.flows, args.duration
+    );
+    eprintln!(
+        "perf: [1/2] fastpath xconnect on core {}, pktgen on core {}",
+        args.dut_core, args.gen_core
+    );
+    let mut systems = vec![fastpath_xconnect(&args, dir.path())?];
+    if !args.no_floor {
+        eprintln!(
+            "perf: [2/2] dpdk-testpmd io on core {}, pktgen on core {}",
+            args.dut_core, args.gen_core
+        );
+        systems.push(testpmd_io(&args, dir.path())?);
+    }
+    let fp = &systems[0];
+    let floor = systems.get(1).map(|s| s.cycles_per_packet);
+    let ratio = floor.filter(|f| *f > 0.0).map(|f| fp.cycles_per_packet / f);
+    let report = RunReport {
+        scenario: args.scenario.clone(),
+        size: args.size,
+        flows: args.flows,
+        mpps: fp.mpps,
+        cycles_per_packet: fp.cycles_per_packet,
+        floor_cycles_per_packet: floor,
+        ratio,
+        systems: systems.clone(),
+    };
+    println!();
+    println!(
+        "{:<26} {:>12} {:>12} {:>9} {:>9} {:>12}",
+        "SYSTEM", "SENT", "RECEIVED", "MPPS", "GBIT/S", "CYCLES/PKT"
+    );
+    for s in &systems {
+        println!(
+            "{:<26} {:>12} {:>12} {:>9.3} {:>9.3} {:>12.1}",
+            s.system, s.sent, s.received, s.mpps, s.gbps, s.cycles_per_packet
+        );
+    }
+    if let Some(r) = ratio {
+        println!("\nratio fastpath/floor of busy cycles per packet: {r:.3}");
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("perf: wrote {}", p.display());
+    }
+    let plot_path = args.plot.clone().unwrap_or_else(|| match &args.json {
+        Some(j) => j.with_extension("svg"),
+        None => PathBuf::from(format!("perf-{}.svg", args.scenario)),
+    });
+    let bars: Vec<(String, f64)> = systems
+        .iter()
+        .map(|s| (s.system.clone(), s.cycles_per_packet))
+        .collect();
+    std::fs::write(
+        &plot_path,
+        plot::bar_chart(
+            &format!(
+                "{}: busy cycles per packet, {}-byte frames (lower is better)",
+                args.scenario, args.size
+            ),
+            "cycles/packet",
+            &bars,
+        ),
+    )?;
+    eprintln!("perf: wrote {}", plot_path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_testpmd_cycles_line() {
+        let out = "  RX-packets: 5\n  CPU cycles/packet=61.25 (busy cycles=9063 / total io packets=560672) at 2600 MHz Clock\n";
+        assert_eq!(parse_testpmd_cycles(out), Some(61.25));
+        assert_eq!(parse_testpmd_cycles("nothing here"), None);
+    }
+}
