@@ -144,9 +144,22 @@ pub fn peer_eal() -> (Eal, Mempool) {
 
 /// A virtio-user port connected to the vhost-user socket at `path`.
 pub fn virtio_port(index: u32, path: &Path, pool: &Mempool) -> EthPort {
+    virtio_port_with(index, path, pool, "")
+}
+
+/// A virtio-user port in server mode: it creates the socket at `path` and
+/// waits for the fastpath (a vhost-user client) to connect.
+pub fn virtio_server_port(index: u32, path: &Path, pool: &Mempool) -> EthPort {
+    virtio_port_with(index, path, pool, ",server=1")
+}
+
+fn virtio_port_with(index: u32, path: &Path, pool: &Mempool, extra: &str) -> EthPort {
     let cfg = PortConfig {
         name: format!("peer{index}"),
-        devargs: format!("net_virtio_user{index},path={},queues=1", path.display()),
+        devargs: format!(
+            "net_virtio_user{index},path={},queues=1{extra}",
+            path.display()
+        ),
         rx_queues: 1,
         tx_queues: 1,
         rx_desc: 512,
