@@ -46,6 +46,56 @@ enum Cmd {
     Lcores,
     /// Reset the software counters.
     ClearStats,
+    /// The compiled tables in use: generation, age, sections, and which
+    /// generation each lcore uses. `tables dump SECTION` prints a section.
+    Tables {
+        /// Read this table file directly (read-only) instead of asking the fastpath.
+        #[arg(long)]
+        file: Option<String>,
+        #[command(subcommand)]
+        what: Option<TablesCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TablesCmd {
+    /// Print one section (for instance `ports`).
+    Dump {
+        /// Section name or numeric kind.
+        section: String,
+    },
+}
+
+/// `tables --file`: reads the file read-only, without the fastpath.
+fn tables_from_file(file: &str, what: Option<&TablesCmd>, json: bool) -> Result<()> {
+    let reader = fastpath_tables::Reader::open_readonly(file)?;
+    let snap = reader.current().map_err(|r| {
+        anyhow::anyhow!(
+            "{file}: generation {} refused: {}",
+            r.generation,
+            r.reason.name()
+        )
+    })?;
+    match what {
+        Some(TablesCmd::Dump { section }) => {
+            let kind = fastpath_tables::SectionKind::from_name(section)
+                .or_else(|| section.parse().ok().map(fastpath_tables::SectionKind))
+                .ok_or_else(|| anyhow::anyhow!("unknown section {section:?}"))?;
+            let text = snap.dump(kind).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "generation {} has no section {section:?}",
+                    snap.generation()
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&text)?);
+            } else {
+                print!("{text}");
+            }
+        }
+        None => print!("{}", snap.summary()),
+    }
+    Ok(())
 }
 
 fn main() {
@@ -57,6 +107,13 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> Result<()> {
+    if let Cmd::Tables {
+        file: Some(file),
+        what,
+    } = &cli.cmd
+    {
+        return tables_from_file(file, what.as_ref(), cli.json);
+    }
     let mut client = Client::connect(&cli.socket)?;
     match &cli.cmd {
         Cmd::Ping => {
@@ -122,6 +179,28 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 let l: Vec<LcoreInfo> = serde_json::from_value(v)?;
                 print!("{}", render::lcores(&l));
+            }
+        }
+        Cmd::Tables {
+            what: Some(TablesCmd::Dump { section }),
+            ..
+        } => {
+            let v = client.call(&Request::TablesDump {
+                section: section.clone(),
+            })?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                print!("{}", v.as_str().unwrap_or_default());
+            }
+        }
+        Cmd::Tables { what: None, .. } => {
+            let v = client.call(&Request::Tables)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let t: fastpath_api::TablesInfo = serde_json::from_value(v)?;
+                print!("{}", render::tables(&t));
             }
         }
         Cmd::ClearStats => {

@@ -1,6 +1,6 @@
 //! Text tables for the commands' default output.
 
-use fastpath_api::{LcoreInfo, PortInfo, Stats};
+use fastpath_api::{LcoreInfo, PortInfo, Stats, TablesInfo};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -76,6 +76,71 @@ pub fn ports(ports: &[PortInfo], xstats: bool) -> String {
                 let _ = writeln!(out, "  {k:<40} {v}");
             }
         }
+    }
+    out
+}
+
+/// `tables`.
+pub fn tables(t: &TablesInfo) -> String {
+    let Some(path) = &t.path else {
+        return "the fastpath runs without tables ([tables] path is not set)\n".into();
+    };
+    let mut out = format!(
+        "file {path} ({})\n",
+        if t.open { "open" } else { "not there yet" }
+    );
+    let _ = writeln!(
+        out,
+        "generation {} in use (writer's latest {}), published {:.3}s ago",
+        t.generation, t.published_generation, t.age_secs
+    );
+    let rows: Vec<Vec<String>> = t
+        .sections
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.kind.to_string(),
+                s.count.to_string(),
+                s.bytes.to_string(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out += &table(&["SECTION", "KIND", "COUNT", "BYTES"], &rows);
+    let rows: Vec<Vec<String>> = t
+        .lcores
+        .iter()
+        .map(|(l, g)| vec![l.to_string(), g.to_string()])
+        .collect();
+    out.push('\n');
+    out += &table(&["LCORE", "GENERATION"], &rows);
+    let rows: Vec<Vec<String>> = t
+        .readers
+        .iter()
+        .map(|r| {
+            vec![
+                r.index.to_string(),
+                r.role.clone(),
+                r.pid.to_string(),
+                r.generation.to_string(),
+                r.heartbeat_age_ms.to_string(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out += &table(
+        &["READER", "ROLE", "PID", "GENERATION", "HEARTBEAT-MS"],
+        &rows,
+    );
+    if !t.refused.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = t
+            .refused
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        out += &table(&["REFUSED-SLOT-REASON", "COUNT"], &rows);
     }
     out
 }

@@ -158,3 +158,121 @@ fn commands_against_a_running_fastpath() {
         "cleared counters start again from zero: {after} vs {before}"
     );
 }
+
+#[test]
+fn tables_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let file = dir.path().join("tables");
+    let bindir = PathBuf::from(env!("CARGO_BIN_EXE_fastpathctl"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let out = Command::new(bindir.join("fp-tables"))
+        .arg("publish")
+        .arg(&file)
+        .args([
+            "--port",
+            "0:web-1.default:3:7:local",
+            "--port",
+            "1:db-0.prod:4:2",
+        ])
+        .output()
+        .expect("fp-tables (build the workspace first)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Read-only, without a fastpath.
+    let out = ctl()
+        .args(["tables", "--file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("generation 1") && text.contains("ports"),
+        "{text}"
+    );
+
+    let child = Command::new(fastpath_bin())
+        .args([
+            "--lcores",
+            "1",
+            "--in-memory",
+            "--no-pci",
+            "--idle-backoff",
+            "--file-prefix",
+            &format!("ctlt-{}", std::process::id()),
+        ])
+        .args([
+            "--port",
+            "r0=net_ring0",
+            "--worker",
+            "1=r0",
+            "--eal-arg=-m",
+            "--eal-arg=128",
+            "--mbufs",
+            "1023",
+        ])
+        .args([
+            "--tables",
+            file.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _fp = Running(child);
+    let run = |args: &[&str]| {
+        let out = ctl()
+            .args(["--socket", sock.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let start = Instant::now();
+    loop {
+        let (ok, text, _) = run(&["tables"]);
+        if ok
+            && text
+                .lines()
+                .any(|l| l.starts_with('1') && l.trim_end().ends_with(" 1"))
+        {
+            assert!(
+                text.contains("generation 1 in use")
+                    && text.contains("SECTION")
+                    && text.contains("lcore 1"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "lcore 1 never took up generation 1: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, dump, err) = run(&["tables", "dump", "ports"]);
+    assert!(ok, "{err}");
+    assert!(
+        dump.contains("web-1.default") && dump.contains("db-0.prod"),
+        "{dump}"
+    );
+    let (ok, _, err) = run(&["tables", "dump", "nosuch"]);
+    assert!(!ok && err.contains("unknown section"), "{err}");
+    let (ok, json, _) = run(&["--json", "tables"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        ok && v["generation"] == 1 && v["lcores"][0][1] == 1,
+        "{json}"
+    );
+}

@@ -55,6 +55,34 @@ pub struct Config {
     /// Control socket.
     #[serde(default)]
     pub control: ControlSection,
+    /// Compiled tables in shared memory.
+    #[serde(default)]
+    pub tables: TablesSection,
+}
+
+/// Where the compiled tables come from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TablesSection {
+    /// The shared-memory file the control process publishes into (hugetlbfs
+    /// or /dev/shm). Unset: no tables (the xconnect pipeline needs none).
+    pub path: Option<PathBuf>,
+    /// How often the watcher looks for a new generation, in microseconds.
+    #[serde(default = "default_tables_poll")]
+    pub poll_us: u64,
+}
+
+fn default_tables_poll() -> u64 {
+    100
+}
+
+impl Default for TablesSection {
+    fn default() -> Self {
+        TablesSection {
+            path: None,
+            poll_us: default_tables_poll(),
+        }
+    }
 }
 
 /// EAL options.

@@ -7,9 +7,13 @@ use crate::control::{ControlServer, Handler};
 use crate::dpdk::{self, Eal, EthPort, Mempool, MempoolConfig, PortConfig};
 use crate::pipeline::Pipeline;
 use crate::stats::{LcoreSnapshot, LcoreStats};
+use crate::tables::{TablesShared, Watcher, WorkerTables, WORKER_ROLE_BASE};
 use crate::worker::{RxQueue, Worker};
 use anyhow::{bail, Context, Result};
-use fastpath_api::{LcoreInfo, PortCounters, PortInfo, Request, Response, Stats};
+use fastpath_api::{
+    LcoreInfo, PortCounters, PortInfo, Request, Response, SectionInfo, Stats, TableReaderInfo,
+    TablesInfo,
+};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +29,8 @@ struct State {
     tsc_hz: u64,
     /// Baseline per lcore, taken by `clear-stats`.
     baseline: Mutex<Vec<LcoreSnapshot>>,
+    /// The compiled tables, when configured.
+    tables: Option<Arc<TablesShared>>,
 }
 
 impl State {
@@ -86,6 +92,94 @@ impl State {
                 }
             })
             .collect()
+    }
+}
+
+impl State {
+    fn tables_info(&self) -> TablesInfo {
+        let Some(t) = &self.tables else {
+            return TablesInfo::default();
+        };
+        let mut info = TablesInfo {
+            path: Some(t.path.display().to_string()),
+            lcores: self
+                .lcores
+                .iter()
+                .map(|l| (l.lcore, l.table_generation.get()))
+                .collect(),
+            refused: t
+                .refusals()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(reader) = t.reader.load_full() {
+            info.open = true;
+            info.published_generation = reader.generation();
+            info.readers = reader
+                .readers()
+                .into_iter()
+                .map(|r| TableReaderInfo {
+                    index: r.index,
+                    pid: r.pid,
+                    role: match r.role {
+                        fastpath_tables::CONTROL_ROLE => "watcher".into(),
+                        x if x >= WORKER_ROLE_BASE => format!("lcore {}", x - WORKER_ROLE_BASE),
+                        x => format!("role {x}"),
+                    },
+                    generation: r.generation,
+                    heartbeat_age_ms: r.heartbeat_age_ns / 1_000_000,
+                })
+                .collect();
+        }
+        if let Some(snap) = t.snapshot.load_full() {
+            let sum = snap.summary();
+            info.generation = sum.generation;
+            info.publish_time_ns = sum.publish_time_ns;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            info.age_secs = now.saturating_sub(sum.publish_time_ns) as f64 / 1e9;
+            info.sections = sum
+                .sections
+                .iter()
+                .map(|e| SectionInfo {
+                    name: fastpath_tables::SectionKind(e.kind).name().to_string(),
+                    kind: e.kind,
+                    count: e.count,
+                    bytes: e.length,
+                })
+                .collect();
+        }
+        info
+    }
+
+    fn tables_dump(&self, section: &str) -> Response {
+        let Some(t) = &self.tables else {
+            return Response::error("the fastpath runs without tables ([tables] path is not set)");
+        };
+        let Some(snap) = t.snapshot.load_full() else {
+            return Response::error(format!(
+                "no table generation loaded yet from {}",
+                t.path.display()
+            ));
+        };
+        let kind = match fastpath_tables::SectionKind::from_name(section) {
+            Some(k) => k,
+            None => match section.parse::<u32>() {
+                Ok(n) => fastpath_tables::SectionKind(n),
+                Err(_) => return Response::error(format!("unknown section {section:?}")),
+            },
+        };
+        match snap.dump(kind) {
+            Some(text) => Response::ok(&text),
+            None => Response::error(format!(
+                "generation {} has no section {section:?}",
+                snap.generation()
+            )),
+        }
     }
 }
 
@@ -156,6 +250,8 @@ impl Handler for State {
                 let snaps = self.snapshots();
                 Response::ok(&self.lcore_infos(&snaps))
             }
+            Request::Tables => Response::ok(&self.tables_info()),
+            Request::TablesDump { section } => self.tables_dump(&section),
             Request::ClearStats => {
                 *self.baseline.lock() = self.lcores.iter().map(|l| l.snapshot()).collect();
                 Response::ok(&serde_json::json!({"cleared": true}))
@@ -226,6 +322,23 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     let port_ids: Vec<u16> = ports.iter().map(|p| p.id()).collect();
     let pipeline = Pipeline::from_config(&cfg);
 
+    let worker_lcores: Vec<u32> = cfg.workers.iter().map(|w| w.lcore).collect();
+    let tables = cfg
+        .tables
+        .path
+        .as_ref()
+        .map(|p| TablesShared::new(p, &worker_lcores));
+    let mut watcher = tables.as_ref().map(|t| {
+        Watcher::new(
+            t.clone(),
+            std::time::Duration::from_micros(cfg.tables.poll_us.max(10)),
+        )
+    });
+    if let Some(w) = watcher.as_mut() {
+        // A restarted fastpath forwards with the last published tables at once.
+        w.try_load();
+    }
+    let tsc_hz = dpdk::tsc_hz();
     let mut workers = Vec::new();
     let mut lcore_stats = Vec::new();
     for (i, w) in cfg.workers.iter().enumerate() {
@@ -252,6 +365,9 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
                 stats,
                 stop: stop.clone(),
                 idle: cfg.idle.clone(),
+                tables: tables
+                    .as_ref()
+                    .map(|t| WorkerTables::new(t.clone(), w.lcore, tsc_hz)),
             },
         ));
     }
@@ -261,9 +377,18 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         lcores: lcore_stats,
         pipeline: pipeline.name(),
         started: Instant::now(),
-        tsc_hz: dpdk::tsc_hz(),
+        tsc_hz,
         baseline: Mutex::new(Vec::new()),
+        tables: tables.clone(),
     });
+    let watcher_thread = match watcher {
+        Some(w) => Some(
+            std::thread::Builder::new()
+                .name("fp-tables".into())
+                .spawn(move || w.run())?,
+        ),
+        None => None,
+    };
     let server = ControlServer::bind(&cfg.control.socket)
         .with_context(|| format!("binding control socket {}", cfg.control.socket.display()))?;
     let control_stop = Arc::new(AtomicBool::new(false));
@@ -309,6 +434,12 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     }
     control_stop.store(true, Ordering::Relaxed);
     let _ = control.join();
+    if let Some(t) = &tables {
+        t.stop.store(true, Ordering::Relaxed);
+    }
+    if let Some(w) = watcher_thread {
+        let _ = w.join();
+    }
     drop(state);
     match Arc::try_unwrap(ports) {
         Ok(ports) => drop(ports),

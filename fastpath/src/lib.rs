@@ -2,6 +2,7 @@
 //! DPDK (the only module with `unsafe`); `config` reads the daemon's
 //! configuration; `worker` is the run-to-completion loop of each lcore;
 //! `pipeline` decides where packets go; `stats` holds the counters;
+//! `tables` follows the compiled tables in shared memory;
 //! `control` serves the control socket off the worker lcores; `daemon`
 //! starts and stops it all.
 
@@ -11,4 +12,5 @@ pub mod daemon;
 pub mod dpdk;
 pub mod pipeline;
 pub mod stats;
+pub mod tables;
 pub mod worker;

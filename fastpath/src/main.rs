@@ -51,6 +51,9 @@ struct Cli {
     /// Extra EAL argument, verbatim (repeatable).
     #[arg(long = "eal-arg", allow_hyphen_values = true)]
     eal_args: Vec<String>,
+    /// Shared-memory tables file to follow.
+    #[arg(long)]
+    tables: Option<PathBuf>,
     /// Print the resolved configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -106,6 +109,9 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
     }
     if let Some(p) = &cli.file_prefix {
         cfg.eal.file_prefix = Some(p.clone());
+    }
+    if let Some(t) = &cli.tables {
+        cfg.tables.path = Some(t.clone());
     }
     cfg.eal.in_memory |= cli.in_memory;
     cfg.eal.no_pci |= cli.no_pci;

@@ -13,6 +13,7 @@ use crate::config::IdleSection;
 use crate::dpdk::{rdtsc, RxBurst, TxBuffer};
 use crate::pipeline::{Pipeline, PortIndex};
 use crate::stats::{DropReason, LcoreStats};
+use crate::tables::WorkerTables;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     /// Idle back-off.
     pub idle: IdleSection,
+    /// The compiled tables, when configured.
+    pub tables: Option<WorkerTables>,
 }
 
 impl Worker {
@@ -57,6 +60,7 @@ impl Worker {
             stats,
             stop,
             idle,
+            mut tables,
         } = self;
         let mut burst = RxBurst::new();
         let mut tx: Vec<TxBuffer> = port_ids.iter().map(|_| TxBuffer::new()).collect();
@@ -70,6 +74,13 @@ impl Worker {
         );
 
         while !stop.load(Ordering::Relaxed) {
+            // Burst boundary: the quiescent point where a new table
+            // generation is taken up.
+            if let Some(t) = tables.as_mut() {
+                if t.at_burst_boundary(rdtsc()) {
+                    stats.table_generation.set(t.generation());
+                }
+            }
             let mut round_packets = 0usize;
             for q in &rx {
                 let t0 = rdtsc();

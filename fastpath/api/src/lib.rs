@@ -28,6 +28,13 @@ pub enum Request {
     Lcores,
     /// Reset the software counters (ports and lcores).
     ClearStats,
+    /// The compiled tables in use: generation, age, sections, readers.
+    Tables,
+    /// One section of the tables in use, as text.
+    TablesDump {
+        /// Section name (for instance `ports`) or numeric kind.
+        section: String,
+    },
 }
 
 /// A response line.
@@ -160,6 +167,59 @@ pub struct Stats {
     pub lcores: Vec<LcoreInfo>,
     /// Drops by named reason, summed over lcores (only non-zero reasons).
     pub drops: BTreeMap<String, u64>,
+}
+
+/// Answer to [`Request::Tables`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TablesInfo {
+    /// The shared-memory file (None when the fastpath runs without tables).
+    pub path: Option<String>,
+    /// Whether the file is open.
+    pub open: bool,
+    /// Generation the fastpath forwards with (0 = none yet).
+    pub generation: u64,
+    /// Latest generation the writer published.
+    pub published_generation: u64,
+    /// Wall-clock publish time of the generation in use, ns since the epoch.
+    pub publish_time_ns: u64,
+    /// Seconds since that publish.
+    pub age_secs: f64,
+    /// Sections of the generation in use.
+    pub sections: Vec<SectionInfo>,
+    /// Readers registered in the file (fastpath lcores and watcher).
+    pub readers: Vec<TableReaderInfo>,
+    /// Generation each worker lcore uses.
+    pub lcores: Vec<(u32, u64)>,
+    /// Slots refused, by reason.
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// One section of a table slot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SectionInfo {
+    /// Section name.
+    pub name: String,
+    /// Kind id.
+    pub kind: u32,
+    /// Elements.
+    pub count: u32,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// One entry of the reader area.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableReaderInfo {
+    /// Index in the reader area.
+    pub index: usize,
+    /// Process id.
+    pub pid: u32,
+    /// Who it is: `watcher`, `lcore N`, or a role number.
+    pub role: String,
+    /// Generation acknowledged.
+    pub generation: u64,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
 }
 
 /// Errors of a control-socket client.

@@ -30,8 +30,12 @@ impl Fastpath {
     pub fn start_in(dir: tempfile::TempDir, extra: &[String]) -> Fastpath {
         let socket = dir.path().join("control.sock");
         let log = std::fs::File::create(dir.path().join("fastpath.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_fastpath"))
-            .args(["--lcores", "1", "--in-memory", "--no-pci", "--idle-backoff"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastpath"));
+        if !extra.iter().any(|a| a == "--lcores") {
+            cmd.args(["--lcores", "1"]);
+        }
+        let child = cmd
+            .args(["--in-memory", "--no-pci", "--idle-backoff"])
             .args(["--file-prefix", &format!("fpt-{}", std::process::id())])
             .args(["--mbufs", "4095", "--data-room", "10240"])
             .args(["--socket", &socket.display().to_string()])
