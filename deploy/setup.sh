@@ -48,6 +48,11 @@ if ! command -v cargo-nextest >/dev/null; then
   cargo install --locked cargo-nextest
 fi
 
+if ! command -v cargo-fuzz >/dev/null; then
+  say "installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+
 say "building (release)"
 cargo build --release --workspace --bins
 

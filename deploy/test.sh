@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, the test suite (each test in
-# its own process: DPDK's EAL can start once per process), and the
-# model-checked table protocol. Run deploy/setup.sh first on a fresh machine.
+# its own process: DPDK's EAL can start once per process), the
+# model-checked table protocol, and a short run of every fuzz target.
+# Run deploy/setup.sh first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +19,10 @@ cargo build --workspace --bins
 
 step "test suite"
 cargo nextest run --workspace --no-fail-fast "$@"
+
+step "model check of the table publish protocol (loom)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p fastpath-tables --release --test loom --no-default-features
+
+step "fuzz targets, ${FUZZ_SECONDS:-20}s each"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ./deploy/fuzz.sh

@@ -13,13 +13,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Known scenarios and what they measure.
-pub const SCENARIOS: &[(&str, &str)] = &[(
-    "xconnect",
-    "fastpath xconnect between two vhost-user ports vs dpdk-testpmd io mode (the floor)",
-)];
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("xconnect", "fastpath xconnect between two vhost-user ports vs dpdk-testpmd io mode (the floor)"),
+    ("tables", "publish-to-acknowledgement latency of table generations with traffic flowing, and the cost of a 10 MB slot"),
+];
 
 /// Arguments of `perf run`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Scenario name (see `perf list`).
     pub scenario: String,
@@ -184,11 +184,11 @@ fn run_pktgen(args: &RunArgs, dir: &Path, tag: &str) -> Result<GenReport> {
     Ok(serde_json::from_str(line)?)
 }
 
-fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
+/// Starts the fastpath patching a.sock and b.sock on the DUT core. EAL pins
+/// the worker lcore; the fastpath's control threads move to the other CPUs.
+fn start_fastpath(args: &RunArgs, dir: &Path, extra: &[String]) -> Result<(Killer, Client)> {
     let sock = dir.join("control.sock");
-    let fp = Command::new("taskset")
-        .args(["-c", &args.dut_core.to_string()])
-        .arg(crate::sibling("fastpath"))
+    let fp = Command::new(crate::sibling("fastpath"))
         .args([
             "--lcores",
             &args.dut_core.to_string(),
@@ -217,6 +217,7 @@ fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
             &sock.display().to_string(),
             "--eal-arg=--log-level=warning",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("fastpath.log"))?)
         .spawn()
@@ -228,13 +229,24 @@ fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
         Duration::from_secs(30),
         fp.0.as_mut().expect("child"),
     )?;
-    let mut client = Client::connect(&sock.display().to_string())?;
+    let client = Client::connect(&sock.display().to_string())?;
+    Ok((fp, client))
+}
+
+fn stop_fastpath(mut fp: Killer) {
+    if let Some(c) = fp.0.as_mut() {
+        terminate(c);
+    }
+    fp.0 = None;
+}
+
+fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
+    let (fp, mut client) = start_fastpath(args, dir, &[])?;
     client.call(&Request::ClearStats)?;
     let gen = run_pktgen(args, dir, "fp")?;
     let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
     let cpp = lcores.first().map(|l| l.cycles_per_packet).unwrap_or(0.0);
-    terminate(fp.0.as_mut().expect("child"));
-    fp.0 = None;
+    stop_fastpath(fp);
     Ok(SystemResult {
         system: "fastpath xconnect".into(),
         sent: gen.sent,
@@ -243,6 +255,170 @@ fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
         gbps: gen.rx_gbps,
         cycles_per_packet: cpp,
     })
+}
+
+/// Figures of the `tables` scenario.
+#[derive(Debug, Serialize)]
+pub struct TablesReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Publishes measured.
+    pub publishes: usize,
+    /// Ports in each published port map.
+    pub ports: usize,
+    /// Median microseconds from publish to the last reader's acknowledgement.
+    pub publish_to_ack_us_p50: f64,
+    /// 99th percentile of the same.
+    pub publish_to_ack_us_p99: f64,
+    /// Worst case of the same.
+    pub publish_to_ack_us_max: f64,
+    /// Milliseconds to build, checksum and publish a 10 MB slot.
+    pub publish_10mb_ms: f64,
+    /// Traffic forwarded meanwhile (Mpps).
+    pub mpps: f64,
+    /// Busy cycles per packet meanwhile.
+    pub cycles_per_packet: f64,
+}
+
+fn fp_tables(args: &[String]) -> Result<String> {
+    let out = Command::new(crate::sibling("fp-tables"))
+        .args(args)
+        .output()
+        .context("running fp-tables")?;
+    if !out.status.success() {
+        bail!(
+            "fp-tables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A number that follows `marker` in `text`.
+fn number_after(text: &str, marker: &str) -> Option<f64> {
+    let i = text.find(marker)? + marker.len();
+    let num: String = text[i..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    num.parse().ok()
+}
+
+fn tables_scenario(args: &RunArgs, dir: &Path) -> Result<()> {
+    const PORTS: usize = 1000;
+    const PUBLISHES: usize = 50;
+    let file = dir.join("tables");
+    let port_args = |salt: usize| -> Vec<String> {
+        let mut v = vec![
+            "publish".to_string(),
+            file.display().to_string(),
+            "--capacity".into(),
+            (24usize << 20).to_string(),
+        ];
+        for i in 0..PORTS {
+            v.push("--port".into());
+            v.push(format!(
+                "{i}:pod-{i}-{salt}.ns:{}:{}",
+                1 + i / 100,
+                1 + i % 100
+            ));
+        }
+        v
+    };
+    fp_tables(&port_args(0))?;
+    let (fp, mut client) =
+        start_fastpath(args, dir, &["--tables".into(), file.display().to_string()])?;
+    client.call(&Request::ClearStats)?;
+    eprintln!("perf: traffic through the fastpath while {PUBLISHES} generations of {PORTS} ports are published");
+    let gen_args = RunArgs {
+        duration: args.duration,
+        ..args.clone()
+    };
+    let dir2 = dir.to_path_buf();
+    let traffic = std::thread::spawn(move || run_pktgen(&gen_args, &dir2, "tables"));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut lat = Vec::new();
+    for i in 0..PUBLISHES {
+        let mut a = port_args(i + 1);
+        a.push("--wait-acks".into());
+        let out = fp_tables(&a)?;
+        lat.push(number_after(&out, "acknowledged after").context("no acknowledgement figure")?);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let mut big = port_args(999);
+    big.extend([
+        "--filler".to_string(),
+        (10usize << 20).to_string(),
+        "--wait-acks".into(),
+    ]);
+    let out = fp_tables(&big)?;
+    let publish_10mb_ms = number_after(&out, "in").context("no publish time")?;
+    let gen = traffic
+        .join()
+        .map_err(|_| anyhow::anyhow!("pktgen thread panicked"))??;
+    let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
+    stop_fastpath(fp);
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((p / 100.0) * (lat.len() - 1) as f64).round() as usize];
+    let report = TablesReport {
+        scenario: "tables".into(),
+        publishes: lat.len(),
+        ports: PORTS,
+        publish_to_ack_us_p50: pct(50.0),
+        publish_to_ack_us_p99: pct(99.0),
+        publish_to_ack_us_max: *lat.last().unwrap_or(&0.0),
+        publish_10mb_ms,
+        mpps: gen.rx_mpps,
+        cycles_per_packet: lcores.first().map(|l| l.cycles_per_packet).unwrap_or(0.0),
+    };
+    println!();
+    println!("publish -> every reader acknowledged ({} publishes of {} ports, under {:.2} Mpps of traffic):", report.publishes, PORTS, report.mpps);
+    println!(
+        "  p50 {:.1} us   p99 {:.1} us   max {:.1} us",
+        report.publish_to_ack_us_p50, report.publish_to_ack_us_p99, report.publish_to_ack_us_max
+    );
+    println!(
+        "build + checksum + publish of a 10 MB slot: {:.2} ms",
+        report.publish_10mb_ms
+    );
+    println!(
+        "forwarding meanwhile: {:.1} busy cycles per packet",
+        report.cycles_per_packet
+    );
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("perf: wrote {}", p.display());
+    }
+    let plot_path = args.plot.clone().unwrap_or_else(|| match &args.json {
+        Some(j) => j.with_extension("svg"),
+        None => PathBuf::from("perf-tables.svg"),
+    });
+    let bars = vec![
+        (
+            "p50 publish->ack (us)".to_string(),
+            report.publish_to_ack_us_p50,
+        ),
+        (
+            "p99 publish->ack (us)".to_string(),
+            report.publish_to_ack_us_p99,
+        ),
+        (
+            "max publish->ack (us)".to_string(),
+            report.publish_to_ack_us_max,
+        ),
+    ];
+    std::fs::write(
+        &plot_path,
+        plot::bar_chart(
+            "tables: publish to every reader's acknowledgement (microseconds)",
+            "microseconds",
+            &bars,
+        ),
+    )?;
+    eprintln!("perf: wrote {}", plot_path.display());
+    Ok(())
 }
 
 /// Parses testpmd's `CPU cycles/packet=X` line (printed with --record-core-cycles).
@@ -341,6 +517,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("fastpath-perf-")
         .tempdir()?;
+    if args.scenario == "tables" {
+        return tables_scenario(&args, dir.path());
+    }
     eprintln!(
         "perf: scenario {} — {}-byte frames, {} flows, {}s per system",
         args.scenario, args.size, args.flows, args.duration

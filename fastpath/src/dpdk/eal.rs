@@ -5,6 +5,57 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static EAL_STARTED: AtomicBool = AtomicBool::new(false);
 
+/// The CPUs the process could run on before EAL pinned the main thread.
+static ORIGINAL_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+fn current_affinity() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and
+    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Moves the calling (non-worker) thread off the worker lcores' CPUs: onto
+/// the CPUs the process had before EAL init minus those of enabled lcores,
+/// or all of them when nothing is left. Control threads call this first, so
+/// they never steal cycles from a polling lcore. Returns the CPUs chosen.
+pub fn pin_control_thread() -> Vec<usize> {
+    let Some(original) = ORIGINAL_CPUS.get() else {
+        return Vec::new();
+    };
+    let lcore_cpus: Vec<usize> = (0..dpdk_sys::RTE_MAX_LCORE)
+        // SAFETY: both functions only read EAL's lcore configuration.
+        .filter(|&l| unsafe { dpdk_sys::rte_lcore_is_enabled(l) } != 0)
+        // SAFETY: as above.
+        .map(|l| unsafe { dpdk_sys::rte_lcore_to_cpu_id(l as i32) } as usize)
+        .collect();
+    let mut cpus: Vec<usize> = original
+        .iter()
+        .copied()
+        .filter(|c| !lcore_cpus.contains(c))
+        .collect();
+    if cpus.is_empty() {
+        cpus = original.clone();
+    }
+    // SAFETY: the set is built with the libc helpers from valid CPU numbers
+    // (below CPU_SETSIZE, since they came from sched_getaffinity).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in &cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    cpus
+}
+
 /// Errors of EAL initialisation and lcore management.
 #[derive(Debug, thiserror::Error)]
 pub enum EalError {
@@ -45,6 +96,7 @@ impl Eal {
         if EAL_STARTED.swap(true, Ordering::SeqCst) {
             return Err(EalError::AlreadyInitialised);
         }
+        let _ = ORIGINAL_CPUS.set(current_affinity());
         let mut owned: Vec<CString> = vec![CString::new("fastpath").expect("static")];
         for a in args {
             let a = a.as_ref();

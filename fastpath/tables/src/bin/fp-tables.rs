@@ -165,7 +165,7 @@ fn publish(path: &str, rest: &[String]) -> ExitCode {
                 line += &format!(
                     "; all {} reader(s) acknowledged after {:.1} us",
                     readers.len(),
-                    (t0.elapsed().as_secs_f64()) * 1e6
+                    start.elapsed().as_secs_f64() * 1e6
                 );
                 break;
             }
