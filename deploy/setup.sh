@@ -11,7 +11,7 @@ PACKAGES=(
   libdpdk-dev dpdk dpdk-dev                        # DPDK 22.11: libraries, PMDs, dpdk-testpmd
   ovn-central ovn-common ovn-host                  # ovsdb-server, ovn-northd, ovn-nbctl/sbctl, ovn-trace
   openvswitch-common openvswitch-switch-dpdk       # OVS-DPDK, the peer we compare with
-  iproute2 procps tshark                           # namespaces, veth, tap; capture decoding
+  iproute2 procps iputils-ping iperf3 netcat-openbsd tshark   # namespaces, veth, tap; traffic; capture decoding
 )
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*"; }

@@ -1,0 +1,91 @@
+//! Controller benchmark, run by hand:
+//! `cargo run --release -p ovn-bridge --example controller_bench [pods services policies namespaces]`.
+//!
+//! Starts a real Northbound ovsdb-server in a temporary directory and prints:
+//! cold start until NB is complete, a restart with nothing changed (and the
+//! operations it wrote), and one pod added until its row is committed.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use ovn_bridge::controller::manifest::{parse_str, Loaded};
+use ovn_bridge::controller::run::Controller;
+use ovn_bridge::controller::Config;
+
+fn arg(i: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let (pods, services, policies, namespaces) =
+        (arg(1, 10_000), arg(2, 1_000), arg(3, 500), arg(4, 50));
+    let mut y = String::new();
+    for n in 0..namespaces {
+        writeln!(
+            y,
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}}}"
+        )?;
+    }
+    writeln!(y, "---\napiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: ovn-default}}\nspec: {{cidrBlock: 10.16.0.0/16, default: true}}")?;
+    for n in 0..4 {
+        writeln!(
+            y,
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node{n}}}"
+        )?;
+    }
+    for p in 0..pods {
+        let ns = p % namespaces;
+        writeln!(y, "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod{p}, namespace: ns{ns}, labels: {{app: app{}}}, annotations: {{ovn.kubernetes.io/ingress_rate: \"{}\"}}}}\nspec: {{containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}", p % 20, if p % 10 == 0 { 100 } else { 0 })?;
+    }
+    for s in 0..services {
+        let ns = s % namespaces;
+        writeln!(y, "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: ns{ns}}}\nspec: {{clusterIP: 10.96.{}.{}, ports: [{{name: http, port: 80}}]}}", s / 250, s % 250 + 1)?;
+        writeln!(y, "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc{s}-x, namespace: ns{ns}, labels: {{kubernetes.io/service-name: svc{s}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [10.16.{}.{}]}}, {{addresses: [10.16.{}.{}]}}]", s / 200, s % 200 + 2, s / 200 + 10, s % 200 + 2)?;
+    }
+    for p in 0..policies {
+        let ns = p % namespaces;
+        writeln!(y, "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{p}, namespace: ns{ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: app{}}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: app{}}}}}}}, {{ipBlock: {{cidr: 192.168.0.0/16}}}}]\n    ports: [{{port: http}}, {{port: 443}}]", p % 20, (p + 1) % 20)?;
+    }
+    let mut loaded = Loaded::default();
+    parse_str(&y, Path::new("generated.yaml"), &mut loaded);
+    anyhow::ensure!(loaded.errors.is_empty(), "{:?}", loaded.errors.first());
+    let (state, _) = loaded.into_state();
+
+    let server = ovsdb::testing::OvsdbServer::start_nb()?;
+    let remotes = vec![server.remote.clone()];
+    let dir = tempfile::tempdir()?;
+    let state_file = dir.path().join("state.json");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let t = Instant::now();
+        let mut ctl = Controller::connect(&remotes, Config::default(), Some(state_file.clone())).await?;
+        let r = ctl.reconcile(&state).await?;
+        let cold = t.elapsed();
+        println!("cold start: {pods} pods, {services} services, {policies} policies, {namespaces} namespaces: {:.2} s, {} operations in {} transaction(s), {} events", cold.as_secs_f64(), r.operations, ctl.stats.transactions, r.events.len());
+        drop(ctl);
+
+        let t = Instant::now();
+        let mut ctl = Controller::connect(&remotes, Config::default(), Some(state_file.clone())).await?;
+        let r = ctl.reconcile(&state).await?;
+        println!("restart, nothing changed: {:.2} s, {} operations written", t.elapsed().as_secs_f64(), r.operations);
+
+        let mut more = state.clone();
+        let mut l = Loaded::default();
+        parse_str("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: ns0}\nspec: {containers: [{name: c}]}", Path::new("extra.yaml"), &mut l);
+        for o in l.objects {
+            more.apply(o);
+        }
+        let t = Instant::now();
+        let r = ctl.reconcile(&more).await?;
+        println!("one pod added until committed and seen: {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,952 @@
+//! The desired OVN Northbound contents as a pure function of the observed
+//! Kubernetes state and the address allocations, named as Kube-OVN names
+//! them: router `ovn-cluster`, one Logical_Switch per subnet with its
+//! router port pair, `<pod>.<namespace>` ports, the `join` switch with a
+//! `node-<name>` port per node, subnet isolation ACLs, the cluster load
+//! balancers, NetworkPolicy port groups / address sets / ACLs, and QoS rows.
+//!
+//! Owns the naming and the row contents. It must not read the database nor
+//! write anything: [`desired_nb`] has no side effects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use ovsdb::{Atom, Datum};
+
+use super::ipam::{derived_mac, Allocation, Ipam};
+use super::model::{annotation, keys, selector_matches, ClusterState, ObjectKey};
+use super::Config;
+
+/// The `external_ids` key that marks a row as written by this controller;
+/// its value is the row's key in [`DesiredNb`]. Rows without it are never
+/// touched.
+pub const OWNER_KEY: &str = "ovn-bridge.io/key";
+/// Kube-OVN's vendor marker, written on every row as Kube-OVN does.
+pub const VENDOR: (&str, &str) = ("vendor", "kube-ovn");
+
+/// Tables this controller writes, children before parents (the order of
+/// inserts in a transaction).
+pub const TABLES: [&str; 9] = [
+    "Address_Set",
+    "ACL",
+    "QoS",
+    "Logical_Switch_Port",
+    "Logical_Router_Port",
+    "Load_Balancer",
+    "Port_Group",
+    "Logical_Switch",
+    "Logical_Router",
+];
+
+/// Whether rows of `table` live on their own (deleted explicitly) or are
+/// garbage-collected by the database once no parent references them.
+pub fn is_root(table: &str) -> bool {
+    matches!(
+        table,
+        "Address_Set" | "Load_Balancer" | "Port_Group" | "Logical_Switch" | "Logical_Router"
+    )
+}
+
+/// A reference from one desired row to another, by table and key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowRef {
+    /// Table.
+    pub table: &'static str,
+    /// Key of the row.
+    pub key: String,
+}
+
+/// One desired row: plain columns and reference columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredRow {
+    /// Plain column values (including `external_ids` with [`OWNER_KEY`]).
+    pub columns: BTreeMap<String, Datum>,
+    /// Reference columns: the rows of ours each must hold. Rows of others in
+    /// the same column are left alone.
+    pub refs: BTreeMap<&'static str, BTreeSet<RowRef>>,
+}
+
+/// Something the user should know (a Kubernetes event, or a log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `Kind ns/name` of the object concerned.
+    pub object: String,
+    /// Short reason, e.g. `InvalidQoS`.
+    pub reason: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+/// The desired Northbound rows by table and key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredNb {
+    /// Rows by table name, then key.
+    pub tables: BTreeMap<&'static str, BTreeMap<String, DesiredRow>>,
+    /// Problems found while computing the rows.
+    pub events: Vec<Event>,
+}
+
+impl DesiredNb {
+    /// A row, if desired.
+    pub fn row(&self, table: &str, key: &str) -> Option<&DesiredRow> {
+        self.tables.get(table).and_then(|t| t.get(key))
+    }
+
+    /// Number of desired rows of `table`.
+    pub fn count(&self, table: &str) -> usize {
+        self.tables.get(table).map_or(0, BTreeMap::len)
+    }
+
+    fn put(
+        &mut self,
+        table: &'static str,
+        key: String,
+        mut columns: BTreeMap<String, Datum>,
+        ext: &[(&str, String)],
+    ) -> &mut DesiredRow {
+        let mut e: BTreeMap<String, String> = ext
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        e.insert(VENDOR.0.into(), VENDOR.1.into());
+        e.insert(OWNER_KEY.into(), key.clone());
+        columns.insert("external_ids".into(), Datum::map(e));
+        let row = self
+            .tables
+            .entry(table)
+            .or_default()
+            .entry(key)
+            .or_default();
+        row.columns = columns;
+        row
+    }
+
+    fn add_ref(&mut self, table: &'static str, key: &str, column: &'static str, target: RowRef) {
+        if let Some(r) = self.tables.get_mut(table).and_then(|t| t.get_mut(key)) {
+            r.refs.entry(column).or_default().insert(target);
+        }
+    }
+}
+
+fn cols(pairs: Vec<(&str, Datum)>) -> BTreeMap<String, Datum> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+fn s(v: impl Into<String>) -> Datum {
+    Datum::atom(Atom::String(v.into()))
+}
+fn strings<I: IntoIterator<Item = String>>(v: I) -> Datum {
+    Datum::set(v.into_iter().map(Atom::String))
+}
+fn smap(v: &[(&str, String)]) -> Datum {
+    Datum::map(
+        v.iter()
+            .map(|(k, v)| (Atom::string(*k), Atom::String(v.clone()))),
+    )
+}
+
+/// The name of a pod's logical switch port (`<pod>.<namespace>`).
+pub fn pod_port_name(ns: &str, name: &str) -> String {
+    format!("{name}.{ns}")
+}
+/// The IPAM owner key of a pod.
+pub fn pod_owner(ns: &str, name: &str) -> String {
+    format!("pod:{ns}/{name}")
+}
+/// The IPAM owner key of a node.
+pub fn node_owner(name: &str) -> String {
+    format!("node:{name}")
+}
+
+/// Whether a pod gets a port at all (not host network, not finished).
+pub fn pod_wants_port(pod: &Pod) -> bool {
+    let host = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !host && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// The subnet a namespace is bound to: its `logical_switch` annotation, a
+/// Subnet listing it in `spec.namespaces`, else the default subnet.
+pub fn namespace_subnet(state: &ClusterState, config: &Config, ns: &str) -> String {
+    if let Some(ls) = state
+        .namespaces
+        .get(ns)
+        .and_then(|n| annotation(&n.metadata, keys::LOGICAL_SWITCH))
+    {
+        return ls.to_string();
+    }
+    for (name, sn) in &state.subnets {
+        if sn.spec.namespaces.iter().any(|n| n == ns) {
+            return name.clone();
+        }
+    }
+    state
+        .subnets
+        .iter()
+        .find(|(n, sn)| sn.spec.default && **n != config.join_subnet)
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| config.default_subnet.clone())
+}
+
+/// The subnet of a pod: its own `logical_switch` annotation first.
+pub fn pod_subnet(state: &ClusterState, config: &Config, pod: &Pod) -> String {
+    if let Some(ls) = annotation(&pod.metadata, keys::LOGICAL_SWITCH) {
+        return ls.to_string();
+    }
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    namespace_subnet(state, config, ns)
+}
+
+/// Parses a rate annotation (Mbit/s); `Ok(None)` for absent or zero.
+pub fn parse_rate(v: Option<&str>) -> Result<Option<i64>, String> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(x) => match x.parse::<i64>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n > 0 && n < 1_000_000_000 => Ok(Some(n)),
+            _ => Err(format!("rate {x:?} is not a positive integer (Mbit/s)")),
+        },
+    }
+}
+
+fn family(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+fn ip_prefix(protocol: &str) -> &'static str {
+    if protocol == "IPv4" {
+        "ip4"
+    } else {
+        "ip6"
+    }
+}
+
+/// The desired Northbound rows. Pure: the same inputs give the same rows.
+pub fn desired_nb(state: &ClusterState, ipam: &Ipam, config: &Config) -> DesiredNb {
+    let mut nb = DesiredNb::default();
+    let router = config.cluster_router.clone();
+    nb.put(
+        "Logical_Router",
+        router.clone(),
+        cols(vec![("name", s(&router))]),
+        &[],
+    );
+
+    let lb_names = load_balancer_names();
+    for (name, proto, session) in &lb_names {
+        let mut c = vec![("name", s(*name)), ("protocol", s(*proto))];
+        if *session {
+            c.push((
+                "options",
+                smap(&[("affinity_timeout", "10800".to_string())]),
+            ));
+        }
+        nb.put("Load_Balancer", name.to_string(), cols(c), &[]);
+    }
+
+    // Subnets with their router port pair.
+    let mut subnets: Vec<String> = Vec::new();
+    let join_cidrs: Vec<String> = ipam
+        .plan(&config.join_subnet)
+        .map(|p| p.cidrs.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    for name in super::effective_subnet_names(state, config) {
+        let Some(plan) = ipam.plan(&name) else {
+            continue;
+        };
+        subnets.push(name.clone());
+        let lsp = format!("{name}-{router}");
+        let lrp = format!("{router}-{name}");
+        nb.put(
+            "Logical_Switch",
+            name.clone(),
+            cols(vec![("name", s(&name))]),
+            &[],
+        );
+        let networks: Vec<String> = plan
+            .cidrs
+            .iter()
+            .zip(&plan.gateways)
+            .map(|(c, g)| format!("{g}/{}", c.prefix_len()))
+            .collect();
+        nb.put(
+            "Logical_Router_Port",
+            lrp.clone(),
+            cols(vec![
+                ("name", s(&lrp)),
+                ("mac", s(derived_mac(&format!("lrp:{lrp}"), 0))),
+                ("networks", strings(networks)),
+            ]),
+            &[("lr", router.clone())],
+        );
+        nb.add_ref(
+            "Logical_Router",
+            &router,
+            "ports",
+            RowRef {
+                table: "Logical_Router_Port",
+                key: lrp.clone(),
+            },
+        );
+        nb.put(
+            "Logical_Switch_Port",
+            lsp.clone(),
+            cols(vec![
+                ("name", s(&lsp)),
+                ("type", s("router")),
+                ("addresses", strings(["router".to_string()])),
+                ("options", smap(&[("router-port", lrp.clone())])),
+            ]),
+            &[("ls", name.clone())],
+        );
+        nb.add_ref(
+            "Logical_Switch",
+            &name,
+            "ports",
+            RowRef {
+                table: "Logical_Switch_Port",
+                key: lsp,
+            },
+        );
+        let spec = state
+            .subnets
+            .get(&name)
+            .map(|s| s.spec.clone())
+            .unwrap_or_default();
+        if name != config.join_subnet && spec.enable_lb != Some(false) {
+            for (lb, _, _) in &lb_names {
+                nb.add_ref(
+                    "Logical_Switch",
+                    &name,
+                    "load_balancer",
+                    RowRef {
+                        table: "Load_Balancer",
+                        key: lb.to_string(),
+                    },
+                );
+            }
+        }
+        if spec.private {
+            let mut acl = |priority: i64, m: String, action: &str| {
+                put_acl(
+                    &mut nb,
+                    "Logical_Switch",
+                    &name,
+                    &name,
+                    "to-lport",
+                    priority,
+                    m,
+                    action,
+                    &[],
+                );
+            };
+            acl(1000, "ip".into(), "drop");
+            for cidr in &plan.cidrs {
+                let p = ip_prefix(family(&cidr.network()));
+                acl(
+                    1001,
+                    format!("{p}.src == {cidr} && {p}.dst == {cidr}"),
+                    "allow-related",
+                );
+                for a in spec.allow_subnets.iter().map(|a| a.trim()) {
+                    let same_family = a
+                        .parse::<ipnet::IpNet>()
+                        .is_ok_and(|n| n.network().is_ipv4() == cidr.network().is_ipv4());
+                    if same_family {
+                        acl(1001, format!("({p}.src == {cidr} && {p}.dst == {a}) || ({p}.src == {a} && {p}.dst == {cidr})"), "allow-related");
+                    }
+                }
+                for j in &join_cidrs {
+                    if j.contains(':') == (p == "ip6") {
+                        acl(3000, format!("{p}.src == {j}"), "allow-related");
+                    }
+                }
+            }
+        }
+    }
+
+    // Pods.
+    let mut pod_ips: BTreeMap<ObjectKey, Vec<IpAddr>> = BTreeMap::new();
+    for ((ns, name), pod) in &state.pods {
+        if !pod_wants_port(pod) {
+            continue;
+        }
+        let Some(a) = ipam.get(&pod_owner(ns, name)) else {
+            continue;
+        };
+        if !subnets.contains(&a.subnet) {
+            continue;
+        }
+        pod_ips.insert((ns.clone(), name.clone()), a.ips.clone());
+        let port = pod_port_name(ns, name);
+        let addr = format!("{} {}", a.mac, a.ip_string().replace(',', " "));
+        let mut c = vec![("name", s(&port)), ("addresses", strings([addr.clone()]))];
+        if annotation(&pod.metadata, keys::PORT_SECURITY) == Some("true") {
+            c.push(("port_security", strings([addr])));
+        } else {
+            c.push(("port_security", Datum::empty_set()));
+        }
+        nb.put(
+            "Logical_Switch_Port",
+            port.clone(),
+            cols(c),
+            &[("ls", a.subnet.clone()), ("pod", format!("{ns}/{name}"))],
+        );
+        nb.add_ref(
+            "Logical_Switch",
+            &a.subnet,
+            "ports",
+            RowRef {
+                table: "Logical_Switch_Port",
+                key: port.clone(),
+            },
+        );
+        put_qos(&mut nb, pod, ns, name, &port, a);
+    }
+
+    // Nodes on the join switch.
+    if subnets.contains(&config.join_subnet) {
+        for name in state.nodes.keys() {
+            let Some(a) = ipam.get(&node_owner(name)) else {
+                continue;
+            };
+            let port = format!("node-{name}");
+            let addr = format!("{} {}", a.mac, a.ip_string().replace(',', " "));
+            nb.put(
+                "Logical_Switch_Port",
+                port.clone(),
+                cols(vec![("name", s(&port)), ("addresses", strings([addr]))]),
+                &[("ls", config.join_subnet.clone()), ("node", name.clone())],
+            );
+            nb.add_ref(
+                "Logical_Switch",
+                &config.join_subnet,
+                "ports",
+                RowRef {
+                    table: "Logical_Switch_Port",
+                    key: port,
+                },
+            );
+        }
+    }
+
+    services(&mut nb, state);
+    network_policies(&mut nb, state, config, ipam, &pod_ips);
+    nb
+}
+
+/// Kube-OVN's cluster load balancers: (name, protocol, session affinity).
+pub fn load_balancer_names() -> [(&'static str, &'static str, bool); 6] {
+    [
+        ("cluster-tcp-loadbalancer", "tcp", false),
+        ("cluster-udp-loadbalancer", "udp", false),
+        ("cluster-sctp-loadbalancer", "sctp", false),
+        ("cluster-tcp-session-loadbalancer", "tcp", true),
+        ("cluster-udp-session-loadbalancer", "udp", true),
+        ("cluster-sctp-session-loadbalancer", "sctp", true),
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn put_acl(
+    nb: &mut DesiredNb,
+    parent_table: &'static str,
+    parent: &str,
+    name: &str,
+    direction: &str,
+    priority: i64,
+    m: String,
+    action: &str,
+    options: &[(&str, String)],
+) {
+    let key = format!("{parent}/{direction}/{priority}/{m}");
+    let short: String = name.chars().take(63).collect();
+    nb.put(
+        "ACL",
+        key.clone(),
+        cols(vec![
+            ("name", s(short)),
+            ("direction", s(direction)),
+            ("priority", Datum::atom(Atom::Integer(priority))),
+            ("match", s(m)),
+            ("action", s(action)),
+            ("options", smap(options)),
+        ]),
+        &[("parent", parent.to_string())],
+    );
+    nb.add_ref(parent_table, parent, "acls", RowRef { table: "ACL", key });
+}
+
+fn put_qos(nb: &mut DesiredNb, pod: &Pod, ns: &str, name: &str, port: &str, a: &Allocation) {
+    for (ann, direction, m) in [
+        (
+            keys::INGRESS_RATE,
+            "to-lport",
+            format!("outport == \"{port}\""),
+        ),
+        (
+            keys::EGRESS_RATE,
+            "from-lport",
+            format!("inport == \"{port}\""),
+        ),
+    ] {
+        match parse_rate(annotation(&pod.metadata, ann)) {
+            Ok(None) => {}
+            Ok(Some(mbit)) => {
+                let key = format!("{port}/{direction}");
+                nb.put(
+                    "QoS",
+                    key.clone(),
+                    cols(vec![
+                        ("priority", Datum::atom(Atom::Integer(2003))),
+                        ("direction", s(direction)),
+                        ("match", s(m)),
+                        (
+                            "bandwidth",
+                            Datum::map([(Atom::string("rate"), Atom::Integer(mbit * 1000))]),
+                        ),
+                    ]),
+                    &[
+                        ("pod", format!("{ns}/{name}")),
+                        ("iface-id", port.to_string()),
+                    ],
+                );
+                nb.add_ref(
+                    "Logical_Switch",
+                    &a.subnet,
+                    "qos_rules",
+                    RowRef { table: "QoS", key },
+                );
+            }
+            Err(e) => nb.events.push(Event {
+                object: format!("Pod {ns}/{name}"),
+                reason: "InvalidQoS",
+                message: format!("{ann}: {e}"),
+            }),
+        }
+    }
+}
+
+fn vip(ip: &str, port: i32) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+fn services(nb: &mut DesiredNb, state: &ClusterState) {
+    let mut vips: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
+    for ((ns, name), svc) in &state.services {
+        let Some(spec) = &svc.spec else { continue };
+        let ips: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(v), _) if !v.is_empty() => v.clone(),
+            (_, Some(ip)) => vec![ip.clone()],
+            _ => Vec::new(),
+        };
+        let session = spec.session_affinity.as_deref() == Some("ClientIP");
+        for port in spec.ports.iter().flatten() {
+            let proto = port
+                .protocol
+                .as_deref()
+                .unwrap_or("TCP")
+                .to_ascii_lowercase();
+            let lb = load_balancer_names()
+                .into_iter()
+                .find(|(_, p, s)| *p == proto && *s == session)
+                .map(|(n, _, _)| n);
+            let Some(lb) = lb else { continue };
+            for ip in ips.iter().filter(|ip| ip.parse::<IpAddr>().is_ok()) {
+                let backends =
+                    endpoints_for(state, ns, name, svc, port.name.as_deref(), ip.contains(':'));
+                vips.entry(lb)
+                    .or_default()
+                    .insert(vip(ip, port.port), backends.join(","));
+            }
+        }
+    }
+    for (lb, v) in vips {
+        if let Some(row) = nb
+            .tables
+            .get_mut("Load_Balancer")
+            .and_then(|t| t.get_mut(lb))
+        {
+            row.columns.insert(
+                "vips".into(),
+                Datum::map(
+                    v.into_iter()
+                        .map(|(k, v)| (Atom::String(k), Atom::String(v))),
+                ),
+            );
+        }
+    }
+    for row in nb
+        .tables
+        .get_mut("Load_Balancer")
+        .into_iter()
+        .flat_map(|t| t.values_mut())
+    {
+        row.columns
+            .entry("vips".into())
+            .or_insert_with(|| Datum::Map(BTreeMap::new()));
+    }
+}
+
+fn endpoints_for(
+    state: &ClusterState,
+    ns: &str,
+    svc_name: &str,
+    _svc: &Service,
+    port_name: Option<&str>,
+    v6: bool,
+) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for ((sns, _), eps) in &state.endpoint_slices {
+        if sns != ns {
+            continue;
+        }
+        let owner = eps
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::SERVICE_NAME_LABEL));
+        if owner.map(String::as_str) != Some(svc_name) {
+            continue;
+        }
+        let want = port_name.unwrap_or("");
+        let Some(target) = eps
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == want)
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for ep in &eps.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            for a in &ep.addresses {
+                if a.parse::<IpAddr>().is_ok() && a.contains(':') == v6 {
+                    out.insert(vip(a, target));
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Kube-OVN's port group name of a policy (`<name>.<namespace>`, dashes as dots).
+pub fn np_port_group(ns: &str, np_name: &str) -> String {
+    format!("{np_name}.{ns}").replace('-', ".")
+}
+
+fn np_name(name: &str) -> String {
+    if name.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        format!("np{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// A policy rule: its peers and its ports.
+type PolicyRule = (
+    Option<Vec<NetworkPolicyPeer>>,
+    Option<Vec<NetworkPolicyPort>>,
+);
+/// The address sets of one rule and family: allow name, except name, their
+/// addresses, and the rule's ports.
+type RuleSets = (
+    String,
+    String,
+    BTreeSet<String>,
+    BTreeSet<String>,
+    Vec<NetworkPolicyPort>,
+);
+
+fn network_policies(
+    nb: &mut DesiredNb,
+    state: &ClusterState,
+    config: &Config,
+    ipam: &Ipam,
+    pod_ips: &BTreeMap<ObjectKey, Vec<IpAddr>>,
+) {
+    // Pod labels, for selectors.
+    let no_labels = BTreeMap::new();
+    let labels_of = |k: &ObjectKey| -> &BTreeMap<String, String> {
+        state
+            .pods
+            .get(k)
+            .and_then(|p| p.metadata.labels.as_ref())
+            .unwrap_or(&no_labels)
+    };
+    // Pods with addresses and named ports by namespace; namespace labels.
+    let mut by_ns: BTreeMap<&str, Vec<(&ObjectKey, &Vec<IpAddr>)>> = BTreeMap::new();
+    let mut named_by_ns: BTreeMap<&str, BTreeMap<String, i32>> = BTreeMap::new();
+    for (k, ips) in pod_ips {
+        by_ns.entry(k.0.as_str()).or_default().push((k, ips));
+        let named = named_by_ns.entry(k.0.as_str()).or_default();
+        let containers = state
+            .pods
+            .get(k)
+            .and_then(|p| p.spec.as_ref())
+            .map(|s| s.containers.as_slice())
+            .unwrap_or(&[]);
+        for c in containers {
+            for p in c.ports.iter().flatten() {
+                if let Some(n) = &p.name {
+                    named.entry(n.clone()).or_insert(p.container_port);
+                }
+            }
+        }
+    }
+    let ns_labels: BTreeMap<&str, BTreeMap<String, String>> = by_ns
+        .keys()
+        .map(|ns| (*ns, state.namespace_labels(ns)))
+        .collect();
+    let no_named = BTreeMap::new();
+    for ((ns, name), np) in &state.network_policies {
+        let Some(spec) = &np.spec else { continue };
+        let npn = np_name(name);
+        let pg = np_port_group(ns, &npn);
+        nb.put(
+            "Port_Group",
+            pg.clone(),
+            cols(vec![("name", s(&pg))]),
+            &[("np", format!("{ns}/{npn}"))],
+        );
+        let selected: Vec<&ObjectKey> = by_ns
+            .get(ns.as_str())
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| *k)
+            .filter(|k| {
+                spec.pod_selector
+                    .as_ref()
+                    .map_or(true, |sel| selector_matches(sel, labels_of(k)))
+            })
+            .collect();
+        for k in &selected {
+            nb.add_ref(
+                "Port_Group",
+                &pg,
+                "ports",
+                RowRef {
+                    table: "Logical_Switch_Port",
+                    key: pod_port_name(&k.0, &k.1),
+                },
+            );
+        }
+        let named = named_by_ns.get(ns.as_str()).unwrap_or(&no_named);
+        let protocols: BTreeSet<&'static str> = ipam
+            .plan(&namespace_subnet(state, config, ns))
+            .map(|p| p.cidrs.iter().map(|c| family(&c.network())).collect())
+            .unwrap_or_else(|| BTreeSet::from(["IPv4"]));
+        let types = spec.policy_types.clone().unwrap_or_else(|| {
+            let mut t = vec!["Ingress".to_string()];
+            if spec.egress.is_some() {
+                t.push("Egress".into());
+            }
+            t
+        });
+        for (dir, ingress) in [("ingress", true), ("egress", false)] {
+            let wanted = if ingress { "Ingress" } else { "Egress" };
+            if !types.iter().any(|t| t == wanted) {
+                continue;
+            }
+            let (direction, port_dir, src_dst, options) = if ingress {
+                ("to-lport", "outport", "src", vec![])
+            } else {
+                (
+                    "from-lport",
+                    "inport",
+                    "dst",
+                    vec![("apply-after-lb", "true".to_string())],
+                )
+            };
+            let acl_name = format!("{ns}/{name}");
+            put_acl(
+                nb,
+                "Port_Group",
+                &pg,
+                &acl_name,
+                direction,
+                2000,
+                format!("{port_dir} == @{pg} && ip"),
+                "drop",
+                &options,
+            );
+            let rules: Vec<PolicyRule> = if ingress {
+                spec.ingress
+                    .iter()
+                    .flatten()
+                    .map(|r| (r.from.clone(), r.ports.clone()))
+                    .collect()
+            } else {
+                spec.egress
+                    .iter()
+                    .flatten()
+                    .map(|r| (r.to.clone(), r.ports.clone()))
+                    .collect()
+            };
+            let allow_prefix = format!("{npn}.{ns}.{dir}.allow").replace('-', ".");
+            let except_prefix = format!("{npn}.{ns}.{dir}.except").replace('-', ".");
+            for proto in &protocols {
+                let ipk = format!("{}.{src_dst}", ip_prefix(proto));
+                let mut sets: Vec<RuleSets> = Vec::new();
+                if rules.is_empty() {
+                    sets.push((
+                        format!("{allow_prefix}.{proto}.all"),
+                        format!("{except_prefix}.{proto}.all"),
+                        BTreeSet::new(),
+                        BTreeSet::new(),
+                        Vec::new(),
+                    ));
+                }
+                for (idx, (peers, ports)) in rules.iter().enumerate() {
+                    let mut allow = BTreeSet::new();
+                    let mut except = BTreeSet::new();
+                    match peers {
+                        None => {
+                            allow.insert(
+                                if *proto == "IPv4" {
+                                    "0.0.0.0/0"
+                                } else {
+                                    "::/0"
+                                }
+                                .to_string(),
+                            );
+                        }
+                        Some(v) if v.is_empty() => {
+                            allow.insert(
+                                if *proto == "IPv4" {
+                                    "0.0.0.0/0"
+                                } else {
+                                    "::/0"
+                                }
+                                .to_string(),
+                            );
+                        }
+                        Some(peers) => {
+                            for peer in peers {
+                                if let Some(b) = &peer.ip_block {
+                                    if (b.cidr.contains(':')) == (*proto == "IPv6") {
+                                        allow.insert(b.cidr.clone());
+                                        except.extend(b.except.iter().flatten().cloned());
+                                    }
+                                    continue;
+                                }
+                                for (pns, pods) in &by_ns {
+                                    let ns_ok = match &peer.namespace_selector {
+                                        None => *pns == ns.as_str(),
+                                        Some(sel) => ns_labels
+                                            .get(pns)
+                                            .is_some_and(|l| selector_matches(sel, l)),
+                                    };
+                                    if !ns_ok {
+                                        continue;
+                                    }
+                                    for (k, ips) in pods {
+                                        if peer
+                                            .pod_selector
+                                            .as_ref()
+                                            .map_or(true, |sel| selector_matches(sel, labels_of(k)))
+                                        {
+                                            allow.extend(
+                                                ips.iter()
+                                                    .filter(|ip| family(ip) == *proto)
+                                                    .map(ToString::to_string),
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    sets.push((
+                        format!("{allow_prefix}.{proto}.{idx}"),
+                        format!("{except_prefix}.{proto}.{idx}"),
+                        allow,
+                        except,
+                        ports.clone().unwrap_or_default(),
+                    ));
+                }
+                for (i, (allow_as, except_as, allow, except, ports)) in sets.into_iter().enumerate()
+                {
+                    let npkey = format!("{ns}/{npn}/{dir}");
+                    nb.put(
+                        "Address_Set",
+                        allow_as.clone(),
+                        cols(vec![("name", s(&allow_as)), ("addresses", strings(allow))]),
+                        &[("np", npkey.clone())],
+                    );
+                    nb.put(
+                        "Address_Set",
+                        except_as.clone(),
+                        cols(vec![
+                            ("name", s(&except_as)),
+                            ("addresses", strings(except)),
+                        ]),
+                        &[("np", npkey)],
+                    );
+                    let base = format!("{port_dir} == @{pg} && ip && {ipk} == ${allow_as} && {ipk} != ${except_as}");
+                    let aname = format!("np/{npn}.{ns}/{dir}/{proto}/{i}");
+                    let mut matches = Vec::new();
+                    if ports.is_empty() {
+                        matches.push(base.clone());
+                    }
+                    for p in &ports {
+                        let l4 = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                        let num = match &p.port {
+                            None => {
+                                matches.push(format!("{base} && {l4}"));
+                                continue;
+                            }
+                            Some(IntOrString::Int(n)) => *n,
+                            Some(IntOrString::String(n)) => match named.get(n) {
+                                Some(n) => *n,
+                                None => {
+                                    nb.events.push(Event {
+                                        object: format!("NetworkPolicy {ns}/{name}"),
+                                        reason: "UnresolvedNamedPort",
+                                        message: format!("named port {n:?} matches no pod in {ns}"),
+                                    });
+                                    continue;
+                                }
+                            },
+                        };
+                        match p.end_port {
+                            Some(end) if end > num => matches
+                                .push(format!("{base} && {l4}.dst >= {num} && {l4}.dst <= {end}")),
+                            _ => matches.push(format!("{base} && {l4}.dst == {num}")),
+                        }
+                    }
+                    for m in matches {
+                        put_acl(
+                            nb,
+                            "Port_Group",
+                            &pg,
+                            &aname,
+                            direction,
+                            2001,
+                            m,
+                            "allow-related",
+                            &options,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services,
+//! EndpointSlices, NetworkPolicies, Nodes and Kube-OVN Subnets feeding the
+//! same observed state as the manifest source; a coordination.k8s.io Lease
+//! so that only one controller writes; pod annotations written back.
+//!
+//! Owns the API conversation. It must not compute addresses or rows.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::model::{ClusterState, Object, ObjectRef, Subnet};
+use super::run::{log_events, Controller};
+
+/// Errors of the Kubernetes source.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    /// An API request failed.
+    #[error("kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    /// The kubeconfig could not be loaded.
+    #[error("kubeconfig: {0}")]
+    Config(String),
+}
+
+/// The kinds the source watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Namespaces.
+    Namespace,
+    /// Pods.
+    Pod,
+    /// Services.
+    Service,
+    /// EndpointSlices.
+    EndpointSlice,
+    /// NetworkPolicies.
+    NetworkPolicy,
+    /// Nodes.
+    Node,
+    /// Subnets.
+    Subnet,
+}
+
+/// A change reported by a watcher.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// Added or modified.
+    Apply(Object),
+    /// Deleted.
+    Delete(ObjectRef),
+    /// The watcher (re)listed everything of a kind: the objects replace
+    /// all known objects of that kind (after a watch restart or 410 Gone).
+    Resync(Kind, Vec<Object>),
+}
+
+/// Applies a watcher event to the observed state.
+pub fn apply_event(state: &mut ClusterState, ev: SourceEvent) {
+    match ev {
+        SourceEvent::Apply(o) => state.apply(o),
+        SourceEvent::Delete(r) => {
+            state.delete(&r);
+        }
+        SourceEvent::Resync(kind, objs) => {
+            match kind {
+                Kind::Namespace => state.namespaces.clear(),
+                Kind::Pod => state.pods.clear(),
+                Kind::Service => state.services.clear(),
+                Kind::EndpointSlice => state.endpoint_slices.clear(),
+                Kind::NetworkPolicy => state.network_policies.clear(),
+                Kind::Node => state.nodes.clear(),
+                Kind::Subnet => state.subnets.clear(),
+            }
+            for o in objs {
+                state.apply(o);
+            }
+        }
+    }
+}
+
+/// Streams the events of one kind into `tx` until `tx` closes. The watcher
+/// relists on a watch restart or 410 Gone; errors are logged and retried
+/// with backoff.
+pub async fn watch_kind<K>(
+    api: Api<K>,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+    tx: mpsc::Sender<SourceEvent>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut buffer: Vec<Object> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let out = match ev {
+            Ok(watcher::Event::Apply(k)) => Some(SourceEvent::Apply(wrap(k))),
+            Ok(watcher::Event::Delete(k)) => Some(SourceEvent::Delete(wrap(k).object_ref())),
+            Ok(watcher::Event::Init) => {
+                buffer.clear();
+                None
+            }
+            Ok(watcher::Event::InitApply(k)) => {
+                buffer.push(wrap(k));
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                Some(SourceEvent::Resync(kind, std::mem::take(&mut buffer)))
+            }
+            Err(e) => {
+                log::warn!("{kind:?} watch: {e}");
+                None
+            }
+        };
+        if let Some(ev) = out {
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Starts one watcher per kind; events arrive on the returned channel.
+pub fn spawn_watchers(client: &Client) -> mpsc::Receiver<SourceEvent> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(watch_kind(
+        Api::<Namespace>::all(client.clone()),
+        Kind::Namespace,
+        |k| Object::Namespace(Box::new(k)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<Pod>::all(client.clone()),
+        Kind::Pod,
+        |k| Object::Pod(Box::new(k)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<Service>::all(client.clone()),
+        Kind::Service,
+        |k| Object::Service(Box::new(k)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<EndpointSlice>::all(client.clone()),
+        Kind::EndpointSlice,
+        |k| Object::EndpointSlice(Box::new(k)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<NetworkPolicy>::all(client.clone()),
+        Kind::NetworkPolicy,
+        |k| Object::NetworkPolicy(Box::new(k)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<Node>::all(client.clone()),
+        Kind::Node,
+        |k| Object::Node(Box::new(k)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<Subnet>::all(client.clone()),
+        Kind::Subnet,
+        |k| Object::Subnet(Box::new(k)),
+        tx,
+    ));
+    rx
+}
+
+/// A coordination.k8s.io Lease held by one controller at a time.
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+impl LeaseLock {
+    /// A lock on Lease `namespace/name` for `identity`.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
+        LeaseLock {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
+    }
+
+    /// Takes or renews the lease; true when we hold it afterwards. Uses the
+    /// lease's resourceVersion, so two contenders cannot both win.
+    pub async fn try_acquire(&self) -> Result<bool, KubeSourceError> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let spec = |transitions: i32| LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs() as i32),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        };
+        match self.api.get_opt(&self.name).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(spec(0)),
+                };
+                match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Some(mut lease) => {
+                let cur = lease.spec.clone().unwrap_or_default();
+                let mine = cur.holder_identity.as_deref() == Some(self.identity.as_str());
+                let expired = match (&cur.renew_time, cur.lease_duration_seconds) {
+                    (Some(MicroTime(t)), Some(d)) => now.as_second() > t.as_second() + i64::from(d),
+                    _ => true,
+                };
+                if !mine && !expired {
+                    return Ok(false);
+                }
+                let transitions = cur.lease_transitions.unwrap_or(0) + i32::from(!mine);
+                let mut s = spec(transitions);
+                if mine {
+                    s.acquire_time = cur.acquire_time.clone();
+                }
+                lease.spec = Some(s);
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+/// Writes Kube-OVN's allocation annotations on a pod (merge patch).
+pub async fn patch_pod_annotations(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(), KubeSourceError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Runs the Kubernetes source: watches, and while holding the lease,
+/// reconciles after each quiet period and writes the pod annotations.
+pub async fn run_kube(
+    client: Client,
+    ctl: &mut Controller,
+    lock: LeaseLock,
+) -> Result<(), KubeSourceError> {
+    let mut rx = spawn_watchers(&client);
+    let mut state = ClusterState::default();
+    let mut dirty = true;
+    let mut renew = tokio::time::interval(lock.duration / 3);
+    let mut leader = false;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return Ok(()) };
+                apply_event(&mut state, ev);
+                // Drain what is queued before reconciling.
+                while let Ok(ev) = rx.try_recv() {
+                    apply_event(&mut state, ev);
+                }
+                dirty = true;
+            }
+            _ = renew.tick() => {
+                let was = leader;
+                leader = lock.try_acquire().await.unwrap_or_else(|e| { log::warn!("lease: {e}"); false });
+                if leader && !was {
+                    log::info!("became leader");
+                    dirty = true;
+                }
+            }
+        }
+        if leader && dirty {
+            dirty = false;
+            match ctl.reconcile(&state).await {
+                Ok(r) => {
+                    log_events(&r.events);
+                    for (owner, a) in &r.new_allocations {
+                        if let Some((ns, name)) =
+                            owner.strip_prefix("pod:").and_then(|k| k.split_once('/'))
+                        {
+                            let ann = super::pod_annotations(a, ctl.ipam());
+                            if let Err(e) = patch_pod_annotations(&client, ns, name, &ann).await {
+                                log::warn!("annotate pod {ns}/{name}: {e}");
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::error!("reconcile failed: {e}");
+                    dirty = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The controller role: Kubernetes state (from the API server or from a
+//! manifest directory) into OVN Northbound rows, the way Kube-OVN does it.
+//!
+//! Owns the flow observed state → addresses → desired rows → transaction.
+//! It must not touch the Southbound database or the fast path.
+
+pub mod desired;
+pub mod ipam;
+pub mod kube_source;
+pub mod manifest;
+pub mod model;
+pub mod reconcile;
+pub mod run;
+
+use std::collections::BTreeMap;
+
+use desired::{node_owner, pod_owner, pod_subnet, pod_wants_port, Event};
+use ipam::{Allocation, Ipam, Request, SubnetPlan};
+use model::{annotation, keys, ClusterState};
+
+/// Names and defaults of the cluster (Kube-OVN's controller flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The cluster router (`ovn-cluster`).
+    pub cluster_router: String,
+    /// The default subnet (`ovn-default`).
+    pub default_subnet: String,
+    /// Its CIDR when no Subnet object declares it.
+    pub default_cidr: String,
+    /// The node subnet (`join`).
+    pub join_subnet: String,
+    /// Its CIDR when no Subnet object declares it.
+    pub join_cidr: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cluster_router: "ovn-cluster".into(),
+            default_subnet: "ovn-default".into(),
+            default_cidr: "10.16.0.0/16".into(),
+            join_subnet: "join".into(),
+            join_cidr: "100.64.0.0/16".into(),
+        }
+    }
+}
+
+/// The subnets that exist: the Subnet objects plus the default and join
+/// subnets from the configuration when no object declares them.
+pub fn effective_subnet_names(state: &ClusterState, config: &Config) -> Vec<String> {
+    let mut v: Vec<String> = state.subnets.keys().cloned().collect();
+    for n in [&config.default_subnet, &config.join_subnet] {
+        if !v.contains(n) {
+            v.push(n.clone());
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The addressing of every subnet, with the problems of refused specs.
+pub fn subnet_plans(state: &ClusterState, config: &Config) -> (Vec<SubnetPlan>, Vec<Event>) {
+    let mut plans = Vec::new();
+    let mut events = Vec::new();
+    for name in effective_subnet_names(state, config) {
+        let r = match state.subnets.get(&name) {
+            Some(sn) => SubnetPlan::new(
+                &name,
+                &sn.spec.cidr_block,
+                sn.spec.gateway.as_deref(),
+                &sn.spec.exclude_ips,
+            ),
+            None if name == config.default_subnet => {
+                SubnetPlan::new(&name, &config.default_cidr, None, &[])
+            }
+            None => SubnetPlan::new(&name, &config.join_cidr, None, &[]),
+        };
+        match r {
+            Ok(p) => plans.push(p),
+            Err(e) => events.push(Event {
+                object: format!("Subnet {name}"),
+                reason: "InvalidSubnet",
+                message: e.to_string(),
+            }),
+        }
+    }
+    (plans, events)
+}
+
+/// Addresses written back for one owner: pod annotations (Kube-OVN keys)
+/// or a state file entry.
+pub fn pod_annotations(a: &Allocation, ipam: &Ipam) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert(keys::ALLOCATED.to_string(), "true".to_string());
+    m.insert(keys::IP_ADDRESS.to_string(), a.ip_string());
+    m.insert(keys::MAC_ADDRESS.to_string(), a.mac.clone());
+    m.insert(keys::LOGICAL_SWITCH.to_string(), a.subnet.clone());
+    if let Some(p) = ipam.plan(&a.subnet) {
+        m.insert(keys::CIDR.to_string(), p.cidr_string());
+        m.insert(keys::GATEWAY.to_string(), p.gateway_string());
+    }
+    m
+}
+
+/// Brings the IPAM in line with the observed state: subnets, addresses
+/// recorded before (`recorded`: the state file, or allocated pod
+/// annotations), then new allocations in a fixed order. Owners that are
+/// gone are released. Returns the problems found (conflicts, exhaustion).
+pub fn sync_ipam(
+    state: &ClusterState,
+    config: &Config,
+    ipam: &mut Ipam,
+    recorded: &BTreeMap<String, Allocation>,
+) -> Vec<Event> {
+    let (plans, mut events) = subnet_plans(state, config);
+    let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+    for p in plans {
+        ipam.set_subnet(p);
+    }
+    let existing: Vec<String> = ipam
+        .allocations()
+        .values()
+        .map(|a| a.subnet.clone())
+        .collect();
+    for s in existing {
+        if !names.contains(&s) {
+            ipam.remove_subnet(&s);
+        }
+    }
+    // Who should hold addresses, and where.
+    let mut wanted: BTreeMap<String, (String, Request, String)> = BTreeMap::new();
+    for ((ns, name), pod) in &state.pods {
+        if !pod_wants_port(pod) {
+            continue;
+        }
+        let owner = pod_owner(ns, name);
+        let subnet = pod_subnet(state, config, pod);
+        let allocated = annotation(&pod.metadata, keys::ALLOCATED) == Some("true");
+        // Once allocated, ip_address holds our own answer, not a request,
+        // unless the state says otherwise.
+        let req = if allocated && recorded.contains_key(&owner) {
+            Ok(Request::default())
+        } else {
+            Request::from_annotations(
+                annotation(&pod.metadata, keys::IP_ADDRESS),
+                annotation(&pod.metadata, keys::MAC_ADDRESS),
+                annotation(&pod.metadata, keys::IP_POOL),
+            )
+        };
+        match req {
+            Ok(r) => {
+                wanted.insert(owner, (subnet, r, format!("Pod {ns}/{name}")));
+            }
+            Err(e) => events.push(Event {
+                object: format!("Pod {ns}/{name}"),
+                reason: "InvalidAddress",
+                message: e.to_string(),
+            }),
+        }
+    }
+    for name in state.nodes.keys() {
+        wanted.insert(
+            node_owner(name),
+            (
+                config.join_subnet.clone(),
+                Request::default(),
+                format!("Node {name}"),
+            ),
+        );
+    }
+    for o in ipam.owners() {
+        let keep = wanted
+            .get(&o)
+            .is_some_and(|(s, _, _)| ipam.get(&o).is_some_and(|a| &a.subnet == s));
+        if !keep {
+            ipam.release(&o);
+        }
+    }
+    // Recorded allocations first, so they never move.
+    for (owner, (subnet, _, obj)) in &wanted {
+        if let Some(a) = recorded.get(owner).filter(|a| &a.subnet == subnet) {
+            if let Err(e) = ipam.restore(owner, a.clone()) {
+                events.push(Event {
+                    object: obj.clone(),
+                    reason: "AddressConflict",
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    // Static requests before dynamic ones, so a dynamic allocation never
+    // takes an address someone asked for.
+    let mut order: Vec<&String> = wanted.keys().collect();
+    order.sort_by_key(|o| wanted[*o].1.ips.is_empty());
+    for owner in order {
+        let (subnet, req, obj) = &wanted[owner];
+        if let Err(e) = ipam.allocate(owner, subnet, req) {
+            events.push(Event {
+                object: obj.clone(),
+                reason: "AllocationFailed",
+                message: e.to_string(),
+            });
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests;

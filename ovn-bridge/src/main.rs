@@ -1,0 +1,95 @@
+//! `ovn-bridge` command line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ovn_bridge::controller::{kube_source, run, Config};
+
+#[derive(Parser)]
+#[command(name = "ovn-bridge", about = "OVN control process for the fastpath")]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Kubernetes state into OVN Northbound rows (the Kube-OVN controller's job).
+    Controller {
+        /// Northbound remote(s): unix:PATH or tcp:HOST:PORT; several for a cluster.
+        #[arg(long = "nb", required = true, num_args = 1..)]
+        nb: Vec<String>,
+        /// Watch a Kubernetes cluster through this kubeconfig.
+        #[arg(long, conflicts_with = "manifests")]
+        kubeconfig: Option<PathBuf>,
+        /// Read the objects from YAML files in this directory instead.
+        #[arg(long, required_unless_present = "kubeconfig")]
+        manifests: Option<PathBuf>,
+        /// JSON file recording address allocations (manifest source).
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// CIDR of the default subnet when no Subnet object declares it.
+        #[arg(long, default_value = "10.16.0.0/16")]
+        default_cidr: String,
+        /// CIDR of the join (node) subnet when no Subnet object declares it.
+        #[arg(long, default_value = "100.64.0.0/16")]
+        join_cidr: String,
+        /// Namespace of the leader-election Lease.
+        #[arg(long, default_value = "kube-system")]
+        lease_namespace: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.role {
+        Role::Controller {
+            nb,
+            kubeconfig,
+            manifests,
+            state_file,
+            default_cidr,
+            join_cidr,
+            lease_namespace,
+        } => rt.block_on(async move {
+            let config = Config {
+                default_cidr,
+                join_cidr,
+                ..Config::default()
+            };
+            let mut ctl = run::Controller::connect(&nb, config, state_file)
+                .await
+                .context("connect to northbound")?;
+            if let Some(dir) = manifests {
+                run::run_manifests(&dir, &mut ctl, Duration::from_millis(500)).await?;
+                return Ok(());
+            }
+            let path = kubeconfig.context("--kubeconfig or --manifests is required")?;
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("read {}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .context("kubeconfig")?;
+            let client = kube::Client::try_from(cfg).context("kubernetes client")?;
+            let identity = std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| format!("ovn-bridge-{}", std::process::id()));
+            let lock = kube_source::LeaseLock::new(
+                client.clone(),
+                &lease_namespace,
+                "ovn-bridge-controller",
+                &identity,
+                Duration::from_secs(15),
+            );
+            kube_source::run_kube(client, &mut ctl, lock).await?;
+            Ok(())
+        }),
+    }
+}
