@@ -315,7 +315,7 @@ fn check_mounts(roots: &Roots, request: &CheckRequest, items: &mut Items) -> Vec
             && request
                 .mount_point
                 .as_ref()
-                .map_or(true, |p| p.components().eq(m.mount_point.components()))
+                .is_none_or(|p| p.components().eq(m.mount_point.components()))
     });
     let wanted = match &request.mount_point {
         Some(p) => format!("hugetlbfs pagesize={} at {}", request.size, p.display()),

@@ -100,7 +100,7 @@ pub const fn update_u32(checksum: u16, old: u32, new: u32) -> u16 {
 /// lengths differ or are odd.
 #[inline]
 pub fn update_bytes(checksum: u16, old: &[u8], new: &[u8]) -> Option<u16> {
-    if old.len() != new.len() || old.len() % 2 != 0 {
+    if old.len() != new.len() || !old.len().is_multiple_of(2) {
         return None;
     }
     let mut s = (!checksum) as u32;

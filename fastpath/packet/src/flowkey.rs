@@ -99,7 +99,7 @@ pub struct FlowKey {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == KEY_LEN);
-const _: () = assert!(KEY_LEN % 8 == 0);
+const _: () = assert!(KEY_LEN.is_multiple_of(8));
 
 impl Default for FlowKey {
     fn default() -> Self {

@@ -98,7 +98,7 @@ const _: () = assert!(size_of::<ControlBlock>() == 96 && align_of::<ControlBlock
 const _: () = assert!(size_of::<ReaderEntry>() == 64 && align_of::<ReaderEntry>() == 64);
 #[cfg(not(loom))]
 const _: () = assert!(CONTROL_OFFSET + size_of::<ControlBlock>() <= READER_AREA_OFFSET);
-const _: () = assert!(FIRST_SLOT_OFFSET % SLOT_ALIGN == 0);
+const _: () = assert!(FIRST_SLOT_OFFSET.is_multiple_of(SLOT_ALIGN));
 
 /// The header at the start of every slot.
 #[repr(C)]

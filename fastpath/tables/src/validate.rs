@@ -54,7 +54,7 @@ pub fn validate_slot(bytes: &[u8]) -> Result<ValidatedSlot, RefusedSlot> {
     if header.abi_version != ABI_VERSION {
         return Err(refuse(RefusalReason::BadVersion));
     }
-    if bytes.as_ptr() as usize % 8 != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(8) {
         return Err(refuse(RefusalReason::SlotMisaligned));
     }
     let length = usize::try_from(header.length)

@@ -12,7 +12,7 @@ fn port(port_id: u16, name: &str) -> Port {
         datapath_key: 10,
         port_key: u32::from(port_id) + 100,
         name: name.to_owned(),
-        is_local: port_id % 2 == 0,
+        is_local: port_id.is_multiple_of(2),
     }
 }
 

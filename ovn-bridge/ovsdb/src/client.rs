@@ -445,7 +445,7 @@ impl Task {
             if !self.sleep_queueing(backoff).await {
                 return;
             }
-            if failures % self.remotes.len() == 0 {
+            if failures.is_multiple_of(self.remotes.len()) {
                 backoff = (backoff * 2).min(self.opts.backoff_max);
             }
         }

@@ -734,7 +734,7 @@ fn network_policies(
             .filter(|k| {
                 spec.pod_selector
                     .as_ref()
-                    .map_or(true, |sel| selector_matches(sel, labels_of(k)))
+                    .is_none_or(|sel| selector_matches(sel, labels_of(k)))
             })
             .collect();
         for k in &selected {
@@ -861,7 +861,7 @@ fn network_policies(
                                         if peer
                                             .pod_selector
                                             .as_ref()
-                                            .map_or(true, |sel| selector_matches(sel, labels_of(k)))
+                                            .is_none_or(|sel| selector_matches(sel, labels_of(k)))
                                         {
                                             allow.extend(
                                                 ips.iter()

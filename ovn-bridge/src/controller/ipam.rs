@@ -573,7 +573,7 @@ impl Ipam {
             .ok_or_else(|| IpamError::UnknownSubnet(subnet.to_string()))?;
         if let Some(cur) = self.owners.get(owner) {
             let ips_ok = req.ips.is_empty() || req.ips == cur.ips;
-            let mac_ok = req.mac.as_ref().map_or(true, |m| *m == cur.mac);
+            let mac_ok = req.mac.as_ref().is_none_or(|m| *m == cur.mac);
             let pool_ok = req.pool.is_empty() || cur.ips.iter().all(|ip| req.pool.contains(ip));
             if cur.subnet == subnet && ips_ok && mac_ok && pool_ok {
                 return Ok(cur.clone());

@@ -289,7 +289,7 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
         let v = labels.get(&e.key);
         let ok = match e.operator.as_str() {
             "In" => v.is_some_and(|v| values.contains(v)),
-            "NotIn" => v.map_or(true, |v| !values.contains(v)),
+            "NotIn" => v.is_none_or(|v| !values.contains(v)),
             "Exists" => v.is_some(),
             "DoesNotExist" => v.is_none(),
             _ => false,
