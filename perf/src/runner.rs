@@ -508,6 +508,11 @@ fn testpmd_io(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
 
 /// Runs `perf run`.
 pub fn run(args: RunArgs) -> Result<()> {
+    for out in [&args.json, &args.plot].into_iter().flatten() {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
     if !SCENARIOS.iter().any(|(n, _)| *n == args.scenario) {
         bail!(
             "unknown scenario {:?}; `perf list` shows the known ones",
