@@ -74,10 +74,34 @@ fn main() {
     }
     build.compile("fpshim");
 
-    let bindings = bindgen::Builder::default()
+    // bindgen loads libclang at run time and panics when it is missing: turn
+    // that into a message that names the package.
+    let generated = std::panic::catch_unwind(|| generate(&clang_args, &extra));
+    let bindings = match generated {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => fail(&format!(
+            "bindgen could not generate the DPDK bindings ({e}). It needs libclang: \
+             install the Debian package `libclang-dev` (apt-get install libclang-dev)."
+        )),
+        Err(_) => fail(
+            "bindgen could not load libclang. Install the Debian package `libclang-dev` \
+             (apt-get install libclang-dev).",
+        ),
+    };
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("write bindings");
+}
+
+fn generate(
+    clang_args: &[String],
+    extra: &[String],
+) -> Result<bindgen::Bindings, bindgen::BindgenError> {
+    bindgen::Builder::default()
         .header("shim/wrapper.h")
-        .clang_args(&clang_args)
-        .clang_args(&extra)
+        .clang_args(clang_args)
+        .clang_args(extra)
         .allowlist_function("rte_.*|fp_.*")
         .allowlist_type("rte_.*")
         .allowlist_var("RTE_.*")
@@ -89,16 +113,5 @@ fn main() {
         .generate_comments(false)
         .prepend_enum_name(false)
         .default_enum_style(bindgen::EnumVariation::Consts)
-        .generate();
-    let bindings = match bindings {
-        Ok(b) => b,
-        Err(e) => fail(&format!(
-            "bindgen could not generate the DPDK bindings ({e}). It needs libclang: \
-             install the Debian package `libclang-dev` (apt-get install libclang-dev)."
-        )),
-    };
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    bindings
-        .write_to_file(out.join("bindings.rs"))
-        .expect("write bindings");
+        .generate()
 }
