@@ -87,6 +87,10 @@ pub struct DesiredNb {
     pub tables: BTreeMap<&'static str, BTreeMap<String, DesiredRow>>,
     /// Problems found while computing the rows.
     pub events: Vec<Event>,
+    /// References whose parent row is not in this set (a unit's rows that
+    /// point into another unit's rows): parent table, parent key, column,
+    /// target.
+    pub unresolved: Vec<(&'static str, String, &'static str, RowRef)>,
 }
 
 impl DesiredNb {
@@ -125,8 +129,13 @@ impl DesiredNb {
     }
 
     fn add_ref(&mut self, table: &'static str, key: &str, column: &'static str, target: RowRef) {
-        if let Some(r) = self.tables.get_mut(table).and_then(|t| t.get_mut(key)) {
-            r.refs.entry(column).or_default().insert(target);
+        match self.tables.get_mut(table).and_then(|t| t.get_mut(key)) {
+            Some(r) => {
+                r.refs.entry(column).or_default().insert(target);
+            }
+            None => self
+                .unresolved
+                .push((table, key.to_string(), column, target)),
         }
     }
 }
@@ -231,8 +240,114 @@ fn ip_prefix(protocol: &str) -> &'static str {
 }
 
 /// The desired Northbound rows. Pure: the same inputs give the same rows.
+/// The reference for [`Unit`]-wise computation: it is the union of the
+/// rows of every unit.
 pub fn desired_nb(state: &ClusterState, ipam: &Ipam, config: &Config) -> DesiredNb {
     let mut nb = DesiredNb::default();
+    let ctx = Context::new(state, ipam, config);
+    let pctx = PolicyContext::new(state, ipam, config, &ctx);
+    for unit in all_units(state, config) {
+        unit_rows_into(&mut nb, &unit, state, ipam, config, &ctx, &pctx);
+    }
+    nb.unresolved.clear();
+    nb
+}
+
+/// A part of the desired rows computed together from a few objects; an
+/// event recomputes only the units it touches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unit {
+    /// The router and the load balancers (all Services and EndpointSlices).
+    Cluster,
+    /// One subnet's switch, router port pair and isolation ACLs.
+    Subnet(String),
+    /// One pod's port and QoS rows.
+    Pod(ObjectKey),
+    /// One node's port on the join switch.
+    Node(String),
+    /// One NetworkPolicy's port group, address sets and ACLs.
+    Policy(ObjectKey),
+}
+
+/// Every unit of a state, parents before children.
+pub fn all_units(state: &ClusterState, config: &Config) -> Vec<Unit> {
+    let mut v = vec![Unit::Cluster];
+    v.extend(
+        super::effective_subnet_names(state, config)
+            .into_iter()
+            .map(Unit::Subnet),
+    );
+    v.extend(state.pods.keys().cloned().map(Unit::Pod));
+    v.extend(state.nodes.keys().cloned().map(Unit::Node));
+    v.extend(state.network_policies.keys().cloned().map(Unit::Policy));
+    v
+}
+
+/// What every unit needs to know about the subnets.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Subnets that exist and have an address plan.
+    pub subnets: Vec<String>,
+    /// CIDRs of the join subnet.
+    pub join_cidrs: Vec<String>,
+}
+
+impl Context {
+    /// The context of a state and allocation table.
+    pub fn new(state: &ClusterState, ipam: &Ipam, config: &Config) -> Self {
+        Context {
+            subnets: super::effective_subnet_names(state, config)
+                .into_iter()
+                .filter(|n| ipam.plan(n).is_some())
+                .collect(),
+            join_cidrs: ipam
+                .plan(&config.join_subnet)
+                .map(|p| p.cidrs.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The rows of one unit, written into `nb`. References to rows of other
+/// units are kept in [`DesiredNb::unresolved`] when the parent row is not
+/// in `nb`.
+pub fn unit_rows_into(
+    nb: &mut DesiredNb,
+    unit: &Unit,
+    state: &ClusterState,
+    ipam: &Ipam,
+    config: &Config,
+    ctx: &Context,
+    pctx: &PolicyContext<'_>,
+) {
+    match unit {
+        Unit::Cluster => cluster_rows(nb, state, config),
+        Unit::Subnet(name) => {
+            if ctx.subnets.contains(name) {
+                subnet_rows(nb, state, ipam, config, ctx, name);
+            }
+        }
+        Unit::Pod((ns, name)) => {
+            if let Some(pod) = state.pods.get(&(ns.clone(), name.clone())) {
+                pod_rows(nb, ipam, ctx, ns, name, pod);
+            }
+        }
+        Unit::Node(name) => {
+            if state.nodes.contains_key(name) {
+                node_rows(nb, ipam, config, ctx, name);
+            }
+        }
+        Unit::Policy(k) => {
+            if let Some(np) = state.network_policies.get(k) {
+                policy_rows(nb, state, config, ipam, pctx, k, np);
+            }
+        }
+    }
+}
+
+/// Rows of the cluster: the router and the load balancers with the VIPs of
+/// every Service.
+fn cluster_rows(nb: &mut DesiredNb, state: &ClusterState, config: &Config) {
     let router = config.cluster_router.clone();
     nb.put(
         "Logical_Router",
@@ -253,195 +368,202 @@ pub fn desired_nb(state: &ClusterState, ipam: &Ipam, config: &Config) -> Desired
         nb.put("Load_Balancer", name.to_string(), cols(c), &[]);
     }
 
-    // Subnets with their router port pair.
-    let mut subnets: Vec<String> = Vec::new();
-    let join_cidrs: Vec<String> = ipam
-        .plan(&config.join_subnet)
-        .map(|p| p.cidrs.iter().map(ToString::to_string).collect())
+    services(nb, state);
+}
+
+/// Rows of one subnet: its switch, the router port pair, the load
+/// balancer references and the isolation ACLs of a private subnet.
+fn subnet_rows(
+    nb: &mut DesiredNb,
+    state: &ClusterState,
+    ipam: &Ipam,
+    config: &Config,
+    ctx: &Context,
+    name: &str,
+) {
+    let router = config.cluster_router.clone();
+    let lb_names = load_balancer_names();
+    let join_cidrs = &ctx.join_cidrs;
+    let Some(plan) = ipam.plan(name) else {
+        return;
+    };
+    let name = name.to_string();
+    let lsp = format!("{name}-{router}");
+    let lrp = format!("{router}-{name}");
+    nb.put(
+        "Logical_Switch",
+        name.clone(),
+        cols(vec![("name", s(&name))]),
+        &[],
+    );
+    let networks: Vec<String> = plan
+        .cidrs
+        .iter()
+        .zip(&plan.gateways)
+        .map(|(c, g)| format!("{g}/{}", c.prefix_len()))
+        .collect();
+    nb.put(
+        "Logical_Router_Port",
+        lrp.clone(),
+        cols(vec![
+            ("name", s(&lrp)),
+            ("mac", s(derived_mac(&format!("lrp:{lrp}"), 0))),
+            ("networks", strings(networks)),
+        ]),
+        &[("lr", router.clone())],
+    );
+    nb.add_ref(
+        "Logical_Router",
+        &router,
+        "ports",
+        RowRef {
+            table: "Logical_Router_Port",
+            key: lrp.clone(),
+        },
+    );
+    nb.put(
+        "Logical_Switch_Port",
+        lsp.clone(),
+        cols(vec![
+            ("name", s(&lsp)),
+            ("type", s("router")),
+            ("addresses", strings(["router".to_string()])),
+            ("options", smap(&[("router-port", lrp.clone())])),
+        ]),
+        &[("ls", name.clone())],
+    );
+    nb.add_ref(
+        "Logical_Switch",
+        &name,
+        "ports",
+        RowRef {
+            table: "Logical_Switch_Port",
+            key: lsp,
+        },
+    );
+    let spec = state
+        .subnets
+        .get(&name)
+        .map(|s| s.spec.clone())
         .unwrap_or_default();
-    for name in super::effective_subnet_names(state, config) {
-        let Some(plan) = ipam.plan(&name) else {
-            continue;
-        };
-        subnets.push(name.clone());
-        let lsp = format!("{name}-{router}");
-        let lrp = format!("{router}-{name}");
-        nb.put(
-            "Logical_Switch",
-            name.clone(),
-            cols(vec![("name", s(&name))]),
-            &[],
-        );
-        let networks: Vec<String> = plan
-            .cidrs
-            .iter()
-            .zip(&plan.gateways)
-            .map(|(c, g)| format!("{g}/{}", c.prefix_len()))
-            .collect();
-        nb.put(
-            "Logical_Router_Port",
-            lrp.clone(),
-            cols(vec![
-                ("name", s(&lrp)),
-                ("mac", s(derived_mac(&format!("lrp:{lrp}"), 0))),
-                ("networks", strings(networks)),
-            ]),
-            &[("lr", router.clone())],
-        );
-        nb.add_ref(
-            "Logical_Router",
-            &router,
-            "ports",
-            RowRef {
-                table: "Logical_Router_Port",
-                key: lrp.clone(),
-            },
-        );
-        nb.put(
-            "Logical_Switch_Port",
-            lsp.clone(),
-            cols(vec![
-                ("name", s(&lsp)),
-                ("type", s("router")),
-                ("addresses", strings(["router".to_string()])),
-                ("options", smap(&[("router-port", lrp.clone())])),
-            ]),
-            &[("ls", name.clone())],
-        );
-        nb.add_ref(
-            "Logical_Switch",
-            &name,
-            "ports",
-            RowRef {
-                table: "Logical_Switch_Port",
-                key: lsp,
-            },
-        );
-        let spec = state
-            .subnets
-            .get(&name)
-            .map(|s| s.spec.clone())
-            .unwrap_or_default();
-        if name != config.join_subnet && spec.enable_lb != Some(false) {
-            for (lb, _, _) in &lb_names {
-                nb.add_ref(
-                    "Logical_Switch",
-                    &name,
-                    "load_balancer",
-                    RowRef {
-                        table: "Load_Balancer",
-                        key: lb.to_string(),
-                    },
-                );
-            }
-        }
-        if spec.private {
-            let mut acl = |priority: i64, m: String, action: &str| {
-                put_acl(
-                    &mut nb,
-                    "Logical_Switch",
-                    &name,
-                    &name,
-                    "to-lport",
-                    priority,
-                    m,
-                    action,
-                    &[],
-                );
-            };
-            acl(1000, "ip".into(), "drop");
-            for cidr in &plan.cidrs {
-                let p = ip_prefix(family(&cidr.network()));
-                acl(
-                    1001,
-                    format!("{p}.src == {cidr} && {p}.dst == {cidr}"),
-                    "allow-related",
-                );
-                for a in spec.allow_subnets.iter().map(|a| a.trim()) {
-                    let same_family = a
-                        .parse::<ipnet::IpNet>()
-                        .is_ok_and(|n| n.network().is_ipv4() == cidr.network().is_ipv4());
-                    if same_family {
-                        acl(1001, format!("({p}.src == {cidr} && {p}.dst == {a}) || ({p}.src == {a} && {p}.dst == {cidr})"), "allow-related");
-                    }
-                }
-                for j in &join_cidrs {
-                    if j.contains(':') == (p == "ip6") {
-                        acl(3000, format!("{p}.src == {j}"), "allow-related");
-                    }
-                }
-            }
-        }
-    }
-
-    // Pods.
-    let mut pod_ips: BTreeMap<ObjectKey, Vec<IpAddr>> = BTreeMap::new();
-    for ((ns, name), pod) in &state.pods {
-        if !pod_wants_port(pod) {
-            continue;
-        }
-        let Some(a) = ipam.get(&pod_owner(ns, name)) else {
-            continue;
-        };
-        if !subnets.contains(&a.subnet) {
-            continue;
-        }
-        pod_ips.insert((ns.clone(), name.clone()), a.ips.clone());
-        let port = pod_port_name(ns, name);
-        let addr = format!("{} {}", a.mac, a.ip_string().replace(',', " "));
-        let mut c = vec![("name", s(&port)), ("addresses", strings([addr.clone()]))];
-        if annotation(&pod.metadata, keys::PORT_SECURITY) == Some("true") {
-            c.push(("port_security", strings([addr])));
-        } else {
-            c.push(("port_security", Datum::empty_set()));
-        }
-        nb.put(
-            "Logical_Switch_Port",
-            port.clone(),
-            cols(c),
-            &[("ls", a.subnet.clone()), ("pod", format!("{ns}/{name}"))],
-        );
-        nb.add_ref(
-            "Logical_Switch",
-            &a.subnet,
-            "ports",
-            RowRef {
-                table: "Logical_Switch_Port",
-                key: port.clone(),
-            },
-        );
-        put_qos(&mut nb, pod, ns, name, &port, a);
-    }
-
-    // Nodes on the join switch.
-    if subnets.contains(&config.join_subnet) {
-        for name in state.nodes.keys() {
-            let Some(a) = ipam.get(&node_owner(name)) else {
-                continue;
-            };
-            let port = format!("node-{name}");
-            let addr = format!("{} {}", a.mac, a.ip_string().replace(',', " "));
-            nb.put(
-                "Logical_Switch_Port",
-                port.clone(),
-                cols(vec![("name", s(&port)), ("addresses", strings([addr]))]),
-                &[("ls", config.join_subnet.clone()), ("node", name.clone())],
-            );
+    if name != config.join_subnet && spec.enable_lb != Some(false) {
+        for (lb, _, _) in &lb_names {
             nb.add_ref(
                 "Logical_Switch",
-                &config.join_subnet,
-                "ports",
+                &name,
+                "load_balancer",
                 RowRef {
-                    table: "Logical_Switch_Port",
-                    key: port,
+                    table: "Load_Balancer",
+                    key: lb.to_string(),
                 },
             );
         }
     }
+    if spec.private {
+        let mut acl = |priority: i64, m: String, action: &str| {
+            put_acl(
+                nb,
+                "Logical_Switch",
+                &name,
+                &name,
+                "to-lport",
+                priority,
+                m,
+                action,
+                &[],
+            );
+        };
+        acl(1000, "ip".into(), "drop");
+        for cidr in &plan.cidrs {
+            let p = ip_prefix(family(&cidr.network()));
+            acl(
+                1001,
+                format!("{p}.src == {cidr} && {p}.dst == {cidr}"),
+                "allow-related",
+            );
+            for a in spec.allow_subnets.iter().map(|a| a.trim()) {
+                let same_family = a
+                    .parse::<ipnet::IpNet>()
+                    .is_ok_and(|n| n.network().is_ipv4() == cidr.network().is_ipv4());
+                if same_family {
+                    acl(1001, format!("({p}.src == {cidr} && {p}.dst == {a}) || ({p}.src == {a} && {p}.dst == {cidr})"), "allow-related");
+                }
+            }
+            for j in join_cidrs {
+                if j.contains(':') == (p == "ip6") {
+                    acl(3000, format!("{p}.src == {j}"), "allow-related");
+                }
+            }
+        }
+    }
+}
 
-    services(&mut nb, state);
-    network_policies(&mut nb, state, config, ipam, &pod_ips);
-    nb
+/// Rows of one pod: its switch port and QoS rows, and its place in its
+/// switch.
+fn pod_rows(nb: &mut DesiredNb, ipam: &Ipam, ctx: &Context, ns: &str, name: &str, pod: &Pod) {
+    if !pod_wants_port(pod) {
+        return;
+    }
+    let Some(a) = ipam.get(&pod_owner(ns, name)) else {
+        return;
+    };
+    if !ctx.subnets.contains(&a.subnet) {
+        return;
+    }
+    let port = pod_port_name(ns, name);
+    let addr = format!("{} {}", a.mac, a.ip_string().replace(',', " "));
+    let mut c = vec![("name", s(&port)), ("addresses", strings([addr.clone()]))];
+    if annotation(&pod.metadata, keys::PORT_SECURITY) == Some("true") {
+        c.push(("port_security", strings([addr])));
+    } else {
+        c.push(("port_security", Datum::empty_set()));
+    }
+    nb.put(
+        "Logical_Switch_Port",
+        port.clone(),
+        cols(c),
+        &[("ls", a.subnet.clone()), ("pod", format!("{ns}/{name}"))],
+    );
+    nb.add_ref(
+        "Logical_Switch",
+        &a.subnet,
+        "ports",
+        RowRef {
+            table: "Logical_Switch_Port",
+            key: port.clone(),
+        },
+    );
+    put_qos(nb, pod, ns, name, &port, a);
+}
+
+/// The port of one node on the join switch.
+fn node_rows(nb: &mut DesiredNb, ipam: &Ipam, config: &Config, ctx: &Context, name: &str) {
+    if !ctx.subnets.contains(&config.join_subnet) {
+        return;
+    }
+    let Some(a) = ipam.get(&node_owner(name)) else {
+        return;
+    };
+    let port = format!("node-{name}");
+    let addr = format!("{} {}", a.mac, a.ip_string().replace(',', " "));
+    nb.put(
+        "Logical_Switch_Port",
+        port.clone(),
+        cols(vec![("name", s(&port)), ("addresses", strings([addr]))]),
+        &[
+            ("ls", config.join_subnet.clone()),
+            ("node", name.to_string()),
+        ],
+    );
+    nb.add_ref(
+        "Logical_Switch",
+        &config.join_subnet,
+        "ports",
+        RowRef {
+            table: "Logical_Switch_Port",
+            key: port,
+        },
+    );
 }
 
 /// Kube-OVN's cluster load balancers: (name, protocol, session affinity).
@@ -675,49 +797,108 @@ type RuleSets = (
     Vec<NetworkPolicyPort>,
 );
 
-fn network_policies(
+/// Pods with addresses by namespace, their labels and named ports, and the
+/// labels of namespaces: what NetworkPolicy selectors are evaluated over.
+pub struct PolicyContext<'a> {
+    state: &'a ClusterState,
+    by_ns: BTreeMap<&'a str, Vec<(&'a ObjectKey, Vec<IpAddr>)>>,
+    named_by_ns: BTreeMap<&'a str, BTreeMap<String, i32>>,
+    ns_labels: BTreeMap<&'a str, BTreeMap<String, String>>,
+    no_labels: BTreeMap<String, String>,
+}
+
+impl<'a> PolicyContext<'a> {
+    /// Indexes the pods that have a port (an allocation in an existing subnet).
+    pub fn new(state: &'a ClusterState, ipam: &Ipam, _config: &Config, ctx: &Context) -> Self {
+        let mut by_ns: BTreeMap<&str, Vec<(&ObjectKey, Vec<IpAddr>)>> = BTreeMap::new();
+        let mut named_by_ns: BTreeMap<&str, BTreeMap<String, i32>> = BTreeMap::new();
+        for (k, pod) in &state.pods {
+            if !pod_wants_port(pod) {
+                continue;
+            }
+            let Some(a) = ipam.get(&pod_owner(&k.0, &k.1)) else {
+                continue;
+            };
+            if !ctx.subnets.contains(&a.subnet) {
+                continue;
+            }
+            by_ns
+                .entry(k.0.as_str())
+                .or_default()
+                .push((k, a.ips.clone()));
+            let named = named_by_ns.entry(k.0.as_str()).or_default();
+            let containers = pod
+                .spec
+                .as_ref()
+                .map(|s| s.containers.as_slice())
+                .unwrap_or(&[]);
+            for c in containers {
+                for p in c.ports.iter().flatten() {
+                    if let Some(n) = &p.name {
+                        named.entry(n.clone()).or_insert(p.container_port);
+                    }
+                }
+            }
+        }
+        let ns_labels = by_ns
+            .keys()
+            .map(|ns| (*ns, state.namespace_labels(ns)))
+            .collect();
+        PolicyContext {
+            state,
+            by_ns,
+            named_by_ns,
+            ns_labels,
+            no_labels: BTreeMap::new(),
+        }
+    }
+
+    fn labels_of(&self, k: &ObjectKey) -> &BTreeMap<String, String> {
+        self.state
+            .pods
+            .get(k)
+            .and_then(|p| p.metadata.labels.as_ref())
+            .unwrap_or(&self.no_labels)
+    }
+}
+
+/// Whether a policy's peers reach beyond its own namespace (a
+/// `namespaceSelector`): then a pod anywhere may change its rows.
+pub fn policy_crosses_namespaces(np: &k8s_openapi::api::networking::v1::NetworkPolicy) -> bool {
+    let Some(spec) = &np.spec else { return false };
+    let ingress = spec
+        .ingress
+        .iter()
+        .flatten()
+        .flat_map(|r| r.from.iter().flatten());
+    let egress = spec
+        .egress
+        .iter()
+        .flatten()
+        .flat_map(|r| r.to.iter().flatten());
+    ingress
+        .chain(egress)
+        .any(|p| p.namespace_selector.is_some())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn policy_rows(
     nb: &mut DesiredNb,
     state: &ClusterState,
     config: &Config,
     ipam: &Ipam,
-    pod_ips: &BTreeMap<ObjectKey, Vec<IpAddr>>,
+    pctx: &PolicyContext<'_>,
+    key: &ObjectKey,
+    np: &k8s_openapi::api::networking::v1::NetworkPolicy,
 ) {
-    // Pod labels, for selectors.
-    let no_labels = BTreeMap::new();
-    let labels_of = |k: &ObjectKey| -> &BTreeMap<String, String> {
-        state
-            .pods
-            .get(k)
-            .and_then(|p| p.metadata.labels.as_ref())
-            .unwrap_or(&no_labels)
-    };
-    // Pods with addresses and named ports by namespace; namespace labels.
-    let mut by_ns: BTreeMap<&str, Vec<(&ObjectKey, &Vec<IpAddr>)>> = BTreeMap::new();
-    let mut named_by_ns: BTreeMap<&str, BTreeMap<String, i32>> = BTreeMap::new();
-    for (k, ips) in pod_ips {
-        by_ns.entry(k.0.as_str()).or_default().push((k, ips));
-        let named = named_by_ns.entry(k.0.as_str()).or_default();
-        let containers = state
-            .pods
-            .get(k)
-            .and_then(|p| p.spec.as_ref())
-            .map(|s| s.containers.as_slice())
-            .unwrap_or(&[]);
-        for c in containers {
-            for p in c.ports.iter().flatten() {
-                if let Some(n) = &p.name {
-                    named.entry(n.clone()).or_insert(p.container_port);
-                }
-            }
-        }
-    }
-    let ns_labels: BTreeMap<&str, BTreeMap<String, String>> = by_ns
-        .keys()
-        .map(|ns| (*ns, state.namespace_labels(ns)))
-        .collect();
+    let by_ns = &pctx.by_ns;
+    let named_by_ns = &pctx.named_by_ns;
+    let ns_labels = &pctx.ns_labels;
+    let labels_of = |k: &ObjectKey| pctx.labels_of(k);
     let no_named = BTreeMap::new();
-    for ((ns, name), np) in &state.network_policies {
-        let Some(spec) = &np.spec else { continue };
+    let (ns, name) = key;
+    {
+        let Some(spec) = &np.spec else { return };
         let npn = np_name(name);
         let pg = np_port_group(ns, &npn);
         nb.put(
@@ -847,7 +1028,7 @@ fn network_policies(
                                     }
                                     continue;
                                 }
-                                for (pns, pods) in &by_ns {
+                                for (pns, pods) in by_ns {
                                     let ns_ok = match &peer.namespace_selector {
                                         None => *pns == ns.as_str(),
                                         Some(sel) => ns_labels

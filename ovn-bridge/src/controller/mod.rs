@@ -5,6 +5,7 @@
 //! It must not touch the Southbound database or the fast path.
 
 pub mod desired;
+pub mod incremental;
 pub mod ipam;
 pub mod kube_source;
 pub mod manifest;

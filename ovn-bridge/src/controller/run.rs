@@ -237,9 +237,11 @@ pub async fn run_manifests(
             match ctl.reconcile(&state).await {
                 Ok(r) => {
                     log_events(&r.events);
-                    if r.operations > 0 {
-                        log::info!("committed {} operations", r.operations);
-                    }
+                    log::info!(
+                        "pass done: {} operations written; {} transactions since start",
+                        r.operations,
+                        ctl.stats.transactions
+                    );
                 }
                 Err(e) => log::error!("reconcile failed: {e}"),
             }
