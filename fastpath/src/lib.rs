@@ -2,7 +2,8 @@
 //! DPDK (the only module with `unsafe`); `config` reads the daemon's
 //! configuration; `worker` is the run-to-completion loop of each lcore;
 //! `pipeline` decides where packets go; `stats` holds the counters;
-//! `tables` follows the compiled tables in shared memory;
+//! `tables` follows the compiled tables in shared memory; `ovn` runs
+//! the OVN logical pipeline over them (no EAL needed);
 //! `control` serves the control socket off the worker lcores; `daemon`
 //! starts and stops it all.
 
@@ -10,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dpdk;
+pub mod ovn;
 pub mod pipeline;
 pub mod stats;
 pub mod tables;

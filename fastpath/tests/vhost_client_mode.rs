@@ -34,6 +34,7 @@ fn client_port_reconnects_to_a_restarted_peer() {
     let (_eal, pool) = common::peer_eal();
     let pb = virtio_server_port(1, &b, &pool);
     let pa = virtio_port(0, &a, &pool);
+    fp.wait_links_up(&["a", "b"]);
     let f = frames::ipv4_tcp(3);
     send(&pa, &pool, &f);
     assert_eq!(

@@ -37,6 +37,7 @@ fn frames_cross_byte_identical_and_counters_match() {
     let (_eal, pool) = common::peer_eal();
     let pa = virtio_port(0, &fp.path("a.sock"), &pool);
     let pb = virtio_port(1, &fp.path("b.sock"), &pool);
+    fp.wait_links_up(&["a", "b"]);
 
     let mut sent_ab: Vec<Vec<u8>> = Vec::new();
     for i in 0..8u8 {
@@ -97,6 +98,7 @@ fn peer_that_reconnects_gets_traffic_again() {
     let (_eal, pool) = common::peer_eal();
     let pa = virtio_port(0, &fp.path("a.sock"), &pool);
     let pb = virtio_port(1, &fp.path("b.sock"), &pool);
+    fp.wait_links_up(&["a", "b"]);
     send(&pa, &pool, &frames::ipv4_tcp(1));
     assert_eq!(receive(&pb, 1, Duration::from_secs(10)).len(), 1);
 
@@ -135,6 +137,7 @@ fn peer_that_reconnects_gets_traffic_again() {
 
     // It comes back on the same socket and gets traffic again.
     let pb = virtio_port(2, &fp.path("b.sock"), &pool);
+    fp.wait_links_up(&["a", "b"]);
     let frame = frames::ipv6_udp_ext(9);
     send(&pa, &pool, &frame);
     let got = receive(&pb, 1, Duration::from_secs(10));

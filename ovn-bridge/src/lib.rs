@@ -3,4 +3,5 @@
 //! OVN chassis for the fast path.
 #![forbid(unsafe_code)]
 
+pub mod compile;
 pub mod controller;

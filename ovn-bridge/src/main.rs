@@ -41,6 +41,25 @@ enum Role {
         #[arg(long, default_value = "kube-system")]
         lease_namespace: String,
     },
+    /// Compile the Southbound logical flows into the fastpath's table file
+    /// and republish on every Southbound change.
+    Compile {
+        /// Southbound remote(s): unix:PATH or tcp:HOST:PORT.
+        #[arg(long = "sb", required = true, num_args = 1..)]
+        sb: Vec<String>,
+        /// This chassis' name (ports bound to it are local).
+        #[arg(long)]
+        chassis: String,
+        /// The shared-memory table file (created if missing).
+        #[arg(long)]
+        tables: PathBuf,
+        /// LOGICAL=FASTPATH_PORT_ID: the fastpath port of a local logical port.
+        #[arg(long = "port", value_parser = ovn_bridge::compile::run::parse_port_mapping)]
+        ports: Vec<(String, u16)>,
+        /// Publish once and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +69,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.role {
+        Role::Compile {
+            sb,
+            chassis,
+            tables,
+            ports,
+            once,
+        } => rt.block_on(ovn_bridge::compile::run::follow(
+            &sb,
+            &chassis,
+            &tables,
+            ports.into_iter().collect(),
+            once,
+        )),
         Role::Controller {
             nb,
             kubeconfig,

@@ -75,6 +75,8 @@ mod builder;
 pub mod checksum;
 #[cfg(not(loom))]
 pub mod layout;
+#[cfg(not(loom))]
+pub mod ovn;
 pub mod protocol;
 #[cfg(not(loom))]
 mod reader;

@@ -71,6 +71,9 @@ refusal_reasons! {
     PortOrder => "port_order",
     /// The slot does not start on an 8-byte boundary in memory.
     SlotMisaligned => "slot_misaligned",
+    /// An OVN section refers outside another section, or holds an unknown
+    /// opcode or a field slice outside the logical flow vector.
+    OvnReference => "ovn_reference",
 }
 
 impl fmt::Display for RefusalReason {

@@ -18,6 +18,7 @@ use std::mem::size_of;
 use bytemuck::{Pod, Zeroable};
 
 use crate::layout::{SectionEntry, StrRef};
+use crate::ovn;
 use crate::refusal::RefusalReason;
 
 /// A section kind id. New table kinds are new ids; readers skip ids they do
@@ -80,6 +81,70 @@ pub const KNOWN_SECTIONS: &[SectionSpec] = &[
         element_size: size_of::<PortMapEntry>() as u32,
         validate: validate_ports,
         dump: dump_ports,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_DATAPATHS,
+        name: "ovn-datapaths",
+        element_size: size_of::<ovn::OvnDatapath>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_datapaths,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_PORTS,
+        name: "ovn-ports",
+        element_size: size_of::<ovn::OvnLogicalPort>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_ports,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_PORT_SECURITY,
+        name: "ovn-port-security",
+        element_size: size_of::<ovn::OvnPortSecurity>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_port_security,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_MCAST_GROUPS,
+        name: "ovn-mcast-groups",
+        element_size: size_of::<ovn::OvnMulticastGroup>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_groups,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_MCAST_MEMBERS,
+        name: "ovn-mcast-members",
+        element_size: size_of::<u32>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_members,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_MAC_BINDINGS,
+        name: "ovn-mac-bindings",
+        element_size: size_of::<ovn::OvnMacBinding>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_mac_bindings,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_MATCH_TESTS,
+        name: "ovn-match-tests",
+        element_size: size_of::<ovn::OvnMatchTest>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_tests,
+    },
+    SectionSpec {
+        kind: SectionKind::OVN_ACTIONS,
+        name: "ovn-actions",
+        element_size: size_of::<ovn::OvnInstruction>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_actions,
+    },
+    // Last: its hook checks the references between all OVN sections.
+    SectionSpec {
+        kind: SectionKind::OVN_FLOWS,
+        name: "ovn-flows",
+        element_size: size_of::<ovn::OvnFlow>() as u32,
+        validate: ovn::validate_ovn,
+        dump: ovn::dump_flows,
     },
 ];
 

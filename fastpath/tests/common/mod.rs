@@ -87,6 +87,31 @@ impl Fastpath {
         std::fs::read_to_string(self.dir.path().join("fastpath.log")).unwrap_or_default()
     }
 
+    /// Waits until the fastpath reports every port in `names` with its link
+    /// up (for vhost-user: the peer's rings are enabled), so no frame is sent
+    /// into a port whose other side cannot take it yet.
+    pub fn wait_links_up(&self, names: &[&str]) {
+        let start = Instant::now();
+        loop {
+            let ports: Vec<fastpath_api::PortInfo> = self
+                .client()
+                .call_as(&fastpath_api::Request::Ports)
+                .expect("ports");
+            if names
+                .iter()
+                .all(|n| ports.iter().any(|p| p.name == *n && p.link_up))
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "links {names:?} not up: {ports:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn client(&self) -> fastpath_api::Client {
         fastpath_api::Client::connect(&self.socket.display().to_string()).expect("control socket")
     }

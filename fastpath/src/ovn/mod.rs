@@ -1,0 +1,23 @@
+//! The OVN logical pipeline in the fastpath.
+//!
+//! Owns what the fastpath derives from the OVN table sections and runs on a
+//! flow-cache miss: [`program::Program`] (lookup structures built off the hot
+//! path when a generation is loaded, carrying that generation),
+//! [`classifier`] (one tuple-space classifier per logical table),
+//! [`interpreter`] (the ingress and egress pipelines over a
+//! [`vector::FlowVector`], with patch ports, multicast groups and the
+//! packet-generating actions) and [`rewrite`] (turning a verdict back into
+//! header rewrites of a frame). Everything here is plain Rust over byte
+//! buffers: it needs no EAL and must never touch DPDK, so it is tested (and
+//! compared with `ovn-trace`) without one.
+#![forbid(unsafe_code)]
+
+pub mod classifier;
+pub mod interpreter;
+pub mod program;
+pub mod rewrite;
+pub mod vector;
+
+pub use interpreter::{DropCause, Emission, Generated, Interpreter, TraceEvent, Verdict};
+pub use program::{LoadError, Program};
+pub use vector::FlowVector;

@@ -1,0 +1,305 @@
+//! The lookup structures the fastpath derives from one generation of the
+//! OVN sections, built by the table watcher off the hot path: datapaths by
+//! key with one [`Classifier`] per (pipeline, table), ports by key and by
+//! name, multicast groups, MAC bindings, and the flows' instructions.
+//!
+//! Owns loading and lookups; it must not execute actions. Everything is
+//! copied out of the shared mapping, so a program outlives its snapshot and
+//! a misbehaving writer cannot change it under a worker.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use fastpath_tables::ovn::{
+    datapath_kind, OvnInstruction, OvnPortSecurity, OvnSections, NONE_U16, NONE_U32, OVN_PORT_LOCAL,
+};
+use fastpath_tables::sections::SlotSections;
+
+use super::classifier::{Classifier, Rule};
+
+/// Why a generation's OVN sections could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// A flow names a datapath that has no `OvnDatapath` entry.
+    #[error("flow {flow} names unknown datapath {datapath}")]
+    UnknownDatapath {
+        /// Flow index.
+        flow: usize,
+        /// Datapath key.
+        datapath: u32,
+    },
+    /// A port names a datapath that has no `OvnDatapath` entry.
+    #[error("port {port} names unknown datapath {datapath}")]
+    PortDatapath {
+        /// Port index.
+        port: usize,
+        /// Datapath key.
+        datapath: u32,
+    },
+    /// Two ports share a (datapath, key) pair.
+    #[error("port key {key} appears twice in datapath {datapath}")]
+    DuplicatePort {
+        /// Datapath key.
+        datapath: u32,
+        /// Port key.
+        key: u32,
+    },
+}
+
+/// One logical datapath.
+#[derive(Debug)]
+pub struct Datapath {
+    /// Tunnel key.
+    pub key: u32,
+    /// Whether it is a router.
+    pub is_router: bool,
+    /// Name.
+    pub name: String,
+    /// Classifiers by pipeline then table id.
+    pub tables: [Vec<Classifier>; 2],
+}
+
+/// One logical port.
+#[derive(Debug, Clone)]
+pub struct Port {
+    /// Index of its datapath in [`Program::datapaths`].
+    pub datapath: u32,
+    /// Port key.
+    pub key: u32,
+    /// `fastpath_tables::ovn::port_kind`.
+    pub kind: u8,
+    /// Bound here (or present everywhere).
+    pub local: bool,
+    /// Fastpath port id, if delivered by one.
+    pub fastpath_port: Option<u16>,
+    /// Peer port index (patch ports).
+    pub peer: Option<u32>,
+    /// Name.
+    pub name: String,
+    /// Port-security entries (empty: no port security).
+    pub security: Vec<OvnPortSecurity>,
+}
+
+/// One multicast group.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Name.
+    pub name: String,
+    /// Member port indices.
+    pub members: Vec<u32>,
+}
+
+/// One classifier rule's action side and trace information.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Datapath index.
+    pub datapath: u32,
+    /// Pipeline.
+    pub pipeline: u8,
+    /// Table.
+    pub table: u8,
+    /// Priority.
+    pub priority: u16,
+    /// Instructions in [`Program::code`].
+    pub actions: Range<usize>,
+    /// Stage name.
+    pub stage: String,
+    /// Match text.
+    pub match_text: String,
+    /// Actions text.
+    pub actions_text: String,
+    /// Logical flow UUID prefix.
+    pub lflow: u32,
+}
+
+/// Everything the interpreter needs from one generation.
+#[derive(Debug, Default)]
+pub struct Program {
+    /// The generation it was built from.
+    pub generation: u64,
+    /// Datapaths.
+    pub datapaths: Vec<Datapath>,
+    /// Ports.
+    pub ports: Vec<Port>,
+    /// Flows (classifier rule ids index this).
+    pub flows: Vec<Flow>,
+    /// All instructions.
+    pub code: Vec<OvnInstruction>,
+    dp_by_key: HashMap<u32, u32>,
+    port_by_key: HashMap<(u32, u32), u32>,
+    port_by_name: HashMap<String, u32>,
+    port_by_fastpath: HashMap<u16, u32>,
+    groups: HashMap<(u32, u32), Group>,
+    bindings: HashMap<(u32, u32, [u8; 16]), [u8; 6]>,
+}
+
+impl Program {
+    /// Builds the program of a validated slot (which the tables crate has
+    /// checked for every cross-reference).
+    pub fn load(sections: &SlotSections<'_>, generation: u64) -> Result<Program, LoadError> {
+        let s = OvnSections::of(sections);
+        let mut p = Program {
+            generation,
+            ..Default::default()
+        };
+        for d in s.datapaths {
+            p.dp_by_key.insert(d.key, p.datapaths.len() as u32);
+            p.datapaths.push(Datapath {
+                key: d.key,
+                is_router: d.kind == datapath_kind::ROUTER,
+                name: s.string(d.name),
+                tables: [Vec::new(), Vec::new()],
+            });
+        }
+        for (i, lp) in s.ports.iter().enumerate() {
+            let Some(&dp) = p.dp_by_key.get(&lp.datapath) else {
+                return Err(LoadError::PortDatapath {
+                    port: i,
+                    datapath: lp.datapath,
+                });
+            };
+            if p.port_by_key.insert((dp, lp.key), i as u32).is_some() {
+                return Err(LoadError::DuplicatePort {
+                    datapath: lp.datapath,
+                    key: lp.key,
+                });
+            }
+            let name = s.string(lp.name);
+            p.port_by_name.insert(name.clone(), i as u32);
+            if lp.fastpath_port != NONE_U16 {
+                p.port_by_fastpath.insert(lp.fastpath_port, i as u32);
+            }
+            let security = s
+                .port_security
+                .get(lp.first_security as usize..)
+                .and_then(|x| x.get(..lp.security_count as usize))
+                .unwrap_or(&[])
+                .to_vec();
+            p.ports.push(Port {
+                datapath: dp,
+                key: lp.key,
+                kind: lp.kind,
+                local: lp.flags & OVN_PORT_LOCAL != 0,
+                fastpath_port: (lp.fastpath_port != NONE_U16).then_some(lp.fastpath_port),
+                peer: (lp.peer != NONE_U32).then_some(lp.peer),
+                name,
+                security,
+            });
+        }
+        for g in s.groups {
+            let Some(&dp) = p.dp_by_key.get(&g.datapath) else {
+                continue;
+            };
+            let members = s
+                .members
+                .get(g.first_member as usize..)
+                .and_then(|m| m.get(..g.member_count as usize))
+                .unwrap_or(&[])
+                .iter()
+                .copied()
+                .filter(|m| (*m as usize) < p.ports.len())
+                .collect();
+            p.groups.insert(
+                (dp, g.key),
+                Group {
+                    name: s.string(g.name),
+                    members,
+                },
+            );
+        }
+        for b in s.mac_bindings {
+            if let Some(&dp) = p.dp_by_key.get(&b.datapath) {
+                p.bindings.insert((dp, b.port_key, b.ip), b.mac);
+            }
+        }
+        p.code = s.actions.to_vec();
+        let mut rules: HashMap<(u32, u8, u8), Vec<Rule>> = HashMap::new();
+        for (i, f) in s.flows.iter().enumerate() {
+            let Some(&dp) = p.dp_by_key.get(&f.datapath) else {
+                return Err(LoadError::UnknownDatapath {
+                    flow: i,
+                    datapath: f.datapath,
+                });
+            };
+            let start = f.first_action as usize;
+            p.flows.push(Flow {
+                datapath: dp,
+                pipeline: f.pipeline,
+                table: f.table,
+                priority: f.priority,
+                actions: start..start + f.action_count as usize,
+                stage: s.string(f.stage),
+                match_text: s.string(f.match_text),
+                actions_text: s.string(f.actions_text),
+                lflow: f.lflow,
+            });
+            let tests = s
+                .tests
+                .get(f.first_test as usize..)
+                .and_then(|t| t.get(..f.test_count as usize))
+                .unwrap_or(&[]);
+            if let Some(rule) = Rule::from_tests(f.priority, i as u32, tests) {
+                rules
+                    .entry((dp, f.pipeline.min(1), f.table))
+                    .or_default()
+                    .push(rule);
+            }
+        }
+        for ((dp, pipe, table), list) in rules {
+            let tables = &mut p.datapaths[dp as usize].tables[usize::from(pipe)];
+            if tables.len() <= usize::from(table) {
+                tables.resize_with(usize::from(table) + 1, Classifier::default);
+            }
+            tables[usize::from(table)] = Classifier::new(&list);
+        }
+        Ok(p)
+    }
+
+    /// The classifier of a table, if it has rules.
+    #[inline]
+    pub fn table(&self, datapath: u32, pipeline: u8, table: u16) -> Option<&Classifier> {
+        self.datapaths
+            .get(datapath as usize)?
+            .tables
+            .get(usize::from(pipeline.min(1)))?
+            .get(usize::from(table))
+            .filter(|c| !c.is_empty())
+    }
+
+    /// Datapath index of a tunnel key.
+    pub fn datapath_by_key(&self, key: u32) -> Option<u32> {
+        self.dp_by_key.get(&key).copied()
+    }
+
+    /// Port index by (datapath index, port key).
+    #[inline]
+    pub fn port(&self, datapath: u32, key: u32) -> Option<u32> {
+        self.port_by_key.get(&(datapath, key)).copied()
+    }
+
+    /// Port index by logical name.
+    pub fn port_by_name(&self, name: &str) -> Option<u32> {
+        self.port_by_name.get(name).copied()
+    }
+
+    /// The logical port a fastpath port delivers.
+    #[inline]
+    pub fn port_by_fastpath(&self, port_id: u16) -> Option<u32> {
+        self.port_by_fastpath.get(&port_id).copied()
+    }
+
+    /// A multicast group by (datapath index, key).
+    pub fn group(&self, datapath: u32, key: u32) -> Option<&Group> {
+        self.groups.get(&(datapath, key))
+    }
+
+    /// The MAC bound to `ip` on port `port_key` of a datapath.
+    pub fn mac_binding(&self, datapath: u32, port_key: u32, ip: &[u8; 16]) -> Option<[u8; 6]> {
+        self.bindings.get(&(datapath, port_key, *ip)).copied()
+    }
+
+    /// Number of classifier rules.
+    pub fn rule_count(&self) -> usize {
+        self.flows.len()
+    }
+}

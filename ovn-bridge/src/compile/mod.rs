@@ -1,0 +1,551 @@
+//! Compilation of the OVN Southbound state into the fastpath's table
+//! sections (`fastpath_tables::ovn`).
+//!
+//! Owns the translation of `Datapath_Binding`, `Port_Binding`,
+//! `Multicast_Group`, `MAC_Binding`, `Address_Set`, `Port_Group` and
+//! `Logical_Flow` rows (datapath groups expanded, matches normalised into
+//! byte tests on the logical flow vector, actions into instructions) and the
+//! `compile` entry point that keeps a table file in step with a Southbound
+//! database. It must not touch the Northbound side (the controller role) nor
+//! decide how the fastpath classifies: it emits one rule per conjunction and
+//! leaves the classifier to the reader.
+//!
+//! A flow whose action cannot be executed by the fastpath yet compiles to an
+//! explicit `UNSUPPORTED` instruction naming the action (the packet is dropped
+//! and counted under that name), and the compiler logs each such action once
+//! per compilation: never silently wrong.
+
+pub mod actions;
+mod matches;
+pub mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use fastpath_tables::ovn::{
+    datapath_kind, pipeline, port_kind, OvnDatapath, OvnFlow, OvnInstruction, OvnLogicalPort,
+    OvnMacBinding, OvnMatchTest, OvnMulticastGroup, OvnPortSecurity, NONE_U16, NONE_U32,
+    OVN_PORT_LOCAL, OVN_PORT_SECURED,
+};
+use fastpath_tables::{BuildError, SectionKind, SlotBuilder};
+use ovn_lflow::{normalize, parse_actions, parse_match, Lookup, SymbolTable};
+use ovsdb::{sb, Database, Uuid};
+
+/// Errors of compiling a Southbound snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A Southbound table could not be read as typed rows.
+    #[error("southbound table: {0}")]
+    Rows(#[from] ovsdb::RowError),
+    /// The slot could not be built.
+    #[error("building the table slot: {0}")]
+    Build(#[from] BuildError),
+}
+
+/// What the compiler needs besides the database.
+#[derive(Debug, Clone, Default)]
+pub struct CompileOptions {
+    /// Name of this chassis (`Chassis.name`): ports bound to it are local.
+    pub chassis: String,
+    /// Fastpath port id of each local logical port (VIFs, localnet).
+    pub port_map: HashMap<String, u16>,
+}
+
+/// Counts of one compilation, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Logical flows read.
+    pub logical_flows: usize,
+    /// Classifier rules emitted (one per datapath and conjunction).
+    pub rules: usize,
+    /// Logical flows whose match or actions did not parse (skipped).
+    pub rejected: usize,
+    /// Flows holding an unsupported action, by action name.
+    pub unsupported: BTreeMap<String, usize>,
+}
+
+/// A compiled snapshot: the slot contents plus statistics.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The slot, ready for `Writer::publish`.
+    pub builder: SlotBuilder,
+    /// Statistics.
+    pub stats: CompileStats,
+}
+
+/// The ports the compiler knows, by name.
+pub(crate) struct PortIndex {
+    /// Logical port name -> (datapath key, port key).
+    pub keys: HashMap<String, (u32, u32)>,
+    /// Logical port name -> bound to this chassis.
+    pub resident: HashMap<String, bool>,
+}
+
+/// Address sets and the per-datapath port groups of the Southbound.
+struct SbSets<'a> {
+    address_sets: &'a HashMap<String, Vec<String>>,
+    port_groups: &'a HashMap<String, Vec<String>>,
+    datapath_key: u32,
+}
+
+impl Lookup for SbSets<'_> {
+    fn address_set(&self, name: &str) -> Option<Vec<String>> {
+        self.address_sets.get(name).cloned()
+    }
+    fn port_group(&self, name: &str) -> Option<Vec<String>> {
+        // Southbound port groups are per datapath: `<tunnel key>_<name>`.
+        self.port_groups
+            .get(&format!("{}_{name}", self.datapath_key))
+            .or_else(|| self.port_groups.get(name))
+            .cloned()
+    }
+}
+
+fn uuid_prefix(u: &Uuid) -> u32 {
+    let b = u.as_bytes();
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn port_kind_of(t: &str) -> u8 {
+    match t {
+        "" => port_kind::VIF,
+        "patch" | "router" => port_kind::PATCH,
+        "localnet" => port_kind::LOCALNET,
+        "localport" => port_kind::LOCALPORT,
+        "chassisredirect" => port_kind::CHASSISREDIRECT,
+        "l3gateway" => port_kind::L3GATEWAY,
+        _ => port_kind::OTHER,
+    }
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// An IP address as 16 bytes (IPv4 v4-mapped) and its family (4 or 6).
+pub(crate) fn ip_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 4),
+        IpAddr::V6(v6) => (v6.octets(), 6),
+    }
+}
+
+/// Parses `port_security` entries (`"MAC [IP[/PLEN]...]"`) into flat entries.
+fn port_security_entries(specs: &[String]) -> Vec<OvnPortSecurity> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let mut words = spec.split_whitespace();
+        let Some(mac) = words.next().and_then(parse_mac) else {
+            log::warn!("port_security {spec:?}: no MAC address, ignored");
+            continue;
+        };
+        let mut any_ip = false;
+        for w in words {
+            let (addr, plen) = match w.split_once('/') {
+                Some((a, p)) => (a, p.parse::<u8>().ok()),
+                None => (w, None),
+            };
+            let Ok(ip) = addr.parse::<IpAddr>() else {
+                log::warn!("port_security {spec:?}: {w:?} is not an address, ignored");
+                continue;
+            };
+            let (bytes, family) = ip_bytes(ip);
+            let full = if family == 4 { 32 } else { 128 };
+            out.push(OvnPortSecurity {
+                mac,
+                family,
+                prefix: plen.unwrap_or(full).min(full),
+                addr: bytes,
+            });
+            any_ip = true;
+        }
+        if !any_ip {
+            out.push(OvnPortSecurity {
+                mac,
+                family: 0,
+                prefix: 0,
+                addr: [0; 16],
+            });
+        }
+    }
+    out
+}
+
+/// Compiles a Southbound snapshot.
+pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    let symtab = SymbolTable::ovn_23_03();
+    let mut b = SlotBuilder::new();
+    let mut stats = CompileStats::default();
+
+    let chassis: Vec<sb::Chassis> = rows(db)?;
+    let own_chassis: Option<Uuid> = chassis
+        .iter()
+        .find(|c| c.name == opts.chassis)
+        .map(|c| c.uuid);
+
+    // Datapaths.
+    let mut dp_rows: Vec<sb::DatapathBinding> = rows(db)?;
+    dp_rows.sort_by_key(|d| d.tunnel_key);
+    let mut dp_key: HashMap<Uuid, u32> = HashMap::new();
+    let mut datapaths = Vec::new();
+    for d in &dp_rows {
+        let Ok(key) = u32::try_from(d.tunnel_key) else {
+            continue;
+        };
+        let kind = if d.external_ids.contains_key("logical-router") {
+            datapath_kind::ROUTER
+        } else {
+            datapath_kind::SWITCH
+        };
+        let name = d
+            .external_ids
+            .get("name")
+            .cloned()
+            .unwrap_or_else(|| d.uuid.to_string());
+        dp_key.insert(d.uuid, key);
+        datapaths.push(OvnDatapath {
+            key,
+            kind,
+            reserved: [0; 3],
+            name: b.intern(&name)?,
+        });
+    }
+
+    // Ports.
+    let mut pb_rows: Vec<sb::PortBinding> = rows(db)?;
+    pb_rows.retain(|p| dp_key.contains_key(&p.datapath) && u32::try_from(p.tunnel_key).is_ok());
+    pb_rows.sort_by(|a, b| {
+        (dp_key[&a.datapath], a.tunnel_key).cmp(&(dp_key[&b.datapath], b.tunnel_key))
+    });
+    let index_of: HashMap<String, u32> = pb_rows
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.logical_port.clone(), i as u32))
+        .collect();
+    let mut ports = Vec::new();
+    let mut security = Vec::new();
+    let mut port_index = PortIndex {
+        keys: HashMap::new(),
+        resident: HashMap::new(),
+    };
+    for p in &pb_rows {
+        let kind = port_kind_of(&p.r#type);
+        let bound_here = own_chassis.is_some() && p.chassis == own_chassis;
+        let everywhere = matches!(
+            kind,
+            port_kind::PATCH | port_kind::LOCALNET | port_kind::LOCALPORT
+        );
+        let mut flags = 0;
+        if bound_here || everywhere {
+            flags |= OVN_PORT_LOCAL;
+        }
+        let specs: Vec<String> = p.port_security.iter().cloned().collect();
+        let entries = port_security_entries(&specs);
+        if !entries.is_empty() {
+            flags |= OVN_PORT_SECURED;
+        }
+        let first_security = security.len() as u32;
+        security.extend_from_slice(&entries);
+        let peer = p
+            .options
+            .get("peer")
+            .and_then(|n| index_of.get(n))
+            .copied()
+            .unwrap_or(NONE_U32);
+        let key = p.tunnel_key as u32;
+        let dp = dp_key[&p.datapath];
+        port_index.keys.insert(p.logical_port.clone(), (dp, key));
+        port_index
+            .resident
+            .insert(p.logical_port.clone(), bound_here);
+        ports.push(OvnLogicalPort {
+            datapath: dp,
+            key,
+            kind,
+            flags,
+            fastpath_port: opts
+                .port_map
+                .get(&p.logical_port)
+                .copied()
+                .unwrap_or(NONE_U16),
+            peer,
+            name: b.intern(&p.logical_port)?,
+            first_security,
+            security_count: entries.len() as u32,
+        });
+    }
+
+    // Multicast groups.
+    let mut mg_rows: Vec<sb::MulticastGroup> = rows(db)?;
+    mg_rows.retain(|g| dp_key.contains_key(&g.datapath));
+    mg_rows.sort_by_key(|g| (dp_key[&g.datapath], g.tunnel_key));
+    let pb_index_by_uuid: HashMap<Uuid, u32> = pb_rows
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.uuid, i as u32))
+        .collect();
+    let mut groups = Vec::new();
+    let mut members = Vec::new();
+    for g in &mg_rows {
+        let first = members.len() as u32;
+        let mut these: Vec<u32> = g
+            .ports
+            .iter()
+            .filter_map(|u| pb_index_by_uuid.get(u).copied())
+            .collect();
+        these.sort_unstable();
+        members.extend_from_slice(&these);
+        // Flows name groups like ports (`outport = "_MC_flood"`). OVN gives
+        // each well-known group the same key in every datapath.
+        let (dp, key) = (dp_key[&g.datapath], g.tunnel_key as u32);
+        match port_index.keys.get(&g.name) {
+            Some(&(_, k)) if k != key => log::warn!(
+                "multicast group {} has key {k} and {key} in different datapaths; flows use {k}",
+                g.name
+            ),
+            Some(_) => {}
+            None => {
+                port_index.keys.insert(g.name.clone(), (dp, key));
+            }
+        }
+        groups.push(OvnMulticastGroup {
+            datapath: dp_key[&g.datapath],
+            key: g.tunnel_key as u32,
+            name: b.intern(&g.name)?,
+            first_member: first,
+            member_count: these.len() as u32,
+        });
+    }
+
+    // MAC bindings.
+    let mb_rows: Vec<sb::MacBinding> = rows(db)?;
+    let mut bindings = Vec::new();
+    for m in &mb_rows {
+        let (Some(dp), Some(&(_, port)), Some(mac), Ok(ip)) = (
+            dp_key.get(&m.datapath),
+            port_index.keys.get(&m.logical_port),
+            parse_mac(&m.mac),
+            m.ip.parse::<IpAddr>(),
+        ) else {
+            log::warn!(
+                "MAC_Binding {} {} on {}: unusable, ignored",
+                m.ip,
+                m.mac,
+                m.logical_port
+            );
+            continue;
+        };
+        bindings.push(OvnMacBinding {
+            datapath: *dp,
+            port_key: port,
+            ip: ip_bytes(ip).0,
+            mac,
+            reserved: [0; 2],
+        });
+    }
+
+    // Sets.
+    let address_sets: HashMap<String, Vec<String>> = rows::<sb::AddressSet>(db)?
+        .into_iter()
+        .map(|a| (a.name, a.addresses.into_iter().collect()))
+        .collect();
+    let port_groups: HashMap<String, Vec<String>> = rows::<sb::PortGroup>(db)?
+        .into_iter()
+        .map(|p| (p.name, p.ports.into_iter().collect()))
+        .collect();
+    let dp_groups: HashMap<Uuid, Vec<Uuid>> = rows::<sb::LogicalDpGroup>(db)?
+        .into_iter()
+        .map(|g| (g.uuid, g.datapaths.into_iter().collect()))
+        .collect();
+
+    // Logical flows.
+    let mut lflows: Vec<sb::LogicalFlow> = rows(db)?;
+    lflows.sort_by_key(|l| l.uuid);
+    stats.logical_flows = lflows.len();
+    let mut flows: Vec<OvnFlow> = Vec::new();
+    let mut tests: Vec<OvnMatchTest> = Vec::new();
+    let mut program: Vec<OvnInstruction> = Vec::new();
+    for lf in &lflows {
+        let pipe = if lf.pipeline == "egress" {
+            pipeline::EGRESS
+        } else {
+            pipeline::INGRESS
+        };
+        let (Ok(table), Ok(priority)) = (u8::try_from(lf.table_id), u16::try_from(lf.priority))
+        else {
+            stats.rejected += 1;
+            continue;
+        };
+        let mut dps: Vec<u32> = lf
+            .logical_datapath
+            .iter()
+            .chain(
+                lf.logical_dp_group
+                    .iter()
+                    .flat_map(|g| dp_groups.get(g).into_iter().flatten()),
+            )
+            .filter_map(|u| dp_key.get(u).copied())
+            .collect();
+        dps.sort_unstable();
+        dps.dedup();
+        if dps.is_empty() {
+            continue;
+        }
+        let parsed_match = match parse_match(&lf.r#match) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("logical flow {}: match {:?}: {e}", lf.uuid, lf.r#match);
+                stats.rejected += 1;
+                continue;
+            }
+        };
+        let parsed_actions = match parse_actions(&lf.actions) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("logical flow {}: actions {:?}: {e}", lf.uuid, lf.actions);
+                stats.rejected += 1;
+                continue;
+            }
+        };
+        let mut ctx = actions::ActionContext {
+            symtab: &symtab,
+            ports: &port_index,
+            table,
+            pipeline: pipe,
+            unsupported: Vec::new(),
+        };
+        let code = ctx.compile(&parsed_actions);
+        for name in &ctx.unsupported {
+            let n = stats.unsupported.entry(name.clone()).or_insert(0);
+            if *n == 0 {
+                log::info!(
+                    "action {name} is not executable in the fastpath yet: flows using it drop and count (first: {} table {} {:?})",
+                    lf.pipeline,
+                    table,
+                    lf.actions
+                );
+            }
+            *n += 1;
+        }
+        let first_action = program.len() as u32;
+        let action_count = code.len() as u32;
+        program.extend_from_slice(&code);
+        let stage = b.intern(lf.external_ids.get("stage-name").map_or("", |s| s.as_str()))?;
+        let match_text = b.intern(&lf.r#match)?;
+        let actions_text = b.intern(&lf.actions)?;
+        // A match naming port groups is normalised per datapath (SB port
+        // groups are per datapath); others once for all.
+        let per_datapath = lf.r#match.contains('@');
+        let mut shared: Option<Vec<Vec<OvnMatchTest>>> = None;
+        for &dp in &dps {
+            let sets = SbSets {
+                address_sets: &address_sets,
+                port_groups: &port_groups,
+                datapath_key: dp,
+            };
+            let rules = if let (false, Some(r)) = (per_datapath, &shared) {
+                r.clone()
+            } else {
+                let dnf = match normalize(&parsed_match, &symtab, &sets) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        log::warn!("logical flow {}: match {:?}: {e}", lf.uuid, lf.r#match);
+                        stats.rejected += 1;
+                        break;
+                    }
+                };
+                let r = matches::compile_dnf(&dnf, &port_index);
+                if !per_datapath {
+                    shared = Some(r.clone());
+                }
+                r
+            };
+            for rule in rules {
+                flows.push(OvnFlow {
+                    datapath: dp,
+                    pipeline: pipe,
+                    table,
+                    priority,
+                    first_test: tests.len() as u32,
+                    test_count: rule.len() as u32,
+                    first_action,
+                    action_count,
+                    stage,
+                    match_text,
+                    actions_text,
+                    lflow: uuid_prefix(&lf.uuid),
+                    reserved: 0,
+                });
+                tests.extend_from_slice(&rule);
+            }
+        }
+    }
+    stats.rules = flows.len();
+
+    b.add_section(SectionKind::OVN_DATAPATHS, &datapaths)?;
+    b.add_section(SectionKind::OVN_PORTS, &ports)?;
+    b.add_section(SectionKind::OVN_PORT_SECURITY, &security)?;
+    b.add_section(SectionKind::OVN_MCAST_GROUPS, &groups)?;
+    b.add_section(SectionKind::OVN_MCAST_MEMBERS, &members)?;
+    b.add_section(SectionKind::OVN_MAC_BINDINGS, &bindings)?;
+    b.add_section(SectionKind::OVN_MATCH_TESTS, &tests)?;
+    b.add_section(SectionKind::OVN_ACTIONS, &program)?;
+    b.add_section(SectionKind::OVN_FLOWS, &flows)?;
+    Ok(Compiled { builder: b, stats })
+}
+
+fn rows<T: ovsdb::TableRow>(db: &Database) -> Result<Vec<T>, CompileError> {
+    if db.table(T::TABLE).is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(db.rows::<T>()?)
+}
+
+/// The Southbound tables the compiler reads.
+pub const SB_TABLES: &[&str] = &[
+    "Chassis",
+    "Encap",
+    "Datapath_Binding",
+    "Port_Binding",
+    "Multicast_Group",
+    "MAC_Binding",
+    "Address_Set",
+    "Port_Group",
+    "Logical_DP_Group",
+    "Logical_Flow",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_security_is_flattened_per_address() {
+        let e = port_security_entries(&[
+            "50:54:00:00:00:01 10.0.0.11 fd00::11/64".into(),
+            "50:54:00:00:00:02".into(),
+            "garbage".into(),
+        ]);
+        assert_eq!(e.len(), 3);
+        assert_eq!((e[0].family, e[0].prefix), (4, 32));
+        assert_eq!(&e[0].addr[12..], &[10, 0, 0, 11]);
+        assert_eq!((e[1].family, e[1].prefix), (6, 64));
+        assert_eq!((e[2].family, e[2].mac[5]), (0, 2));
+    }
+
+    #[test]
+    fn port_types_map_to_kinds() {
+        assert_eq!(port_kind_of(""), port_kind::VIF);
+        assert_eq!(port_kind_of("patch"), port_kind::PATCH);
+        assert_eq!(port_kind_of("localnet"), port_kind::LOCALNET);
+        assert_eq!(port_kind_of("vtep"), port_kind::OTHER);
+        assert_eq!(parse_mac("0a:00:00:00:00:ff"), Some([10, 0, 0, 0, 0, 255]));
+        assert_eq!(parse_mac("0a:00:00:00:00"), None);
+    }
+}
