@@ -1,17 +1,29 @@
 //! Controller benchmark, run by hand:
-//! `cargo run --release -p ovn-bridge --example controller_bench [pods services policies namespaces]`.
+//! `cargo run --release -p ovn-bridge --example controller_bench [pods services policies namespaces max-ops-per-txn]`.
 //!
 //! Starts a real Northbound ovsdb-server in a temporary directory and prints:
-//! cold start until NB is complete, a restart with nothing changed (and the
-//! operations it wrote), and one pod added until its row is committed.
+//! cold start until NB is complete (in bounded transactions), a restart with
+//! nothing changed (and the operations it wrote), then on the incremental
+//! path one pod added, deleted, and one policy edited until committed and
+//! seen, and one pod added through a full pass for comparison.
 
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use ovn_bridge::controller::batch::DEFAULT_MAX_OPS_PER_TXN;
 use ovn_bridge::controller::manifest::{parse_str, Loaded};
-use ovn_bridge::controller::run::Controller;
+use ovn_bridge::controller::model::Object;
+use ovn_bridge::controller::run::{Controller, Options};
 use ovn_bridge::controller::Config;
+
+/// One object from YAML.
+fn one(yaml: &str) -> anyhow::Result<Object> {
+    let mut l = Loaded::default();
+    parse_str(yaml, Path::new("extra.yaml"), &mut l);
+    anyhow::ensure!(l.errors.is_empty(), "{:?}", l.errors.first());
+    l.objects.pop().ok_or_else(|| anyhow::anyhow!("no object"))
+}
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
@@ -23,6 +35,7 @@ fn arg(i: usize, default: usize) -> usize {
 fn main() -> anyhow::Result<()> {
     let (pods, services, policies, namespaces) =
         (arg(1, 10_000), arg(2, 1_000), arg(3, 500), arg(4, 50));
+    let max_ops_per_txn = arg(5, DEFAULT_MAX_OPS_PER_TXN);
     let mut y = String::new();
     for n in 0..namespaces {
         writeln!(
@@ -66,6 +79,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let t = Instant::now();
         let mut ctl = Controller::connect(&remotes, Config::default(), Some(state_file.clone())).await?;
+        ctl.set_options(Options { max_ops_per_txn, ..Options::default() });
         let r = ctl.reconcile(&state).await?;
         let cold = t.elapsed();
         println!("cold start: {pods} pods, {services} services, {policies} policies, {namespaces} namespaces: {:.2} s, {} operations in {} transaction(s), {} events", cold.as_secs_f64(), r.operations, ctl.stats.transactions, r.events.len());
@@ -76,15 +90,33 @@ fn main() -> anyhow::Result<()> {
         let r = ctl.reconcile(&state).await?;
         println!("restart, nothing changed: {:.2} s, {} operations written", t.elapsed().as_secs_f64(), r.operations);
 
-        let mut more = state.clone();
-        let mut l = Loaded::default();
-        parse_str("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: ns0}\nspec: {containers: [{name: c}]}", Path::new("extra.yaml"), &mut l);
-        for o in l.objects {
-            more.apply(o);
-        }
+        println!("  full pass on the same controller: {}", {
+            let t = Instant::now();
+            let r = ctl.resync().await?;
+            format!("{:.2} s, {} operations", t.elapsed().as_secs_f64(), r.operations)
+        });
+
+        let extra = one("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: ns0, labels: {app: app1}}\nspec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}")?;
+        let t = Instant::now();
+        let r = ctl.apply(std::slice::from_ref(&extra), &[]).await?;
+        anyhow::ensure!(!r.full, "one pod took the full path");
+        println!("one pod added (incremental) until committed and seen: {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
+
+        let t = Instant::now();
+        let r = ctl.apply(&[], &[extra.object_ref()]).await?;
+        println!("that pod deleted (incremental): {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
+
+        let np = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np0, namespace: ns0}\nspec:\n  podSelector: {matchLabels: {app: app0}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: app2}}}]\n    ports: [{port: 9090}]")?;
+        let t = Instant::now();
+        let r = ctl.apply(&[np], &[]).await?;
+        println!("one policy edited (incremental): {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
+
+        let mut more = ctl.state().clone();
+        more.apply(one("apiVersion: v1\nkind: Pod\nmetadata: {name: extra2, namespace: ns0}\nspec: {containers: [{name: c}]}")?);
         let t = Instant::now();
         let r = ctl.reconcile(&more).await?;
-        println!("one pod added until committed and seen: {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
+        println!("one pod added through a full pass (for comparison): {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
+        println!("passes: {} full, {} incremental; {} transactions, {} operations; row index built {} time(s)", ctl.stats.full_passes, ctl.stats.incremental_passes, ctl.stats.transactions, ctl.stats.operations, ctl.row_index().rebuilds());
         anyhow::Ok(())
     })?;
     Ok(())

@@ -83,15 +83,7 @@ pub fn reallocated(
     owners
         .into_iter()
         .filter(|o| before.get(*o) != after.get(*o))
-        .filter_map(|o| {
-            if let Some(p) = o.strip_prefix("pod:") {
-                let (ns, name) = p.split_once('/')?;
-                Some(ObjectRef::Pod((ns.to_string(), name.to_string())))
-            } else {
-                o.strip_prefix("node:")
-                    .map(|n| ObjectRef::Node(n.to_string()))
-            }
-        })
+        .filter_map(|o| super::owner_ref(o))
         .collect()
 }
 
@@ -300,7 +292,7 @@ mod tests {
     use crate::controller::desired::desired_nb;
     use crate::controller::manifest::{parse_str, Loaded};
     use crate::controller::model::Object;
-    use crate::controller::sync_ipam;
+    use crate::controller::{owner_ref, sync_ipam, sync_ipam_objects, sync_ipam_placed};
 
     /// A small deterministic generator (xorshift), so failures replay.
     struct Gen(u64);
@@ -388,6 +380,8 @@ mod tests {
             let mut ipam = Ipam::new();
             let recorded = BTreeMap::new();
             sync_ipam(&state, &config, &mut ipam, &recorded);
+            let mut ipam_objects = ipam.clone();
+            let mut failed: BTreeSet<String> = BTreeSet::new();
             let mut cache = DesiredCache::build(&state, &ipam, &config);
             let mut prev_full = desired_nb(&state, &ipam, &config);
             let mut partial = 0;
@@ -401,6 +395,23 @@ mod tests {
                 }
                 let before = ipam.allocations().clone();
                 sync_ipam(&state, &config, &mut ipam, &recorded);
+                // Placing only the changed owner, and those that could not
+                // get what they asked for, gives the same table as the full
+                // sync.
+                if !matches!(r, ObjectRef::Namespace(_) | ObjectRef::Subnet(_)) {
+                    let mut refs = vec![r.clone()];
+                    refs.extend(failed.iter().filter_map(|o| owner_ref(o)));
+                    failed =
+                        sync_ipam_objects(&state, &config, &mut ipam_objects, &recorded, &refs)
+                            .failed;
+                } else {
+                    failed = sync_ipam_placed(&state, &config, &mut ipam_objects, &recorded).failed;
+                }
+                assert_eq!(
+                    ipam_objects.allocations(),
+                    ipam.allocations(),
+                    "seed {seed} step {step} after {r:?}"
+                );
                 let mut changed = vec![r.clone()];
                 changed.extend(reallocated(&before, ipam.allocations()));
                 let changed_rows = match units_touched(&state, &changed) {

@@ -278,58 +278,135 @@ pub async fn patch_pod_annotations(
     Ok(())
 }
 
-/// Runs the Kubernetes source: watches, and while holding the lease,
-/// reconciles after each quiet period and writes the pod annotations.
+/// Changes gathered from the watchers between two passes: the last word
+/// on each object, or a relist that replaces the observed state.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Latest state of each object changed: `Some` applied, `None` deleted.
+    pub objects: BTreeMap<ObjectRef, Option<Object>>,
+    /// A watcher relisted: the whole state is replaced.
+    pub relisted: Option<ClusterState>,
+}
+
+impl Pending {
+    /// Records one watcher event; `current` is the state of the last pass.
+    pub fn push(&mut self, current: &ClusterState, ev: SourceEvent) {
+        if let Some(s) = self.relisted.as_mut() {
+            apply_event(s, ev);
+            return;
+        }
+        match ev {
+            SourceEvent::Apply(o) => {
+                self.objects.insert(o.object_ref(), Some(o));
+            }
+            SourceEvent::Delete(r) => {
+                self.objects.insert(r, None);
+            }
+            ev @ SourceEvent::Resync(..) => {
+                let mut s = current.clone();
+                for (r, o) in std::mem::take(&mut self.objects) {
+                    match o {
+                        Some(o) => s.apply(o),
+                        None => {
+                            s.delete(&r);
+                        }
+                    }
+                }
+                apply_event(&mut s, ev);
+                self.relisted = Some(s);
+            }
+        }
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.relisted.is_none()
+    }
+}
+
+/// Runs the Kubernetes source: watches, and while holding the lease makes
+/// a pass per batch of events (an incremental one unless a watcher
+/// relisted) and writes the pod annotations.
 pub async fn run_kube(
     client: Client,
     ctl: &mut Controller,
     lock: LeaseLock,
 ) -> Result<(), KubeSourceError> {
     let mut rx = spawn_watchers(&client);
-    let mut state = ClusterState::default();
-    let mut dirty = true;
+    let mut pending = Pending::default();
+    let mut full = true;
     let mut renew = tokio::time::interval(lock.duration / 3);
+    let mut resync = tokio::time::interval(Duration::from_secs(5));
     let mut leader = false;
     loop {
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return Ok(()) };
-                apply_event(&mut state, ev);
+                pending.push(ctl.state(), ev);
                 // Drain what is queued before reconciling.
                 while let Ok(ev) = rx.try_recv() {
-                    apply_event(&mut state, ev);
+                    pending.push(ctl.state(), ev);
                 }
-                dirty = true;
             }
             _ = renew.tick() => {
                 let was = leader;
                 leader = lock.try_acquire().await.unwrap_or_else(|e| { log::warn!("lease: {e}"); false });
                 if leader && !was {
                     log::info!("became leader");
-                    dirty = true;
+                    full = true;
                 }
             }
+            _ = resync.tick() => {
+                full |= ctl.resync_due();
+            }
         }
-        if leader && dirty {
-            dirty = false;
-            match ctl.reconcile(&state).await {
-                Ok(r) => {
-                    log_events(&r.events);
-                    for (owner, a) in &r.new_allocations {
-                        if let Some((ns, name)) =
-                            owner.strip_prefix("pod:").and_then(|k| k.split_once('/'))
-                        {
-                            let ann = super::pod_annotations(a, ctl.ipam());
-                            if let Err(e) = patch_pod_annotations(&client, ns, name, &ann).await {
-                                log::warn!("annotate pod {ns}/{name}: {e}");
-                            }
+        if !leader || (pending.is_empty() && !full) {
+            continue;
+        }
+        let batch = std::mem::take(&mut pending);
+        let result = if let Some(s) = batch.relisted {
+            ctl.replace_state(s).await
+        } else if full {
+            let mut s = ctl.state().clone();
+            for (r, o) in batch.objects {
+                match o {
+                    Some(o) => s.apply(o),
+                    None => {
+                        s.delete(&r);
+                    }
+                }
+            }
+            ctl.replace_state(s).await
+        } else {
+            let mut changed = Vec::new();
+            let mut deleted = Vec::new();
+            for (r, o) in batch.objects {
+                match o {
+                    Some(o) => changed.push(o),
+                    None => deleted.push(r),
+                }
+            }
+            ctl.apply(&changed, &deleted).await
+        };
+        full = false;
+        match result {
+            Ok(r) => {
+                log_events(&r.events);
+                for (owner, a) in &r.new_allocations {
+                    if let Some((ns, name)) =
+                        owner.strip_prefix("pod:").and_then(|k| k.split_once('/'))
+                    {
+                        let ann = super::pod_annotations(a, ctl.ipam());
+                        if let Err(e) = patch_pod_annotations(&client, ns, name, &ann).await {
+                            log::warn!("annotate pod {ns}/{name}: {e}");
                         }
                     }
                 }
-                Err(e) => {
-                    log::error!("reconcile failed: {e}");
-                    dirty = true;
-                }
+            }
+            Err(e) => {
+                log::error!("reconcile failed: {e}");
+                // The state was taken in; the next pass compares everything.
+                full = true;
             }
         }
     }

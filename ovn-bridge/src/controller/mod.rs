@@ -4,6 +4,7 @@
 //! Owns the flow observed state → addresses → desired rows → transaction.
 //! It must not touch the Southbound database or the fast path.
 
+pub mod batch;
 pub mod desired;
 pub mod incremental;
 pub mod ipam;
@@ -13,11 +14,11 @@ pub mod model;
 pub mod reconcile;
 pub mod run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use desired::{node_owner, pod_owner, pod_subnet, pod_wants_port, Event};
 use ipam::{Allocation, Ipam, Request, SubnetPlan};
-use model::{annotation, keys, ClusterState};
+use model::{annotation, keys, ClusterState, ObjectRef};
 
 /// Names and defaults of the cluster (Kube-OVN's controller flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +114,26 @@ pub fn sync_ipam(
     ipam: &mut Ipam,
     recorded: &BTreeMap<String, Allocation>,
 ) -> Vec<Event> {
+    sync_ipam_placed(state, config, ipam, recorded).events
+}
+
+/// What placing addresses did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Problems found (conflicts, exhaustion, bad annotations, bad subnets).
+    pub events: Vec<Event>,
+    /// Owners that could not get what they ask for (they may hold an older
+    /// allocation): to place again when addresses are freed.
+    pub failed: BTreeSet<String>,
+}
+
+/// [`sync_ipam`], also naming the owners whose placement failed.
+pub fn sync_ipam_placed(
+    state: &ClusterState,
+    config: &Config,
+    ipam: &mut Ipam,
+    recorded: &BTreeMap<String, Allocation>,
+) -> Placement {
     let (plans, mut events) = subnet_plans(state, config);
     let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
     for p in plans {
@@ -129,34 +150,14 @@ pub fn sync_ipam(
         }
     }
     // Who should hold addresses, and where.
-    let mut wanted: BTreeMap<String, (String, Request, String)> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
     for ((ns, name), pod) in &state.pods {
-        if !pod_wants_port(pod) {
-            continue;
-        }
-        let owner = pod_owner(ns, name);
-        let subnet = pod_subnet(state, config, pod);
-        let allocated = annotation(&pod.metadata, keys::ALLOCATED) == Some("true");
-        // Once allocated, ip_address holds our own answer, not a request,
-        // unless the state says otherwise.
-        let req = if allocated && recorded.contains_key(&owner) {
-            Ok(Request::default())
-        } else {
-            Request::from_annotations(
-                annotation(&pod.metadata, keys::IP_ADDRESS),
-                annotation(&pod.metadata, keys::MAC_ADDRESS),
-                annotation(&pod.metadata, keys::IP_POOL),
-            )
-        };
-        match req {
-            Ok(r) => {
-                wanted.insert(owner, (subnet, r, format!("Pod {ns}/{name}")));
+        match pod_wanted(state, config, ns, name, pod, recorded) {
+            Ok(Some((owner, w))) => {
+                wanted.insert(owner, w);
             }
-            Err(e) => events.push(Event {
-                object: format!("Pod {ns}/{name}"),
-                reason: "InvalidAddress",
-                message: e.to_string(),
-            }),
+            Ok(None) => {}
+            Err(e) => events.push(e),
         }
     }
     for name in state.nodes.keys() {
@@ -169,18 +170,82 @@ pub fn sync_ipam(
             ),
         );
     }
-    for o in ipam.owners() {
+    let owners = ipam.owners();
+    let mut failed = BTreeSet::new();
+    place(
+        ipam,
+        recorded,
+        &wanted,
+        owners.iter(),
+        &mut events,
+        &mut failed,
+    );
+    Placement { events, failed }
+}
+
+/// Subnet, request and object name of an owner that should hold addresses.
+type Wanted = (String, Request, String);
+
+/// Whether a pod should hold addresses, where, and what it asks for.
+fn pod_wanted(
+    state: &ClusterState,
+    config: &Config,
+    ns: &str,
+    name: &str,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    recorded: &BTreeMap<String, Allocation>,
+) -> Result<Option<(String, Wanted)>, Event> {
+    if !pod_wants_port(pod) {
+        return Ok(None);
+    }
+    let owner = pod_owner(ns, name);
+    let subnet = pod_subnet(state, config, pod);
+    let allocated = annotation(&pod.metadata, keys::ALLOCATED) == Some("true");
+    // Once allocated, ip_address holds our own answer, not a request,
+    // unless the state says otherwise.
+    let req = if allocated && recorded.contains_key(&owner) {
+        Ok(Request::default())
+    } else {
+        Request::from_annotations(
+            annotation(&pod.metadata, keys::IP_ADDRESS),
+            annotation(&pod.metadata, keys::MAC_ADDRESS),
+            annotation(&pod.metadata, keys::IP_POOL),
+        )
+    };
+    match req {
+        Ok(r) => Ok(Some((owner, (subnet, r, format!("Pod {ns}/{name}"))))),
+        Err(e) => Err(Event {
+            object: format!("Pod {ns}/{name}"),
+            reason: "InvalidAddress",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Releases the `candidates` that should no longer hold their addresses,
+/// then places every owner of `wanted`: recorded allocations first, static
+/// requests before dynamic ones.
+fn place<'a>(
+    ipam: &mut Ipam,
+    recorded: &BTreeMap<String, Allocation>,
+    wanted: &BTreeMap<String, Wanted>,
+    candidates: impl Iterator<Item = &'a String>,
+    events: &mut Vec<Event>,
+    failed: &mut BTreeSet<String>,
+) {
+    for o in candidates {
         let keep = wanted
-            .get(&o)
-            .is_some_and(|(s, _, _)| ipam.get(&o).is_some_and(|a| &a.subnet == s));
+            .get(o)
+            .is_some_and(|(s, _, _)| ipam.get(o).is_some_and(|a| &a.subnet == s));
         if !keep {
-            ipam.release(&o);
+            ipam.release(o);
         }
     }
     // Recorded allocations first, so they never move.
-    for (owner, (subnet, _, obj)) in &wanted {
+    for (owner, (subnet, _, obj)) in wanted {
         if let Some(a) = recorded.get(owner).filter(|a| &a.subnet == subnet) {
             if let Err(e) = ipam.restore(owner, a.clone()) {
+                failed.insert(owner.clone());
                 events.push(Event {
                     object: obj.clone(),
                     reason: "AddressConflict",
@@ -196,6 +261,7 @@ pub fn sync_ipam(
     for owner in order {
         let (subnet, req, obj) = &wanted[owner];
         if let Err(e) = ipam.allocate(owner, subnet, req) {
+            failed.insert(owner.clone());
             events.push(Event {
                 object: obj.clone(),
                 reason: "AllocationFailed",
@@ -203,7 +269,84 @@ pub fn sync_ipam(
             });
         }
     }
-    events
+}
+
+/// The IPAM owner key of a pod or node reference.
+pub fn owner_of(r: &ObjectRef) -> Option<String> {
+    match r {
+        ObjectRef::Pod((ns, name)) => Some(pod_owner(ns, name)),
+        ObjectRef::Node(n) => Some(node_owner(n)),
+        _ => None,
+    }
+}
+
+/// [`sync_ipam`] for a few pods and nodes only (`objects`; others are
+/// ignored): releases those gone or moved, places those present. Subnets
+/// must be unchanged since the last full sync. Equivalent to the full sync
+/// for these owners, without walking the others.
+pub fn sync_ipam_objects(
+    state: &ClusterState,
+    config: &Config,
+    ipam: &mut Ipam,
+    recorded: &BTreeMap<String, Allocation>,
+    objects: &[ObjectRef],
+) -> Placement {
+    let mut events = Vec::new();
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
+    let mut candidates: BTreeSet<String> = BTreeSet::new();
+    for r in objects {
+        match r {
+            ObjectRef::Pod((ns, name)) => {
+                candidates.insert(pod_owner(ns, name));
+                let Some(pod) = state.pods.get(&(ns.clone(), name.clone())) else {
+                    continue;
+                };
+                match pod_wanted(state, config, ns, name, pod, recorded) {
+                    Ok(Some((owner, w))) => {
+                        wanted.insert(owner, w);
+                    }
+                    Ok(None) => {}
+                    Err(e) => events.push(e),
+                }
+            }
+            ObjectRef::Node(n) => {
+                candidates.insert(node_owner(n));
+                if state.nodes.contains_key(n) {
+                    wanted.insert(
+                        node_owner(n),
+                        (
+                            config.join_subnet.clone(),
+                            Request::default(),
+                            format!("Node {n}"),
+                        ),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut failed = BTreeSet::new();
+    place(
+        ipam,
+        recorded,
+        &wanted,
+        candidates.iter(),
+        &mut events,
+        &mut failed,
+    );
+    Placement { events, failed }
+}
+
+/// The pod or node reference of an IPAM owner key.
+pub fn owner_ref(owner: &str) -> Option<ObjectRef> {
+    if let Some(p) = owner.strip_prefix("pod:") {
+        let (ns, name) = p.split_once('/')?;
+        Some(ObjectRef::Pod((ns.to_string(), name.to_string())))
+    } else {
+        owner
+            .strip_prefix("node:")
+            .map(|n| ObjectRef::Node(n.to_string()))
+    }
 }
 
 #[cfg(test)]

@@ -255,6 +255,81 @@ impl ClusterState {
         }
     }
 
+    /// The changes that turn `self` into `newer`: objects added or
+    /// different, and references of objects gone.
+    pub fn diff(&self, newer: &ClusterState) -> (Vec<Object>, Vec<ObjectRef>) {
+        fn walk<K: Ord + Clone, V: PartialEq + Clone>(
+            old: &BTreeMap<K, V>,
+            new: &BTreeMap<K, V>,
+            wrap: impl Fn(V) -> Object,
+            refer: impl Fn(K) -> ObjectRef,
+            out: &mut (Vec<Object>, Vec<ObjectRef>),
+        ) {
+            for (k, v) in new {
+                if old.get(k) != Some(v) {
+                    out.0.push(wrap(v.clone()));
+                }
+            }
+            for k in old.keys() {
+                if !new.contains_key(k) {
+                    out.1.push(refer(k.clone()));
+                }
+            }
+        }
+        let mut out = (Vec::new(), Vec::new());
+        let o = &mut out;
+        walk(
+            &self.namespaces,
+            &newer.namespaces,
+            |v| Object::Namespace(Box::new(v)),
+            ObjectRef::Namespace,
+            o,
+        );
+        walk(
+            &self.subnets,
+            &newer.subnets,
+            |v| Object::Subnet(Box::new(v)),
+            ObjectRef::Subnet,
+            o,
+        );
+        walk(
+            &self.nodes,
+            &newer.nodes,
+            |v| Object::Node(Box::new(v)),
+            ObjectRef::Node,
+            o,
+        );
+        walk(
+            &self.pods,
+            &newer.pods,
+            |v| Object::Pod(Box::new(v)),
+            ObjectRef::Pod,
+            o,
+        );
+        walk(
+            &self.services,
+            &newer.services,
+            |v| Object::Service(Box::new(v)),
+            ObjectRef::Service,
+            o,
+        );
+        walk(
+            &self.endpoint_slices,
+            &newer.endpoint_slices,
+            |v| Object::EndpointSlice(Box::new(v)),
+            ObjectRef::EndpointSlice,
+            o,
+        );
+        walk(
+            &self.network_policies,
+            &newer.network_policies,
+            |v| Object::NetworkPolicy(Box::new(v)),
+            ObjectRef::NetworkPolicy,
+            o,
+        );
+        out
+    }
+
     /// Labels of a namespace (empty when unknown).
     pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
         let mut labels = self

@@ -1,22 +1,27 @@
-//! The controller's loop: holds the IPAM and the Northbound connection,
-//! and for each observed state computes addresses and rows and commits the
-//! difference in one transaction.
+//! The controller's loop: holds the observed state, the IPAM, the desired
+//! rows per unit and the Northbound connection. A full pass places every
+//! address and compares every row; an incremental pass (per batch of
+//! changed objects) places the addresses of the pods and nodes concerned,
+//! recomputes the units they touch and compares only the rows that moved.
+//! Operations are committed in bounded transactions.
 //!
 //! Owns the NB session and the state file. It must not know where the
 //! observed state comes from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ovsdb::{Client, ClientOptions, MonitorTable, Replica};
 
-use super::desired::{desired_nb, Event, TABLES};
+use super::batch::{batches, resolve_names, DEFAULT_MAX_OPS_PER_TXN};
+use super::desired::{Event, TABLES};
+use super::incremental::{units_touched, DesiredCache};
 use super::ipam::{Allocation, Ipam, IpamError, StateFile};
 use super::manifest::{load_dir, DirStamp};
-use super::model::{annotation, keys, ClusterState};
-use super::reconcile::plan;
-use super::{sync_ipam, Config};
+use super::model::{annotation, keys, ClusterState, Object, ObjectRef};
+use super::reconcile::{plan_changed, plan_with, RowIndex};
+use super::{owner_of, owner_ref, sync_ipam_objects, sync_ipam_placed, Config};
 
 /// Why a reconcile pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,11 @@ pub enum ControllerError {
 pub struct Report {
     /// Operations sent (0: nothing changed).
     pub operations: usize,
+    /// Transactions they were sent in.
+    pub transactions: usize,
+    /// Whether every row was compared (a full pass) rather than only the
+    /// rows of the objects that changed.
+    pub full: bool,
     /// Problems found (conflicts, bad annotations, bad subnets).
     pub events: Vec<Event>,
     /// Allocations that differ from what was recorded (to write back).
@@ -50,17 +60,51 @@ pub struct Stats {
     pub transactions: u64,
     /// Operations in them.
     pub operations: u64,
+    /// Passes that compared every row.
+    pub full_passes: u64,
+    /// Passes that compared only the rows of changed objects.
+    pub incremental_passes: u64,
 }
 
-/// The controller: IPAM, NB session, state file.
+/// Tuning of the passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Most operations in one transaction (a larger plan is split).
+    pub max_ops_per_txn: usize,
+    /// A full pass at least this often, as a safety net under the
+    /// incremental ones (`None`: only at start and when needed).
+    pub full_resync: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_ops_per_txn: DEFAULT_MAX_OPS_PER_TXN,
+            full_resync: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// The controller: observed state, IPAM, desired rows, NB session, state file.
 pub struct Controller {
     /// Names and defaults.
     pub config: Config,
+    options: Options,
     ipam: Ipam,
     client: Client,
     replica: Replica,
     state_file: Option<PathBuf>,
     recorded: BTreeMap<String, Allocation>,
+    state: ClusterState,
+    cache: Option<DesiredCache>,
+    index: RowIndex,
+    last_full: Option<Instant>,
+    /// The database may differ from the desired rows outside the rows
+    /// the next event changes (a failed transaction): compare everything.
+    db_suspect: bool,
+    /// Pods and nodes that did not get the addresses they ask for
+    /// (conflict, exhaustion): placed again on every pass.
+    unplaced: BTreeSet<ObjectRef>,
     /// Counters.
     pub stats: Stats,
 }
@@ -119,13 +163,30 @@ impl Controller {
         };
         Ok(Controller {
             config,
+            options: Options::default(),
             ipam: Ipam::new(),
             client,
             replica,
             state_file,
             recorded,
+            state: ClusterState::default(),
+            cache: None,
+            index: RowIndex::default(),
+            last_full: None,
+            db_suspect: true,
+            unplaced: BTreeSet::new(),
             stats: Stats::default(),
         })
+    }
+
+    /// Sets the tuning of later passes.
+    pub fn set_options(&mut self, options: Options) {
+        self.options = options;
+    }
+
+    /// The tuning of the passes.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// The allocation table.
@@ -133,16 +194,48 @@ impl Controller {
         &self.ipam
     }
 
-    /// One pass: addresses, desired rows, one transaction with the
-    /// difference (none when nothing differs), then waits until the replica
-    /// shows it.
+    /// The observed state the last pass worked from.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// The index of our rows in the replica.
+    pub fn row_index(&self) -> &RowIndex {
+        &self.index
+    }
+
+    /// Whether the periodic full pass is due.
+    pub fn resync_due(&self) -> bool {
+        match (self.last_full, self.options.full_resync) {
+            (None, _) => true,
+            (Some(t), Some(every)) => t.elapsed() >= every,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Replaces the observed state and makes a full pass.
     pub async fn reconcile(&mut self, state: &ClusterState) -> Result<Report, ControllerError> {
-        let mut recorded = recorded_from_annotations(state);
+        self.replace_state(state.clone()).await
+    }
+
+    /// [`Controller::reconcile`] without copying the state.
+    pub async fn replace_state(&mut self, state: ClusterState) -> Result<Report, ControllerError> {
+        self.state = state;
+        self.resync().await
+    }
+
+    /// A full pass over the current observed state: every address placed
+    /// again, every unit recomputed, every row of ours compared with the
+    /// database.
+    pub async fn resync(&mut self) -> Result<Report, ControllerError> {
+        let mut recorded = recorded_from_annotations(&self.state);
         for (o, a) in &self.recorded {
             recorded.entry(o.clone()).or_insert_with(|| a.clone());
         }
+        let placed = sync_ipam_placed(&self.state, &self.config, &mut self.ipam, &recorded);
         let mut report = Report {
-            events: sync_ipam(state, &self.config, &mut self.ipam, &recorded),
+            full: true,
+            events: placed.events,
             ..Default::default()
         };
         for (o, a) in self.ipam.allocations() {
@@ -156,31 +249,182 @@ impl Controller {
             }
         }
         self.recorded = self.ipam.allocations().clone();
-        let desired = desired_nb(state, &self.ipam, &self.config);
-        report.events.extend(desired.events.iter().cloned());
-        let ops = plan(&desired, &self.replica.snapshot());
+        self.unplaced = placed.failed.iter().filter_map(|o| owner_ref(o)).collect();
+        let cache = match self.cache.take() {
+            Some(mut c) => {
+                c.update_all(&self.state, &self.ipam, &self.config);
+                c
+            }
+            None => DesiredCache::build(&self.state, &self.ipam, &self.config),
+        };
+        let cache = self.cache.insert(cache);
+        report.events.extend(cache.desired().events.iter().cloned());
+        let db = self.replica.snapshot();
+        self.index.refresh(&db);
+        let ops = plan_with(cache.desired(), &db, &self.index, None);
+        self.stats.full_passes += 1;
+        self.last_full = Some(Instant::now());
+        self.db_suspect = false;
+        self.commit(ops, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Applies changed and deleted objects to the observed state and makes
+    /// an incremental pass: addresses placed for the pods and nodes among
+    /// them, the units they touch recomputed, and only the rows that moved
+    /// compared with the database. Falls back to a full pass at start,
+    /// when the periodic one is due, after a failed transaction, and when
+    /// the change reaches every unit (a Namespace or Subnet).
+    pub async fn apply(
+        &mut self,
+        changed: &[Object],
+        deleted: &[ObjectRef],
+    ) -> Result<Report, ControllerError> {
+        let mut refs: Vec<ObjectRef> = Vec::with_capacity(changed.len() + deleted.len());
+        for o in changed {
+            refs.push(o.object_ref());
+            self.state.apply(o.clone());
+        }
+        for r in deleted {
+            self.state.delete(r);
+            refs.push(r.clone());
+        }
+        if self.cache.is_none() || self.db_suspect || self.resync_due() {
+            return self.resync().await;
+        }
+        if units_touched(&self.state, &refs).is_none() {
+            return self.resync().await;
+        }
+        // Addresses of the pods and nodes concerned, and of those that
+        // waited for one.
+        let mut owners_refs: BTreeSet<ObjectRef> = refs
+            .iter()
+            .filter(|r| owner_of(r).is_some())
+            .cloned()
+            .collect();
+        owners_refs.extend(self.unplaced.iter().cloned());
+        let owners_refs: Vec<ObjectRef> = owners_refs.into_iter().collect();
+        let mut recorded: BTreeMap<String, Allocation> = BTreeMap::new();
+        for r in &owners_refs {
+            let Some(owner) = owner_of(r) else { continue };
+            let from_annotation = match r {
+                ObjectRef::Pod(k) => self.state.pods.get(k).and_then(|p| {
+                    let mut one = ClusterState::default();
+                    one.pods.insert(k.clone(), p.clone());
+                    recorded_from_annotations(&one).remove(&owner)
+                }),
+                _ => None,
+            };
+            if let Some(a) = from_annotation.or_else(|| self.recorded.get(&owner).cloned()) {
+                recorded.insert(owner, a);
+            }
+        }
+        let before: Vec<Option<Allocation>> = owners_refs
+            .iter()
+            .map(|r| owner_of(r).and_then(|o| self.ipam.get(&o).cloned()))
+            .collect();
+        let placed = sync_ipam_objects(
+            &self.state,
+            &self.config,
+            &mut self.ipam,
+            &recorded,
+            &owners_refs,
+        );
+        let mut report = Report {
+            events: placed.events,
+            ..Default::default()
+        };
+        let mut state_changed = false;
+        for (r, was) in owners_refs.iter().zip(before) {
+            let Some(owner) = owner_of(r) else { continue };
+            let now = self.ipam.get(&owner).cloned();
+            if now != was && !refs.contains(r) {
+                refs.push(r.clone());
+            }
+            if placed.failed.contains(&owner) {
+                self.unplaced.insert(r.clone());
+            } else {
+                self.unplaced.remove(r);
+            }
+            if let Some(a) = &now {
+                if recorded.get(&owner) != Some(a) {
+                    report.new_allocations.insert(owner.clone(), a.clone());
+                }
+            }
+            let prev = match &now {
+                Some(a) => self.recorded.insert(owner, a.clone()),
+                None => self.recorded.remove(&owner),
+            };
+            state_changed |= prev != now;
+        }
+        if state_changed {
+            if let Some(path) = &self.state_file {
+                self.ipam.to_state().save(path)?;
+            }
+        }
+        let Some(units) = units_touched(&self.state, &refs) else {
+            return self.resync().await;
+        };
+        let Some(cache) = self.cache.as_mut() else {
+            return self.resync().await;
+        };
+        let rows = cache.update(&units, &self.state, &self.ipam, &self.config);
+        report.events.extend(cache.desired().events.iter().cloned());
+        let db = self.replica.snapshot();
+        self.index.refresh(&db);
+        let ops = plan_changed(cache.desired(), &db, &self.index, &rows);
+        self.stats.incremental_passes += 1;
+        self.commit(ops, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Sends `ops` in bounded transactions, then waits until the replica
+    /// shows them.
+    async fn commit(
+        &mut self,
+        ops: Vec<ovsdb::Operation>,
+        report: &mut Report,
+    ) -> Result<(), ControllerError> {
         if ops.is_empty() {
-            return Ok(report);
+            return Ok(());
         }
         report.operations = ops.len();
-        let inserts: Vec<Option<String>> = ops
-            .iter()
-            .map(|o| match o {
-                ovsdb::Operation::Insert { table, .. } => Some(table.clone()),
-                _ => None,
-            })
-            .collect();
         let before = self.replica.snapshot().generation();
-        let results = self.client.transact(ops).await?;
-        self.stats.transactions += 1;
-        self.stats.operations += report.operations as u64;
-        // The replica shows the transaction once it has moved on from the
+        let mut known: HashMap<String, ovsdb::Uuid> = HashMap::new();
+        let mut inserted: Vec<(String, ovsdb::Uuid)> = Vec::new();
+        for mut txn in batches(ops, self.options.max_ops_per_txn) {
+            resolve_names(&mut txn, &known);
+            let names: Vec<Option<(String, Option<String>)>> = txn
+                .iter()
+                .map(|o| match o {
+                    ovsdb::Operation::Insert {
+                        table, uuid_name, ..
+                    } => Some((table.clone(), uuid_name.clone())),
+                    _ => None,
+                })
+                .collect();
+            let n = txn.len();
+            let results = match self.client.transact(txn).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.db_suspect = true;
+                    return Err(e.into());
+                }
+            };
+            self.stats.transactions += 1;
+            self.stats.operations += n as u64;
+            report.transactions += 1;
+            for (r, name) in results.iter().zip(names) {
+                if let (Some((table, name)), Some(u)) = (name, r.uuid) {
+                    if let Some(name) = name {
+                        known.insert(name, u);
+                    }
+                    inserted.push((table, u));
+                }
+            }
+        }
+        // The replica shows the transactions once it has moved on from the
         // snapshot the plan was made from and holds every inserted row.
-        let inserted: Vec<(String, ovsdb::Uuid)> = results
-            .iter()
-            .zip(inserts)
-            .filter_map(|(r, t)| Some((t?, r.uuid?)))
-            .collect();
         let wait = self.replica.wait_for(|db| {
             db.generation() > before
                 && inserted
@@ -189,11 +433,15 @@ impl Controller {
         });
         match tokio::time::timeout(Duration::from_secs(30), wait).await {
             Ok(r) => {
-                r?;
+                let db = r?;
+                self.index.refresh(&db);
             }
-            Err(_) => return Err(ControllerError::NotConverged),
+            Err(_) => {
+                self.db_suspect = true;
+                return Err(ControllerError::NotConverged);
+            }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// The NB replica, to notice outside changes.
@@ -209,38 +457,60 @@ pub fn log_events(events: &[Event]) {
     }
 }
 
-/// Runs the manifest source: reads `dir`, reconciles, and again whenever a
-/// file changes (polled every `interval`) or the database changes under us.
+/// Runs the manifest source: reads `dir` and makes a full pass, then
+/// whenever a file changes (polled every `interval`) applies the objects
+/// that changed between the two reads; makes a full pass again when the
+/// database changes under us and when the periodic one is due.
 pub async fn run_manifests(
     dir: &Path,
     ctl: &mut Controller,
     interval: Duration,
 ) -> Result<(), ControllerError> {
     let mut stamp = None;
-    let mut state = ClusterState::default();
     let mut db_rx = ctl.replica().subscribe();
     loop {
         let now = DirStamp::of(dir);
         let files_changed = stamp.as_ref() != Some(&now);
         let db_changed = db_rx.has_changed().unwrap_or(false);
+        let mut next = None;
         if files_changed {
             let loaded = load_dir(dir);
             for e in &loaded.errors {
                 log::error!("manifest skipped: {e}");
             }
             let (s, _) = loaded.into_state();
-            state = s;
+            next = Some(s);
             stamp = Some(now);
         }
-        if files_changed || db_changed {
+        let full = db_changed || ctl.resync_due();
+        let result = if let Some(s) = next {
+            if full {
+                db_rx.borrow_and_update();
+                Some(ctl.replace_state(s).await)
+            } else {
+                let (changed, deleted) = ctl.state().diff(&s);
+                if changed.is_empty() && deleted.is_empty() {
+                    None
+                } else {
+                    Some(ctl.apply(&changed, &deleted).await)
+                }
+            }
+        } else if full {
             db_rx.borrow_and_update();
-            match ctl.reconcile(&state).await {
+            Some(ctl.resync().await)
+        } else {
+            None
+        };
+        if let Some(result) = result {
+            match result {
                 Ok(r) => {
                     log_events(&r.events);
                     log::info!(
-                        "pass done: {} operations written; {} transactions since start",
+                        "pass done: {} operations written; {} transactions since start ({} pass, {} transaction(s))",
                         r.operations,
-                        ctl.stats.transactions
+                        ctl.stats.transactions,
+                        if r.full { "full" } else { "incremental" },
+                        r.transactions
                     );
                 }
                 Err(e) => log::error!("reconcile failed: {e}"),
