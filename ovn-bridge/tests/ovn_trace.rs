@@ -11,43 +11,27 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fastpath::ovn::{FlowVector, Interpreter, Program};
 use fastpath_packet::extract;
 use ovn_lflow::{parse_actions, Action, SymbolTable};
-use ovsdb::testing::OvsdbServer;
+use ovsdb::testing::OvnCentral;
 
-/// NB + SB + northd; killed on drop.
-struct Central {
-    nb: OvsdbServer,
-    sb: OvsdbServer,
-    northd: Child,
-}
+/// NB + SB + northd (`ovsdb::testing::OvnCentral`), with panicking helpers.
+struct Central(OvnCentral);
 
-impl Drop for Central {
-    fn drop(&mut self) {
-        let _ = self.northd.kill();
-        let _ = self.northd.wait();
+impl std::ops::Deref for Central {
+    type Target = OvnCentral;
+    fn deref(&self) -> &OvnCentral {
+        &self.0
     }
 }
 
 impl Central {
     fn start() -> Central {
-        let nb = OvsdbServer::start_nb().expect("nb");
-        let sb = OvsdbServer::start_sb().expect("sb");
-        let dir = nb.dir().to_path_buf();
-        let northd = Command::new("ovn-northd")
-            .arg(format!("--ovnnb-db={}", nb.remote))
-            .arg(format!("--ovnsb-db={}", sb.remote))
-            .arg(format!("--unixctl={}", dir.join("northd.ctl").display()))
-            .arg(format!("--log-file={}", dir.join("northd.log").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ovn-northd");
-        Central { nb, sb, northd }
+        Central(OvnCentral::start().expect("NB, SB and ovn-northd"))
     }
 
     fn nb(&self, cmd: &str) {
@@ -71,18 +55,9 @@ impl Central {
     }
 
     fn sync(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self
-                .nb
-                .nbctl(&["--timeout=10", "--wait=sb", "sync"])
-                .is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "northd never caught up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.0
+            .sync(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("northd never caught up: {e}"));
     }
 
     /// Compiles the current Southbound for chassis `hv1` and loads it.

@@ -248,6 +248,84 @@ impl Drop for OvsdbServer {
     }
 }
 
+/// A whole OVN central: Northbound and Southbound `ovsdb-server`s with a
+/// real `ovn-northd` between them, in temporary directories; everything is
+/// killed on drop.
+pub struct OvnCentral {
+    /// The Northbound server.
+    pub nb: OvsdbServer,
+    /// The Southbound server.
+    pub sb: OvsdbServer,
+    northd: Option<Child>,
+}
+
+impl OvnCentral {
+    /// Starts NB, SB and ovn-northd.
+    pub fn start() -> Result<Self, TestingError> {
+        let nb = OvsdbServer::start_nb()?;
+        let sb = OvsdbServer::start_sb()?;
+        let dir = nb.dir().to_path_buf();
+        let northd = Command::new("ovn-northd")
+            .arg(format!("--ovnnb-db={}", nb.remote))
+            .arg(format!("--ovnsb-db={}", sb.remote))
+            .arg("--no-chdir")
+            .arg(format!("--log-file={}", dir.join("northd.log").display()))
+            .arg(format!("--pidfile={}", dir.join("northd.pid").display()))
+            .arg(format!("--unixctl={}", dir.join("northd.ctl").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| TestingError::Io {
+                what: "spawn ovn-northd (Debian package ovn-central)".into(),
+                error,
+            })?;
+        Ok(OvnCentral {
+            nb,
+            sb,
+            northd: Some(northd),
+        })
+    }
+
+    /// Runs `ovn-nbctl` against the Northbound server.
+    pub fn nbctl(&self, args: &[&str]) -> Result<String, TestingError> {
+        self.nb.nbctl(args)
+    }
+
+    /// Runs `ovn-sbctl` against the Southbound server.
+    pub fn sbctl(&self, args: &[&str]) -> Result<String, TestingError> {
+        self.sb.sbctl(args)
+    }
+
+    /// Waits (up to `timeout`) until ovn-northd has compiled everything
+    /// written to the Northbound DB so far into the Southbound DB.
+    pub fn sync(&self, timeout: Duration) -> Result<(), TestingError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.nb.nbctl(&["--timeout=10", "--wait=sb", "sync"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Whether ovn-northd is still running.
+    pub fn northd_running(&mut self) -> bool {
+        self.northd
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for OvnCentral {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.northd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 struct Member {
     child: Option<Child>,
     client_port: u16,

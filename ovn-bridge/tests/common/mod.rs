@@ -2,45 +2,34 @@
 //! ovn-northd between them, in a temporary directory, killed on drop.
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ovsdb::testing::OvsdbServer;
+use ovsdb::testing::OvnCentral;
 
-/// NB + SB servers and ovn-northd.
-pub struct Ovn {
-    pub nb: OvsdbServer,
-    pub sb: OvsdbServer,
-    northd: Child,
+/// NB + SB servers and ovn-northd (`ovsdb::testing::OvnCentral`), with
+/// helpers that panic with the command on failure.
+pub struct Ovn(OvnCentral);
+
+impl std::ops::Deref for Ovn {
+    type Target = OvnCentral;
+    fn deref(&self) -> &OvnCentral {
+        &self.0
+    }
 }
 
 impl Ovn {
     pub fn start() -> Self {
-        let nb = OvsdbServer::start_nb().expect("start NB ovsdb-server");
-        let sb = OvsdbServer::start_sb().expect("start SB ovsdb-server");
-        let dir = nb.dir().to_path_buf();
-        let northd = Command::new("ovn-northd")
-            .arg(format!("--ovnnb-db={}", nb.remote))
-            .arg(format!("--ovnsb-db={}", sb.remote))
-            .arg("--no-chdir")
-            .arg(format!("--log-file={}", dir.join("northd.log").display()))
-            .arg(format!("--pidfile={}", dir.join("northd.pid").display()))
-            .arg(format!("--unixctl={}", dir.join("northd.ctl").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ovn-northd");
-        Ovn { nb, sb, northd }
+        Ovn(OvnCentral::start().expect("start NB, SB and ovn-northd"))
     }
 
     pub fn nbctl(&self, args: &[&str]) -> String {
-        self.nb
+        self.0
             .nbctl(args)
             .unwrap_or_else(|e| panic!("ovn-nbctl {args:?}: {e}"))
     }
 
     pub fn sbctl(&self, args: &[&str]) -> String {
-        self.sb
+        self.0
             .sbctl(args)
             .unwrap_or_else(|e| panic!("ovn-sbctl {args:?}: {e}"))
     }
@@ -55,12 +44,5 @@ impl Ovn {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-impl Drop for Ovn {
-    fn drop(&mut self) {
-        let _ = self.northd.kill();
-        let _ = self.northd.wait();
     }
 }
