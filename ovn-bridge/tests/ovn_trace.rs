@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use fastpath::ovn::{FlowVector, Interpreter, Program};
 use fastpath_packet::extract;
