@@ -55,6 +55,33 @@ enum Cmd {
         #[command(subcommand)]
         what: Option<TablesCmd>,
     },
+    /// The OVN flow cache (pipeline `ovn`).
+    Flows {
+        #[command(subcommand)]
+        what: FlowsCmd,
+    },
+    /// Run the OVN pipeline on a packet, in the fastpath's control thread
+    /// against the current tables, and print every table and flow it hit
+    /// and the verdict. PACKET is `field=value, ...` (eth.src, eth.dst,
+    /// ip4.src, ip4.dst, ip.ttl, tcp.dst, udp.src, icmp4.type, arp.op,
+    /// arp.spa, arp.tpa, ...) or the frame in hex.
+    Trace {
+        /// Logical input port.
+        #[arg(long)]
+        inport: String,
+        /// The packet.
+        packet: String,
+    },
+    /// MAC bindings the pipeline learned (put_arp, put_nd).
+    Learned,
+}
+
+#[derive(Subcommand, Debug)]
+enum FlowsCmd {
+    /// Print every lcore's flow cache: match, actions and rewrites, hits, age.
+    Dump,
+    /// Empty every lcore's flow cache.
+    Flush,
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,6 +228,48 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 let t: fastpath_api::TablesInfo = serde_json::from_value(v)?;
                 print!("{}", render::tables(&t));
+            }
+        }
+        Cmd::Flows {
+            what: FlowsCmd::Dump,
+        } => {
+            let v = client.call(&Request::Flows)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let f: Vec<fastpath_api::LcoreFlows> = serde_json::from_value(v)?;
+                print!("{}", render::flows(&f));
+            }
+        }
+        Cmd::Flows {
+            what: FlowsCmd::Flush,
+        } => {
+            let v = client.call(&Request::FlowsFlush)?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("flushed {} entries", v["flushed"].as_u64().unwrap_or(0));
+            }
+        }
+        Cmd::Trace { inport, packet } => {
+            let v = client.call(&Request::Trace {
+                inport: inport.clone(),
+                packet: packet.clone(),
+            })?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let t: fastpath_api::TraceResult = serde_json::from_value(v)?;
+                print!("{}", t.text);
+            }
+        }
+        Cmd::Learned => {
+            let v = client.call(&Request::LearnedBindings)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let l: Vec<fastpath_api::LearnedBinding> = serde_json::from_value(v)?;
+                print!("{}", render::learned(&l));
             }
         }
         Cmd::ClearStats => {

@@ -1,6 +1,6 @@
 //! Text tables for the commands' default output.
 
-use fastpath_api::{LcoreInfo, PortInfo, Stats, TablesInfo};
+use fastpath_api::{LcoreFlows, LcoreInfo, LearnedBinding, PortInfo, Stats, TablesInfo};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -158,6 +158,11 @@ pub fn lcores(l: &[LcoreInfo]) -> String {
                 format!("{:.1}", c.cycles_per_packet),
                 c.busy_cycles.to_string(),
                 c.idle_cycles.to_string(),
+                c.cache_hits.to_string(),
+                c.cache_misses.to_string(),
+                c.cache_evictions.to_string(),
+                c.cache_revalidations.to_string(),
+                c.cache_entries.to_string(),
             ]
         })
         .collect();
@@ -170,9 +175,59 @@ pub fn lcores(l: &[LcoreInfo]) -> String {
             "CYCLES/PKT",
             "BUSY-CYCLES",
             "IDLE-CYCLES",
+            "HITS",
+            "MISSES",
+            "EVICTED",
+            "REVALIDATED",
+            "ENTRIES",
         ],
         &rows,
     )
+}
+
+/// `flows dump`: per lcore, one block per entry.
+pub fn flows(l: &[LcoreFlows]) -> String {
+    let mut out = String::new();
+    for c in l {
+        let _ = writeln!(
+            out,
+            "lcore {}: {} of {} entries, generation {}",
+            c.lcore_id,
+            c.flows.len(),
+            c.capacity,
+            c.generation
+        );
+        for f in &c.flows {
+            let stale = if f.generation == c.generation {
+                ""
+            } else {
+                " (stale)"
+            };
+            let _ = writeln!(
+                out,
+                "  hits={} age={:.1}s gen={}{stale} {}
+    actions: {}",
+                f.hits, f.age_secs, f.generation, f.key, f.actions
+            );
+        }
+    }
+    out
+}
+
+/// `learned`.
+pub fn learned(l: &[LearnedBinding]) -> String {
+    let rows: Vec<Vec<String>> = l
+        .iter()
+        .map(|b| {
+            vec![
+                b.datapath.clone(),
+                b.port.clone(),
+                b.ip.clone(),
+                b.mac.clone(),
+            ]
+        })
+        .collect();
+    table(&["DATAPATH", "PORT", "IP", "MAC"], &rows)
 }
 
 /// `stats`.
@@ -413,5 +468,34 @@ mod tests {
         assert_eq!(r.lcores[0].cycles_per_packet, 100.0);
         assert_eq!(r.lcores[0].busy_percent, 50.0);
         assert!(rates_table(&r).contains("100"));
+    }
+
+    #[test]
+    fn flow_dump_marks_stale_entries() {
+        let d = vec![LcoreFlows {
+            lcore_id: 1,
+            generation: 3,
+            capacity: 8,
+            flows: vec![
+                fastpath_api::FlowInfo {
+                    key: "in_port=0 k1".into(),
+                    actions: "output:p3(port 1) ip.ttl=63".into(),
+                    generation: 3,
+                    hits: 7,
+                    age_secs: 1.0,
+                },
+                fastpath_api::FlowInfo {
+                    key: "in_port=0 k2".into(),
+                    actions: "drop(ovn_drop_action)".into(),
+                    generation: 2,
+                    hits: 1,
+                    age_secs: 2.0,
+                },
+            ],
+        }];
+        let t = flows(&d);
+        assert!(t.contains("2 of 8 entries"), "{t}");
+        assert!(t.contains("hits=7") && t.contains("output:p3"), "{t}");
+        assert_eq!(t.matches("(stale)").count(), 1, "{t}");
     }
 }

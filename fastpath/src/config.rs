@@ -249,12 +249,20 @@ pub struct WorkerSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSection {
-    /// Pipeline kind: `xconnect`.
+    /// Pipeline kind: `xconnect`, or `ovn` (the OVN logical pipeline over
+    /// the compiled tables; needs `[tables] path`).
     #[serde(default = "default_pipeline")]
     pub kind: String,
     /// For `xconnect`: pairs of port names patched to each other.
     #[serde(default)]
     pub xconnect: Vec<[String; 2]>,
+    /// For `ovn`: flow cache entries per worker lcore.
+    #[serde(default = "default_flow_cache")]
+    pub flow_cache_entries: usize,
+}
+
+fn default_flow_cache() -> usize {
+    65536
 }
 
 fn default_pipeline() -> String {
@@ -266,6 +274,7 @@ impl Default for PipelineSection {
         PipelineSection {
             kind: default_pipeline(),
             xconnect: Vec::new(),
+            flow_cache_entries: default_flow_cache(),
         }
     }
 }
@@ -450,9 +459,24 @@ impl Config {
                     }
                 }
             }
+            "ovn" => {
+                if self.tables.path.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "pipeline kind \"ovn\" needs the compiled tables: set [tables] path (or --tables)".into(),
+                    ));
+                }
+                if self.ports.len() > usize::from(u16::MAX) {
+                    return Err(ConfigError::Invalid("too many ports".into()));
+                }
+                if self.pipeline.flow_cache_entries == 0 {
+                    return Err(ConfigError::Invalid(
+                        "[pipeline] flow_cache_entries must be at least 1".into(),
+                    ));
+                }
+            }
             other => {
                 return Err(ConfigError::Invalid(format!(
-                    "unknown pipeline kind {other:?} (known: xconnect)"
+                    "unknown pipeline kind {other:?} (known: xconnect, ovn)"
                 )))
             }
         }
@@ -525,6 +549,18 @@ devargs = "net_null1"
             .unwrap_err()
             .to_string()
             .contains("used twice"));
+    }
+
+    #[test]
+    fn ovn_pipeline_needs_tables() {
+        let e = Config::from_toml("[pipeline]\nkind = \"ovn\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("[tables] path"), "{e}");
+        let c = Config::from_toml(
+            "[pipeline]\nkind = \"ovn\"\nflow_cache_entries = 128\n[tables]\npath = \"/dev/shm/t\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.pipeline.flow_cache_entries, 128);
     }
 
     #[test]

@@ -5,17 +5,22 @@
 use crate::config::Config;
 use crate::control::{ControlServer, Handler};
 use crate::dpdk::{self, Eal, EthPort, Mempool, MempoolConfig, PortConfig};
+use crate::ovn::lcore::OvnLcore;
+use crate::ovn::{Interpreter, Learned};
 use crate::pipeline::Pipeline;
 use crate::stats::{LcoreSnapshot, LcoreStats};
 use crate::tables::{TablesShared, Watcher, WorkerTables, WORKER_ROLE_BASE};
-use crate::worker::{RxQueue, Worker};
+use crate::worker::{FlowDump, LcoreCommand, OvnWorker, RxQueue, Worker};
 use anyhow::{bail, Context, Result};
+use crossbeam::channel::Sender;
+use crossbeam::queue::ArrayQueue;
 use fastpath_api::{
-    LcoreInfo, PortCounters, PortInfo, Request, Response, SectionInfo, Stats, TableReaderInfo,
-    TablesInfo,
+    FlowInfo, LcoreFlows, LcoreInfo, LearnedBinding, PortCounters, PortInfo, Request, Response,
+    SectionInfo, Stats, TableReaderInfo, TablesInfo, TraceOutput, TraceResult,
 };
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +36,18 @@ struct State {
     baseline: Mutex<Vec<LcoreSnapshot>>,
     /// The compiled tables, when configured.
     tables: Option<Arc<TablesShared>>,
+    /// Command channels of the OVN workers, by lcore.
+    commands: Vec<(u32, Sender<LcoreCommand>)>,
+    /// Bindings the workers learned (drained into `learned`).
+    learned_queue: Arc<ArrayQueue<Learned>>,
+    /// The most recent learned bindings.
+    learned: Mutex<VecDeque<Learned>>,
 }
+
+/// Learned bindings kept for `LearnedBindings`.
+const LEARNED_KEPT: usize = 4096;
+/// Capacity of the queue from the workers.
+const LEARNED_QUEUE: usize = 4096;
 
 impl State {
     fn snapshots(&self) -> Vec<LcoreSnapshot> {
@@ -89,6 +105,11 @@ impl State {
                         100.0 * s.busy_cycles as f64 / total as f64
                     },
                     table_generation: l.table_generation.get(),
+                    cache_hits: s.cache[0],
+                    cache_misses: s.cache[1],
+                    cache_evictions: s.cache[2],
+                    cache_revalidations: s.cache[3],
+                    cache_entries: l.cache.entries.get(),
                 }
             })
             .collect()
@@ -183,6 +204,181 @@ impl State {
     }
 }
 
+impl State {
+    /// Asks every OVN worker for something and collects the answers.
+    fn ask_workers<T>(&self, make: impl Fn(Sender<T>) -> LcoreCommand) -> Result<Vec<T>, String> {
+        if self.commands.is_empty() {
+            return Err(
+                "the fastpath does not run the ovn pipeline ([pipeline] kind = \"ovn\")".into(),
+            );
+        }
+        let mut out = Vec::new();
+        for (lcore, tx) in &self.commands {
+            let (reply, answer) = crossbeam::channel::bounded(1);
+            tx.try_send(make(reply))
+                .map_err(|_| format!("lcore {lcore} has requests pending; try again"))?;
+            match answer.recv_timeout(std::time::Duration::from_secs(5)) {
+                Ok(v) => out.push(v),
+                Err(_) => return Err(format!("lcore {lcore} did not answer")),
+            }
+        }
+        Ok(out)
+    }
+
+    fn flows(&self) -> Response {
+        let dumps: Vec<FlowDump> = match self.ask_workers(LcoreCommand::DumpFlows) {
+            Ok(d) => d,
+            Err(e) => return Response::error(e),
+        };
+        let hz = self.tsc_hz.max(1) as f64;
+        let out: Vec<LcoreFlows> = dumps
+            .into_iter()
+            .map(|d| {
+                let generation = d.program.as_ref().map(|p| p.generation).unwrap_or(0);
+                let port_name = |i: u32, built: u64| match d.program.as_ref() {
+                    Some(p) if p.generation == built => p
+                        .ports
+                        .get(i as usize)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| format!("#{i}")),
+                    _ => format!("#{i}@{built}"),
+                };
+                LcoreFlows {
+                    lcore_id: d.lcore,
+                    generation,
+                    capacity: d.capacity,
+                    flows: d
+                        .entries
+                        .iter()
+                        .map(|(k, e)| FlowInfo {
+                            key: crate::ovn::trace::describe_key(k),
+                            actions: if e.outputs.is_empty() {
+                                format!(
+                                    "drop({})",
+                                    e.drop.map(|x| x.name()).unwrap_or_else(|| "-".into())
+                                )
+                            } else {
+                                e.outputs
+                                    .iter()
+                                    .map(|o| {
+                                        format!(
+                                            "output:{}(port {}) {}",
+                                            port_name(o.logical_port, e.generation),
+                                            o.port,
+                                            crate::ovn::trace::describe_rewrite(k, &o.rewrite)
+                                        )
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            },
+                            generation: e.generation,
+                            hits: e.hits,
+                            age_secs: d.now_tsc.saturating_sub(e.built_at) as f64 / hz,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Response::ok(&out)
+    }
+
+    fn trace(&self, inport: &str, packet: &str) -> Response {
+        let Some(program) = self.tables.as_ref().and_then(|t| t.program.load_full()) else {
+            return Response::error("no OVN program loaded yet (no table generation)");
+        };
+        let Some(index) = program.port_by_name(inport) else {
+            return Response::error(format!(
+                "no logical port {inport:?} in generation {}",
+                program.generation
+            ));
+        };
+        let frame = match crate::ovn::trace::microflow_frame(packet) {
+            Ok(f) => f,
+            Err(e) => return Response::error(e.to_string()),
+        };
+        let fp = program.ports[index as usize].fastpath_port.unwrap_or(0);
+        let (key, _) = match fastpath_packet::extract(&frame, fp) {
+            Ok(x) => x,
+            Err(e) => {
+                return Response::error(format!("the packet does not parse: {}", e.description()))
+            }
+        };
+        let mut it = Interpreter::new();
+        it.tracing = true;
+        it.run(&program, index, &key, frame.len() as u32);
+        let text = crate::ovn::trace::render(&program, index, &key, &it);
+        let v = &it.verdict;
+        let outputs = v
+            .emissions
+            .iter()
+            .map(|em| {
+                let port = program.ports.get(em.port as usize);
+                TraceOutput {
+                    port: port.map(|p| p.name.clone()).unwrap_or_default(),
+                    fastpath_port: port.and_then(|p| p.fastpath_port),
+                    rewrite: match em.generated {
+                        Some(g) => format!("generated {g:?}"),
+                        None => crate::ovn::rewrite::Rewrite::plan(&key, &em.vector)
+                            .map(|rw| crate::ovn::trace::describe_rewrite(&key, &rw))
+                            .unwrap_or_else(|e| e.to_string()),
+                    },
+                }
+            })
+            .collect();
+        Response::ok(&TraceResult {
+            text,
+            outputs,
+            drop: v
+                .drop_cause()
+                .map(|c| crate::ovn::cache::EntryDrop::Pipeline(c).name()),
+        })
+    }
+
+    fn learned_bindings(&self) -> Response {
+        let mut kept = self.learned.lock();
+        while let Some(l) = self.learned_queue.pop() {
+            if kept.len() == LEARNED_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(l);
+        }
+        let program = self.tables.as_ref().and_then(|t| t.program.load_full());
+        let out: Vec<LearnedBinding> = kept
+            .iter()
+            .map(|l| {
+                let dp = program
+                    .as_ref()
+                    .and_then(|p| p.datapaths.get(l.datapath as usize));
+                let port = program.as_ref().and_then(|p| {
+                    p.port(l.datapath, l.port_key)
+                        .and_then(|i| p.ports.get(i as usize))
+                        .map(|x| x.name.clone())
+                });
+                let ip = std::net::Ipv6Addr::from(l.ip);
+                LearnedBinding {
+                    datapath: dp.map(|d| d.name.clone()).unwrap_or_default(),
+                    port: port.unwrap_or_default(),
+                    ip: match l.family {
+                        0 => String::new(),
+                        4 => ip
+                            .to_ipv4_mapped()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default(),
+                        _ => ip.to_string(),
+                    },
+                    mac: l
+                        .mac
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":"),
+                }
+            })
+            .collect();
+        Response::ok(&out)
+    }
+}
+
 impl Handler for State {
     fn handle(&self, req: Request) -> Response {
         match req {
@@ -252,6 +448,13 @@ impl Handler for State {
             }
             Request::Tables => Response::ok(&self.tables_info()),
             Request::TablesDump { section } => self.tables_dump(&section),
+            Request::Flows => self.flows(),
+            Request::FlowsFlush => match self.ask_workers(LcoreCommand::FlushFlows) {
+                Ok(n) => Response::ok(&serde_json::json!({"flushed": n.iter().sum::<usize>()})),
+                Err(e) => Response::error(e),
+            },
+            Request::Trace { inport, packet } => self.trace(&inport, &packet),
+            Request::LearnedBindings => self.learned_bindings(),
             Request::ClearStats => {
                 *self.baseline.lock() = self.lcores.iter().map(|l| l.snapshot()).collect();
                 Response::ok(&serde_json::json!({"cleared": true}))
@@ -284,6 +487,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         socket: -1,
     })
     .map_err(anyhow::Error::msg)?;
+    let pool = Arc::new(pool);
 
     let mut ports = Vec::new();
     for p in &cfg.ports {
@@ -339,6 +543,8 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         w.try_load();
     }
     let tsc_hz = dpdk::tsc_hz();
+    let learned_queue = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
+    let mut commands = Vec::new();
     let mut workers = Vec::new();
     let mut lcore_stats = Vec::new();
     for (i, w) in cfg.workers.iter().enumerate() {
@@ -355,6 +561,19 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         }
         let stats = Arc::new(LcoreStats::new(w.lcore, names, ports.len()));
         lcore_stats.push(stats.clone());
+        let ovn = match &pipeline {
+            Pipeline::Ovn { cache_entries } => {
+                let (tx, rx) = crossbeam::channel::bounded(4);
+                commands.push((w.lcore, tx));
+                Some(OvnWorker {
+                    lcore: OvnLcore::new(*cache_entries, learned_queue.clone()),
+                    pool: pool.clone(),
+                    commands: rx,
+                    frame: Vec::with_capacity(2048),
+                })
+            }
+            Pipeline::Xconnect(_) => None,
+        };
         workers.push((
             w.lcore,
             Worker {
@@ -368,6 +587,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
                 tables: tables
                     .as_ref()
                     .map(|t| WorkerTables::new(t.clone(), w.lcore, tsc_hz)),
+                ovn,
             },
         ));
     }
@@ -380,6 +600,9 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         tsc_hz,
         baseline: Mutex::new(Vec::new()),
         tables: tables.clone(),
+        commands,
+        learned_queue,
+        learned: Mutex::new(VecDeque::new()),
     });
     let watcher_thread = match watcher {
         Some(w) => Some(
@@ -445,7 +668,10 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         Ok(ports) => drop(ports),
         Err(_) => log::warn!("ports still referenced at shutdown"),
     }
-    drop(pool);
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => drop(pool),
+        Err(_) => log::warn!("mempool still referenced at shutdown"),
+    }
     drop(eal);
     log::info!("fastpath stopped");
     Ok(())

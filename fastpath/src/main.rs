@@ -24,6 +24,12 @@ struct Cli {
     /// Add a worker: LCORE=PORT[:QUEUE],... (repeatable).
     #[arg(long = "worker", value_name = "LCORE=RXQ,...")]
     workers: Vec<String>,
+    /// Pipeline kind: `xconnect` or `ovn`.
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// Flow cache entries per worker (pipeline `ovn`).
+    #[arg(long)]
+    flow_cache_entries: Option<usize>,
     /// Add an xconnect pair: A,B (repeatable).
     #[arg(long = "xconnect", value_name = "A,B")]
     xconnect: Vec<String>,
@@ -94,6 +100,12 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
             .split_once(',')
             .with_context(|| format!("--xconnect {x:?}: expected A,B"))?;
         cfg.pipeline.xconnect.push([a.into(), b.into()]);
+    }
+    if let Some(k) = &cli.pipeline {
+        cfg.pipeline.kind = k.clone();
+    }
+    if let Some(n) = cli.flow_cache_entries {
+        cfg.pipeline.flow_cache_entries = n;
     }
     if let Some(m) = cli.mbufs {
         cfg.mempool.mbufs = m;

@@ -1,7 +1,8 @@
 //! Forwarding pipelines: what happens to a received burst. `xconnect`
 //! patches port pairs to each other without looking at the packets; it is the
 //! floor every other pipeline is measured against, and what a raw PVP test
-//! runs. The OVN pipeline is added beside it.
+//! runs. `ovn` runs the OVN logical pipeline over the compiled tables, with
+//! a per-lcore flow cache (`crate::ovn`).
 
 use crate::config::Config;
 
@@ -39,18 +40,29 @@ impl Xconnect {
 pub enum Pipeline {
     /// Port pairs patched to each other.
     Xconnect(Xconnect),
+    /// The OVN logical pipeline.
+    Ovn {
+        /// Flow cache entries per lcore.
+        cache_entries: usize,
+    },
 }
 
 impl Pipeline {
     /// The pipeline named by the configuration.
     pub fn from_config(cfg: &Config) -> Pipeline {
-        Pipeline::Xconnect(Xconnect::from_config(cfg))
+        match cfg.pipeline.kind.as_str() {
+            "ovn" => Pipeline::Ovn {
+                cache_entries: cfg.pipeline.flow_cache_entries,
+            },
+            _ => Pipeline::Xconnect(Xconnect::from_config(cfg)),
+        }
     }
 
     /// The pipeline's name.
     pub fn name(&self) -> &'static str {
         match self {
             Pipeline::Xconnect(_) => "xconnect",
+            Pipeline::Ovn { .. } => "ovn",
         }
     }
 }

@@ -64,6 +64,62 @@ drop_reasons! {
     NoOutput = "no_output",
     /// The frame could not be parsed (the packet layer names the header).
     Malformed = "malformed",
+    /// OVN: no table generation with a loaded program yet.
+    OvnNoProgram = "ovn_no_program",
+    /// OVN: a `drop` action.
+    OvnDropAction = "ovn_drop_action",
+    /// OVN: a table had no matching flow.
+    OvnNoMatch = "ovn_no_match",
+    /// OVN: the actions ended without `output` or `next`.
+    OvnImplicitDrop = "ovn_implicit_drop",
+    /// OVN: an action the interpreter cannot execute (also counted by name).
+    OvnUnsupportedAction = "ovn_unsupported_action",
+    /// OVN: `outport == inport` without `flags.loopback`.
+    OvnLoopback = "ovn_loopback",
+    /// OVN: the outport is no port or group of the datapath.
+    OvnUnknownOutport = "ovn_unknown_outport",
+    /// OVN: `ip.ttl--` on a TTL of 0 or 1.
+    OvnTtlExpired = "ovn_ttl_expired",
+    /// OVN: more nested calls than the interpreter allows.
+    OvnDepthLimit = "ovn_depth_limit",
+    /// OVN: the receiving port is no logical port of the program.
+    OvnUnknownInport = "ovn_unknown_inport",
+    /// OVN: the pipeline changed a header the fastpath cannot rewrite.
+    OvnRewrite = "ovn_rewrite_unsupported",
+    /// OVN: the logical output port has no local fastpath port (a remote
+    /// chassis: tunnels come later).
+    OvnRemoteOutport = "ovn_remote_outport",
+    /// OVN: a generated packet (ARP, ICMP, ND) could not be built.
+    OvnGenerate = "ovn_generate_failed",
+    /// OVN: no mbuf for a copy or a generated packet.
+    NoMbuf = "no_mbuf",
+}
+
+/// Counter names of the drops at an unsupported OVN action:
+/// `ovn_unsupported_<action>`, by `UNSUPPORTED_ACTIONS` index.
+pub static UNSUPPORTED_DROP_NAMES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        fastpath_tables::ovn::UNSUPPORTED_ACTIONS
+            .iter()
+            .map(|a| &*Box::leak(format!("ovn_unsupported_{a}").into_boxed_str()))
+            .collect()
+    });
+
+impl LcoreStats {
+    /// Counts a drop at unsupported action `index` (and under the general
+    /// reason).
+    #[inline]
+    pub fn drop_unsupported(&self, index: u16) {
+        self.drop_packets(DropReason::OvnUnsupportedAction, 1);
+        let last = self.unsupported_drops.len().saturating_sub(1);
+        if let Some(c) = self
+            .unsupported_drops
+            .get(usize::from(index))
+            .or(self.unsupported_drops.get(last))
+        {
+            c.add(1);
+        }
+    }
 }
 
 /// Counters of one port as seen by one lcore.
@@ -106,6 +162,27 @@ pub struct LcoreStats {
     pub drops: Box<[Counter]>,
     /// Drops of malformed frames by the packet layer's parse error index.
     pub parse_drops: Box<[Counter]>,
+    /// OVN drops at an unsupported action, by
+    /// `fastpath_tables::ovn::UNSUPPORTED_ACTIONS` index.
+    pub unsupported_drops: Box<[Counter]>,
+    /// Flow cache counters.
+    pub cache: CacheCounters,
+}
+
+/// Counters of one lcore's flow cache.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct CacheCounters {
+    /// Packets forwarded (or dropped) from a cache entry.
+    pub hits: Counter,
+    /// Packets that went through the interpreter.
+    pub misses: Counter,
+    /// Entries replaced to make room.
+    pub evictions: Counter,
+    /// Entries of an older generation re-run through the interpreter.
+    pub revalidations: Counter,
+    /// Entries in the cache now.
+    pub entries: Counter,
 }
 
 impl LcoreStats {
@@ -124,6 +201,10 @@ impl LcoreStats {
             parse_drops: (0..fastpath_packet::ParseError::COUNT)
                 .map(|_| Counter::default())
                 .collect(),
+            unsupported_drops: (0..fastpath_tables::ovn::UNSUPPORTED_ACTIONS.len())
+                .map(|_| Counter::default())
+                .collect(),
+            cache: CacheCounters::default(),
         }
     }
 
@@ -149,6 +230,8 @@ pub struct LcoreSnapshot {
     pub ports: Vec<[u64; 5]>,
     /// Drops by reason name.
     pub drops: Vec<(&'static str, u64)>,
+    /// Flow cache `[hits, misses, evictions, revalidations]`.
+    pub cache: [u64; 4],
 }
 
 impl LcoreStats {
@@ -161,11 +244,23 @@ impl LcoreStats {
         for e in fastpath_packet::ParseError::ALL.iter() {
             drops.push((e.name(), self.parse_drops[e.index()].get()));
         }
+        for (name, c) in UNSUPPORTED_DROP_NAMES
+            .iter()
+            .zip(self.unsupported_drops.iter())
+        {
+            drops.push((name, c.get()));
+        }
         LcoreSnapshot {
             packets: self.packets.get(),
             busy_cycles: self.busy_cycles.get(),
             idle_cycles: self.idle_cycles.get(),
             iterations: self.iterations.get(),
+            cache: [
+                self.cache.hits.get(),
+                self.cache.misses.get(),
+                self.cache.evictions.get(),
+                self.cache.revalidations.get(),
+            ],
             ports: self
                 .ports
                 .iter()
@@ -192,6 +287,7 @@ impl LcoreSnapshot {
             busy_cycles: self.busy_cycles.saturating_sub(base.busy_cycles),
             idle_cycles: self.idle_cycles.saturating_sub(base.idle_cycles),
             iterations: self.iterations.saturating_sub(base.iterations),
+            cache: std::array::from_fn(|k| self.cache[k].saturating_sub(base.cache[k])),
             ports: self
                 .ports
                 .iter()

@@ -4,9 +4,14 @@
 //! lock (one relaxed load per poll round; an `ArcSwap` load only when the
 //! generation changed) and acknowledge in the file's reader area.
 //!
-//! Anything derived from the tables (later: flow cache entries) records the
-//! generation it came from ([`WorkerTables::generation`]).
+//! Next to each validated snapshot the watcher builds the OVN
+//! [`Program`] (off the hot path); a generation whose program fails to load
+//! is refused and counted like a bad slot, and forwarding goes on with the
+//! last good one. Workers take up the program with the snapshot. Anything
+//! derived from the tables (flow cache entries) records the generation it
+//! came from ([`WorkerTables::generation`]).
 
+use crate::ovn::Program;
 use arc_swap::ArcSwapOption;
 use fastpath_tables::{Reader, ReaderHandle, RefusalReason, Snapshot};
 use parking_lot::Mutex;
@@ -26,6 +31,10 @@ pub struct TablesShared {
     pub latest: AtomicU64,
     /// The last good snapshot.
     pub snapshot: ArcSwapOption<Snapshot>,
+    /// The OVN program of `snapshot`.
+    pub program: ArcSwapOption<Program>,
+    /// Generations refused because their OVN program did not load.
+    pub program_refused: AtomicU64,
     /// The open file, once it exists.
     pub reader: ArcSwapOption<Reader>,
     /// Slots refused, by reason (names from the tables crate).
@@ -47,6 +56,8 @@ impl TablesShared {
             path: path.to_path_buf(),
             latest: AtomicU64::new(0),
             snapshot: ArcSwapOption::empty(),
+            program: ArcSwapOption::empty(),
+            program_refused: AtomicU64::new(0),
             reader: ArcSwapOption::empty(),
             refused: RefusalReason::ALL
                 .iter()
@@ -64,6 +75,10 @@ impl TablesShared {
             .iter()
             .zip(&self.refused)
             .map(|(r, c)| (r.name(), c.load(Ordering::Relaxed)))
+            .chain(std::iter::once((
+                "program_load",
+                self.program_refused.load(Ordering::Relaxed),
+            )))
             .filter(|(_, v)| *v > 0)
             .collect()
     }
@@ -140,11 +155,23 @@ impl Watcher {
         match handle.current() {
             Ok(snap) => {
                 let generation = snap.generation();
+                let program = match Program::load(&snap.sections(), generation) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.shared.program_refused.fetch_add(1, Ordering::Relaxed);
+                        self.last_refused = published;
+                        log::error!(
+                            "tables: generation {generation} refused (OVN program: {e}); forwarding goes on with generation {current}"
+                        );
+                        return;
+                    }
+                };
                 // The watcher itself moves on at once; the workers' own
                 // entries keep the previous slot until they switch.
                 if let Err(e) = handle.ack(generation) {
                     log::warn!("tables: acknowledging generation {generation}: {e}");
                 }
+                self.shared.program.store(Some(Arc::new(program)));
                 self.shared.snapshot.store(Some(Arc::new(snap)));
                 // Release: a worker that sees the new number finds the new
                 // snapshot stored.
@@ -189,6 +216,7 @@ pub struct WorkerTables {
     lcore: u32,
     handle: Option<ReaderHandle>,
     current: Option<Arc<Snapshot>>,
+    program: Option<Arc<Program>>,
     generation: u64,
     next_heartbeat_tsc: u64,
     heartbeat_every_tsc: u64,
@@ -202,6 +230,7 @@ impl WorkerTables {
             lcore,
             handle: None,
             current: None,
+            program: None,
             generation: 0,
             next_heartbeat_tsc: 0,
             heartbeat_every_tsc: tsc_hz / 10,
@@ -212,6 +241,12 @@ impl WorkerTables {
     #[inline(always)]
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The OVN program of the generation in use.
+    #[inline(always)]
+    pub fn program(&self) -> Option<&Arc<Program>> {
+        self.program.as_ref()
     }
 
     /// The snapshot in use.
@@ -248,6 +283,13 @@ impl WorkerTables {
             return false;
         };
         let generation = snap.generation();
+        // The watcher stores the program before the snapshot; a program of
+        // another generation means it is publishing right now: retry at the
+        // next burst boundary.
+        let program = self.shared.program.load_full();
+        if program.as_ref().is_some_and(|p| p.generation != generation) {
+            return false;
+        }
         if let Some(h) = &self.handle {
             if let Err(e) = h.ack(generation) {
                 log::warn!(
@@ -257,6 +299,7 @@ impl WorkerTables {
             }
         }
         self.current = Some(snap);
+        self.program = program;
         self.generation = generation;
         let _ = latest;
         true

@@ -10,10 +10,15 @@
 //! figure every pipeline is compared on.
 
 use crate::config::IdleSection;
-use crate::dpdk::{rdtsc, RxBurst, TxBuffer};
+use crate::dpdk::{rdtsc, Mbuf, Mempool, RxBurst, TxBuffer};
+use crate::ovn::cache::{EntryDrop, FlowEntry};
+use crate::ovn::lcore::OvnLcore;
+use crate::ovn::DropCause;
 use crate::pipeline::{Pipeline, PortIndex};
 use crate::stats::{DropReason, LcoreStats};
 use crate::tables::WorkerTables;
+use crossbeam::channel::{Receiver, Sender};
+use fastpath_packet::FlowKey;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +32,41 @@ pub struct RxQueue {
     pub port_id: u16,
     /// Queue number.
     pub queue: u16,
+}
+
+/// A request from the control thread to a worker, served at a burst
+/// boundary (the control thread never reads a worker's cache itself).
+pub enum LcoreCommand {
+    /// Copy the flow cache out.
+    DumpFlows(Sender<FlowDump>),
+    /// Empty the flow cache; answers the number of entries removed.
+    FlushFlows(Sender<usize>),
+}
+
+/// A copy of one lcore's flow cache.
+pub struct FlowDump {
+    /// The lcore.
+    pub lcore: u32,
+    /// TSC when the copy was taken (entry ages are relative to it).
+    pub now_tsc: u64,
+    /// Capacity of the cache.
+    pub capacity: usize,
+    /// The program in use (names the logical ports of its entries).
+    pub program: Option<Arc<crate::ovn::Program>>,
+    /// Entries with their keys.
+    pub entries: Vec<(FlowKey, FlowEntry)>,
+}
+
+/// The OVN pipeline's per-worker state.
+pub struct OvnWorker {
+    /// Cache, interpreter and program.
+    pub lcore: OvnLcore,
+    /// Pool for packet copies and generated packets.
+    pub pool: Arc<Mempool>,
+    /// Requests from the control thread.
+    pub commands: Receiver<LcoreCommand>,
+    /// Scratch buffer for generated frames.
+    pub frame: Vec<u8>,
 }
 
 /// Everything one worker needs; moved onto its lcore.
@@ -47,6 +87,8 @@ pub struct Worker {
     pub idle: IdleSection,
     /// The compiled tables, when configured.
     pub tables: Option<WorkerTables>,
+    /// OVN state (pipeline `ovn`).
+    pub ovn: Option<OvnWorker>,
 }
 
 impl Worker {
@@ -61,6 +103,7 @@ impl Worker {
             stop,
             idle,
             mut tables,
+            mut ovn,
         } = self;
         let mut burst = RxBurst::new();
         let mut tx: Vec<TxBuffer> = port_ids.iter().map(|_| TxBuffer::new()).collect();
@@ -79,6 +122,14 @@ impl Worker {
             if let Some(t) = tables.as_mut() {
                 if t.at_burst_boundary(rdtsc()) {
                     stats.table_generation.set(t.generation());
+                    if let Some(o) = ovn.as_mut() {
+                        o.lcore.set_program(t.program().cloned());
+                    }
+                }
+            }
+            if let Some(o) = ovn.as_mut() {
+                if let Ok(cmd) = o.commands.try_recv() {
+                    serve_command(cmd, o, &stats);
                 }
             }
             let mut round_packets = 0usize;
@@ -116,6 +167,22 @@ impl Worker {
                             burst.clear();
                         }
                     },
+                    Pipeline::Ovn { .. } => match ovn.as_mut() {
+                        Some(o) => {
+                            for m in burst.drain() {
+                                ovn_packet(m, q.port, o, &mut tx, &port_ids, tx_queue, &stats, t0);
+                            }
+                            for (out, buf) in tx.iter_mut().enumerate() {
+                                if !buf.is_empty() {
+                                    flush(buf, out, &port_ids, tx_queue, &stats);
+                                }
+                            }
+                        }
+                        None => {
+                            stats.drop_packets(DropReason::OvnNoProgram, n as u64);
+                            burst.clear();
+                        }
+                    },
                 }
                 stats.packets.add(n as u64);
                 stats.busy_cycles.add(rdtsc().wrapping_sub(t0));
@@ -139,6 +206,137 @@ impl Worker {
         }
         log::info!("lcore {}: stopped", stats.lcore);
         0
+    }
+}
+
+#[cold]
+fn serve_command(cmd: LcoreCommand, o: &mut OvnWorker, stats: &LcoreStats) {
+    match cmd {
+        LcoreCommand::DumpFlows(reply) => {
+            let _ = reply.send(FlowDump {
+                lcore: stats.lcore,
+                now_tsc: rdtsc(),
+                capacity: o.lcore.cache.capacity(),
+                program: o.lcore.program().cloned(),
+                entries: o.lcore.cache.iter().map(|(k, e)| (*k, e.clone())).collect(),
+            });
+        }
+        LcoreCommand::FlushFlows(reply) => {
+            let n = o.lcore.cache.flush();
+            stats.cache.entries.set(0);
+            let _ = reply.send(n);
+        }
+    }
+}
+
+/// The drop reason of a cached drop.
+#[inline]
+fn count_entry_drop(d: EntryDrop, stats: &LcoreStats) {
+    let reason = match d {
+        EntryDrop::Rewrite => DropReason::OvnRewrite,
+        EntryDrop::RemoteOutport => DropReason::OvnRemoteOutport,
+        EntryDrop::Pipeline(c) => match c {
+            DropCause::Action => DropReason::OvnDropAction,
+            DropCause::NoMatch => DropReason::OvnNoMatch,
+            DropCause::Implicit => DropReason::OvnImplicitDrop,
+            DropCause::Unsupported(i) => return stats.drop_unsupported(i),
+            DropCause::Loopback => DropReason::OvnLoopback,
+            DropCause::UnknownOutport => DropReason::OvnUnknownOutport,
+            DropCause::TtlExpired => DropReason::OvnTtlExpired,
+            DropCause::DepthLimit => DropReason::OvnDepthLimit,
+            DropCause::UnknownInport => DropReason::OvnUnknownInport,
+        },
+    };
+    stats.drop_packets(reason, 1);
+}
+
+/// Queues a packet on a port's tx buffer, flushing a full buffer first.
+#[inline(always)]
+fn enqueue(
+    m: Mbuf,
+    out: usize,
+    tx: &mut [TxBuffer],
+    port_ids: &[u16],
+    queue: u16,
+    stats: &LcoreStats,
+) {
+    let Some(buf) = tx.get_mut(out) else {
+        stats.drop_packets(DropReason::OvnRemoteOutport, 1);
+        return;
+    };
+    if let Err(m) = buf.push(m) {
+        flush(buf, out, port_ids, queue, stats);
+        let _ = buf.push(m);
+    }
+}
+
+/// One packet through the OVN pipeline: parse, cache (or interpreter),
+/// rewrite, copies for extra outputs, generated packets.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn ovn_packet(
+    mut m: Mbuf,
+    in_port: PortIndex,
+    o: &mut OvnWorker,
+    tx: &mut [TxBuffer],
+    port_ids: &[u16],
+    queue: u16,
+    stats: &LcoreStats,
+    now: u64,
+) {
+    if m.segments() > 1 && !m.linearize() {
+        stats.drop_packets(DropReason::Malformed, 1);
+        return;
+    }
+    let (key, layout) = match fastpath_packet::extract(m.data(), in_port as u16) {
+        Ok(x) => x,
+        Err(e) => {
+            stats.parse_drops[e.index()].add(1);
+            stats.drop_packets(DropReason::Malformed, 1);
+            return;
+        }
+    };
+    let pkt_len = m.pkt_len();
+    let OvnWorker {
+        lcore, pool, frame, ..
+    } = o;
+    let Some(d) = lcore.decide(&key, pkt_len, now, &stats.cache) else {
+        stats.drop_packets(DropReason::OvnNoProgram, 1);
+        return;
+    };
+    for g in d.generated {
+        match crate::ovn::generate::build(g.kind, &g.vector, m.data(), &layout, frame) {
+            Ok(()) => match Mbuf::from_bytes(pool, frame) {
+                Some(p) => enqueue(p, usize::from(g.port), tx, port_ids, queue, stats),
+                None => stats.drop_packets(DropReason::NoMbuf, 1),
+            },
+            Err(_) => stats.drop_packets(DropReason::OvnGenerate, 1),
+        }
+    }
+    let outs = &d.entry.outputs;
+    if outs.is_empty() {
+        if let Some(dr) = d.entry.drop {
+            count_entry_drop(dr, stats);
+        }
+        return;
+    }
+    let last = outs.len() - 1;
+    let mut original = Some(m);
+    for (i, out) in outs.iter().enumerate() {
+        let pkt = if i == last {
+            original.take()
+        } else {
+            original.as_ref().and_then(|m| m.copy(pool))
+        };
+        let Some(mut pkt) = pkt else {
+            stats.drop_packets(DropReason::NoMbuf, 1);
+            continue;
+        };
+        if out.rewrite.apply(pkt.data_mut(), &layout).is_err() {
+            stats.drop_packets(DropReason::OvnRewrite, 1);
+            continue;
+        }
+        enqueue(pkt, usize::from(out.port), tx, port_ids, queue, stats);
     }
 }
 

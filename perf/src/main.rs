@@ -5,6 +5,7 @@
 //! and prints busy cycles per packet of each and their ratio.
 #![forbid(unsafe_code)]
 
+mod ovn_scenarios;
 mod plot;
 mod runner;
 

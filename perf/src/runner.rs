@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// Known scenarios and what they measure.
 pub const SCENARIOS: &[(&str, &str)] = &[
     ("xconnect", "fastpath xconnect between two vhost-user ports vs dpdk-testpmd io mode (the floor)"),
+    ("l2", "OVN pipeline, cache hits: two pods on one logical switch, busy cycles per packet vs the xconnect floor"),
+    ("l3", "OVN pipeline, cache hits: two pods on two switches behind a logical router, vs the xconnect floor"),
+    ("new-flows", "OVN pipeline, every packet a flow-cache miss (more flows than cache entries): new flows per second per core"),
     ("tables", "publish-to-acknowledgement latency of table generations with traffic flowing, and the cost of a 10 MB slot"),
 ];
 
@@ -93,7 +96,7 @@ pub struct RunReport {
     pub systems: Vec<SystemResult>,
 }
 
-struct Killer(Option<Child>);
+pub(crate) struct Killer(Option<Child>);
 impl Drop for Killer {
     fn drop(&mut self) {
         if let Some(c) = self.0.as_mut() {
@@ -137,14 +140,19 @@ fn terminate(child: &mut Child) {
 }
 
 #[derive(serde::Deserialize)]
-struct GenReport {
-    sent: u64,
-    received: u64,
-    rx_mpps: f64,
-    rx_gbps: f64,
+pub(crate) struct GenReport {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) rx_mpps: f64,
+    pub(crate) rx_gbps: f64,
 }
 
-fn run_pktgen(args: &RunArgs, dir: &Path, tag: &str) -> Result<GenReport> {
+pub(crate) fn run_pktgen(
+    args: &RunArgs,
+    dir: &Path,
+    tag: &str,
+    extra: &[String],
+) -> Result<GenReport> {
     let out = Command::new("taskset")
         .args(["-c", &args.gen_core.to_string()])
         .arg(crate::sibling("pktgen"))
@@ -169,6 +177,7 @@ fn run_pktgen(args: &RunArgs, dir: &Path, tag: &str) -> Result<GenReport> {
             &format!("pktgen-{tag}-{}", std::process::id()),
         ])
         .args(["--json", "--progress"])
+        .args(extra)
         .stderr(Stdio::inherit())
         .output()
         .context("starting pktgen")?;
@@ -186,7 +195,11 @@ fn run_pktgen(args: &RunArgs, dir: &Path, tag: &str) -> Result<GenReport> {
 
 /// Starts the fastpath patching a.sock and b.sock on the DUT core. EAL pins
 /// the worker lcore; the fastpath's control threads move to the other CPUs.
-fn start_fastpath(args: &RunArgs, dir: &Path, extra: &[String]) -> Result<(Killer, Client)> {
+pub(crate) fn start_fastpath(
+    args: &RunArgs,
+    dir: &Path,
+    extra: &[String],
+) -> Result<(Killer, Client)> {
     let sock = dir.join("control.sock");
     let fp = Command::new(crate::sibling("fastpath"))
         .args([
@@ -233,17 +246,17 @@ fn start_fastpath(args: &RunArgs, dir: &Path, extra: &[String]) -> Result<(Kille
     Ok((fp, client))
 }
 
-fn stop_fastpath(mut fp: Killer) {
+pub(crate) fn stop_fastpath(mut fp: Killer) {
     if let Some(c) = fp.0.as_mut() {
         terminate(c);
     }
     fp.0 = None;
 }
 
-fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
+pub(crate) fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
     let (fp, mut client) = start_fastpath(args, dir, &[])?;
     client.call(&Request::ClearStats)?;
-    let gen = run_pktgen(args, dir, "fp")?;
+    let gen = run_pktgen(args, dir, "fp", &[])?;
     let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
     let cpp = lcores.first().map(|l| l.cycles_per_packet).unwrap_or(0.0);
     stop_fastpath(fp);
@@ -337,7 +350,7 @@ fn tables_scenario(args: &RunArgs, dir: &Path) -> Result<()> {
         ..args.clone()
     };
     let dir2 = dir.to_path_buf();
-    let traffic = std::thread::spawn(move || run_pktgen(&gen_args, &dir2, "tables"));
+    let traffic = std::thread::spawn(move || run_pktgen(&gen_args, &dir2, "tables", &[]));
     std::thread::sleep(Duration::from_secs(1));
     let mut lat = Vec::new();
     for i in 0..PUBLISHES {
@@ -481,7 +494,7 @@ fn testpmd_io(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
             &mut tp,
         )?;
         std::thread::sleep(Duration::from_millis(500));
-        run_pktgen(args, dir, "tp")
+        run_pktgen(args, dir, "tp", &[])
     })();
     // Enter ends testpmd, which then prints its statistics.
     if let Some(stdin) = tp.stdin.as_mut() {
@@ -524,6 +537,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         .tempdir()?;
     if args.scenario == "tables" {
         return tables_scenario(&args, dir.path());
+    }
+    if matches!(args.scenario.as_str(), "l2" | "l3" | "new-flows") {
+        return crate::ovn_scenarios::run(&args, dir.path());
     }
     eprintln!(
         "perf: scenario {} — {}-byte frames, {} flows, {}s per system",

@@ -35,6 +35,85 @@ pub enum Request {
         /// Section name (for instance `ports`) or numeric kind.
         section: String,
     },
+    /// The flow cache of every lcore (pipeline `ovn`).
+    Flows,
+    /// Empty the flow cache of every lcore.
+    FlowsFlush,
+    /// Run the OVN pipeline on a described packet, on the control thread
+    /// against the current program; answered with [`TraceResult`].
+    Trace {
+        /// Logical input port name.
+        inport: String,
+        /// `field=value, ...` terms, or the frame as hex digits.
+        packet: String,
+    },
+    /// MAC bindings learned by `put_arp`/`put_nd` since start (most recent
+    /// last, bounded).
+    LearnedBindings,
+}
+
+/// One lcore's flow cache, answer to [`Request::Flows`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LcoreFlows {
+    /// DPDK lcore id.
+    pub lcore_id: u32,
+    /// Program generation the lcore forwards with.
+    pub generation: u64,
+    /// Maximum entries.
+    pub capacity: usize,
+    /// The entries.
+    pub flows: Vec<FlowInfo>,
+}
+
+/// One flow cache entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// The exact-match key, summarised.
+    pub key: String,
+    /// Outputs with their rewrites, or the drop reason.
+    pub actions: String,
+    /// Generation it was built from (older than the lcore's: revalidated
+    /// on its next packet).
+    pub generation: u64,
+    /// Packets that used it.
+    pub hits: u64,
+    /// Seconds since it was built.
+    pub age_secs: f64,
+}
+
+/// Answer to [`Request::Trace`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceResult {
+    /// The readable trace: every table, the flow hit, and the verdict.
+    pub text: String,
+    /// Outputs: logical port name, fastpath port, rewrite summary.
+    pub outputs: Vec<TraceOutput>,
+    /// Drop reason when nothing is output.
+    pub drop: Option<String>,
+}
+
+/// One output of a traced packet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceOutput {
+    /// Logical port.
+    pub port: String,
+    /// Fastpath port index, when local.
+    pub fastpath_port: Option<u16>,
+    /// `field=value` terms set, or what generated the packet.
+    pub rewrite: String,
+}
+
+/// A MAC binding learned by the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LearnedBinding {
+    /// Logical datapath name.
+    pub datapath: String,
+    /// Logical port name (empty when unknown).
+    pub port: String,
+    /// IP address (empty for an FDB entry).
+    pub ip: String,
+    /// MAC address.
+    pub mac: String,
 }
 
 /// A response line.
@@ -152,6 +231,21 @@ pub struct LcoreInfo {
     /// Table generation the lcore currently forwards with (0 when none).
     #[serde(default)]
     pub table_generation: u64,
+    /// Flow cache: packets that hit an entry.
+    #[serde(default)]
+    pub cache_hits: u64,
+    /// Flow cache: packets that ran the interpreter.
+    #[serde(default)]
+    pub cache_misses: u64,
+    /// Flow cache: entries replaced to make room.
+    #[serde(default)]
+    pub cache_evictions: u64,
+    /// Flow cache: entries of an older generation re-run.
+    #[serde(default)]
+    pub cache_revalidations: u64,
+    /// Flow cache: entries held.
+    #[serde(default)]
+    pub cache_entries: u64,
 }
 
 /// Answer to [`Request::Stats`].

@@ -45,6 +45,26 @@ impl Mbuf {
         rc == 0
     }
 
+    /// A copy of the whole packet (all segments, and the metadata DPDK
+    /// copies) in new mbufs from `pool`; `None` when the pool is empty.
+    #[inline]
+    pub fn copy(&self, pool: &Mempool) -> Option<Mbuf> {
+        // SAFETY: self owns a live mbuf chain that is only read; pool is a
+        // live packet mempool; DPDK returns a new, separately owned chain or
+        // NULL.
+        let p = unsafe { dpdk_sys::rte_pktmbuf_copy(self.0.as_ptr(), pool.as_ptr(), 0, u32::MAX) };
+        NonNull::new(p).map(Mbuf)
+    }
+
+    /// A new single-segment mbuf from `pool` holding `frame`; `None` when
+    /// the pool is empty or the frame does not fit in one segment.
+    pub fn from_bytes(pool: &Mempool, frame: &[u8]) -> Option<Mbuf> {
+        let len = u16::try_from(frame.len()).ok()?;
+        let mut m = Mbuf::alloc(pool)?;
+        m.append(len)?.copy_from_slice(frame);
+        Some(m)
+    }
+
     #[inline(always)]
     fn raw(&self) -> &dpdk_sys::rte_mbuf {
         // SAFETY: self owns a live mbuf for its whole life.

@@ -7,17 +7,24 @@
 //! [`interpreter`] (the ingress and egress pipelines over a
 //! [`vector::FlowVector`], with patch ports, multicast groups and the
 //! packet-generating actions) and [`rewrite`] (turning a verdict back into
-//! header rewrites of a frame). Everything here is plain Rust over byte
+//! header rewrites of a frame), [`cache`] (the per-lcore exact-match flow
+//! cache), [`lcore`] (one lcore's decision for a packet: cache hit, or the
+//! interpreter on a miss), [`generate`] (frames of generated packets) and
+//! [`trace`] (a readable trace of one packet). Everything here is plain Rust over byte
 //! buffers: it needs no EAL and must never touch DPDK, so it is tested (and
 //! compared with `ovn-trace`) without one.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod classifier;
+pub mod generate;
 pub mod interpreter;
+pub mod lcore;
 pub mod program;
 pub mod rewrite;
+pub mod trace;
 pub mod vector;
 
-pub use interpreter::{DropCause, Emission, Generated, Interpreter, TraceEvent, Verdict};
+pub use interpreter::{DropCause, Emission, Generated, Interpreter, Learned, TraceEvent, Verdict};
 pub use program::{LoadError, Program};
 pub use vector::FlowVector;

@@ -158,10 +158,7 @@ impl Rewrite {
         };
         let icmp4_csum = (proto == 1 && has_l4).then_some(l4 + 2);
         let l4_edit = |frame: &mut [u8], at: usize, new: &[u8]| {
-            let old = frame
-                .get(at..at + new.len())
-                .ok_or(RewriteError::Truncated)?
-                .to_vec();
+            let old = old_bytes(frame, at..at + new.len())?;
             if let Some(cs) = l4_csum {
                 // A zero UDP checksum over IPv4 means "none": leave it.
                 let current = get16(frame, cs)?;
@@ -180,10 +177,7 @@ impl Rewrite {
         };
         if v4 {
             let ip_edit = |frame: &mut [u8], at: usize, new: &[u8]| -> Result<(), RewriteError> {
-                let old = frame
-                    .get(at..at + new.len())
-                    .ok_or(RewriteError::Truncated)?
-                    .to_vec();
+                let old = old_bytes(frame, at..at + new.len())?;
                 let cs = get16(frame, l3 + 10)?;
                 let updated = update_bytes(cs, &old, new).ok_or(RewriteError::Truncated)?;
                 frame[l3 + 10..l3 + 12].copy_from_slice(&updated.to_be_bytes());
@@ -199,10 +193,7 @@ impl Rewrite {
             if c & bit::SRC != 0 {
                 let new = &k[field::SRC.start + 12..field::SRC.end];
                 if l4_csum.is_some() {
-                    let old = frame
-                        .get(l3 + 12..l3 + 16)
-                        .ok_or(RewriteError::Truncated)?
-                        .to_vec();
+                    let old = old_bytes(frame, l3 + 12..l3 + 16)?;
                     pseudo_update(frame, l4_csum, proto, v4, &old, new)?;
                 }
                 ip_edit(frame, l3 + 12, new)?;
@@ -210,10 +201,7 @@ impl Rewrite {
             if c & bit::DST != 0 {
                 let new = &k[field::DST.start + 12..field::DST.end];
                 if l4_csum.is_some() {
-                    let old = frame
-                        .get(l3 + 16..l3 + 20)
-                        .ok_or(RewriteError::Truncated)?
-                        .to_vec();
+                    let old = old_bytes(frame, l3 + 16..l3 + 20)?;
                     pseudo_update(frame, l4_csum, proto, v4, &old, new)?;
                 }
                 ip_edit(frame, l3 + 16, new)?;
@@ -223,18 +211,12 @@ impl Rewrite {
                 put(frame, l3 + 7, &[k[field::TTL]])?;
             }
             if c & bit::SRC != 0 {
-                let old = frame
-                    .get(l3 + 8..l3 + 24)
-                    .ok_or(RewriteError::Truncated)?
-                    .to_vec();
+                let old = old_bytes(frame, l3 + 8..l3 + 24)?;
                 pseudo_update(frame, l4_csum, proto, v4, &old, &k[field::SRC])?;
                 put(frame, l3 + 8, &k[field::SRC])?;
             }
             if c & bit::DST != 0 {
-                let old = frame
-                    .get(l3 + 24..l3 + 40)
-                    .ok_or(RewriteError::Truncated)?
-                    .to_vec();
+                let old = old_bytes(frame, l3 + 24..l3 + 40)?;
                 pseudo_update(frame, l4_csum, proto, v4, &old, &k[field::DST])?;
                 put(frame, l3 + 24, &k[field::DST])?;
             }
@@ -250,10 +232,7 @@ impl Rewrite {
         if c & bit::ICMP != 0 && has_l4 {
             let new = [k[field::ICMP_TYPE], k[field::ICMP_CODE]];
             if let Some(cs) = icmp4_csum {
-                let old = frame
-                    .get(l4..l4 + 2)
-                    .ok_or(RewriteError::Truncated)?
-                    .to_vec();
+                let old = old_bytes(frame, l4..l4 + 2)?;
                 let current = get16(frame, cs)?;
                 let updated = update_bytes(current, &old, &new).ok_or(RewriteError::Truncated)?;
                 frame[cs..cs + 2].copy_from_slice(&updated.to_be_bytes());
@@ -264,6 +243,32 @@ impl Rewrite {
         }
         Ok(())
     }
+}
+
+/// Up to 16 bytes copied out of a frame (on the stack: `apply` runs per
+/// packet and must not allocate).
+struct OldBytes {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl std::ops::Deref for OldBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+#[inline(always)]
+fn old_bytes(frame: &[u8], range: std::ops::Range<usize>) -> Result<OldBytes, RewriteError> {
+    let src = frame.get(range).ok_or(RewriteError::Truncated)?;
+    let mut buf = [0u8; 16];
+    let dst = buf.get_mut(..src.len()).ok_or(RewriteError::Truncated)?;
+    dst.copy_from_slice(src);
+    Ok(OldBytes {
+        buf,
+        len: src.len(),
+    })
 }
 
 fn put(frame: &mut [u8], at: usize, bytes: &[u8]) -> Result<(), RewriteError> {

@@ -1,0 +1,295 @@
+//! The OVN scenarios of `perf run`: `l2` (two pods on one logical switch),
+//! `l3` (two pods on two switches behind a logical router) and `new-flows`
+//! (the `l3` path with more distinct flows than flow-cache entries, so every
+//! packet runs the interpreter). Each starts real NB and SB ovsdb-servers and
+//! ovn-northd, builds the topology with `ovn-nbctl`, compiles the Southbound
+//! with the real `ovn-bridge compile --once`, measures the xconnect floor and
+//! then the fastpath with `--pipeline ovn`, both on the DUT core with pktgen
+//! on the other, in the same run.
+//!
+//! Owns these scenarios only; the generator and the shared start/stop
+//! helpers are `runner`'s.
+
+use crate::runner::{
+    fastpath_xconnect, run_pktgen, start_fastpath, stop_fastpath, RunArgs, SystemResult,
+};
+use anyhow::{bail, Context, Result};
+use fastpath_api::{LcoreInfo, Request, TablesInfo};
+use ovsdb::testing::OvsdbServer;
+use serde::Serialize;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const P1: &str = "50:54:00:00:00:01";
+const P2: &str = "50:54:00:00:00:02";
+const P3: &str = "50:54:00:00:00:03";
+const GW0: &str = "00:00:00:00:ff:01";
+const GW1: &str = "00:00:00:00:ff:02";
+
+/// The JSON document of an OVN scenario.
+#[derive(Debug, Serialize)]
+pub struct OvnReport {
+    /// Scenario name.
+    pub scenario: String,
+    /// Frame size.
+    pub size: u16,
+    /// Distinct flows offered.
+    pub flows: u32,
+    /// Flow cache entries per lcore in the OVN run.
+    pub flow_cache_entries: usize,
+    /// Busy cycles per packet with the OVN pipeline.
+    pub cycles_per_packet: f64,
+    /// Busy cycles per packet of xconnect (the floor), same run.
+    pub floor_cycles_per_packet: f64,
+    /// `cycles_per_packet / floor_cycles_per_packet`.
+    pub ratio: f64,
+    /// Received Mpps with the OVN pipeline.
+    pub mpps: f64,
+    /// Flow-cache hits and misses during the OVN run.
+    pub cache_hits: u64,
+    /// Misses.
+    pub cache_misses: u64,
+    /// Misses per second of busy time on the core (new-flows).
+    pub new_flows_per_second: Option<f64>,
+    /// Every system measured.
+    pub systems: Vec<SystemResult>,
+}
+
+struct Central {
+    nb: OvsdbServer,
+    sb: OvsdbServer,
+    northd: Child,
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        let _ = self.northd.kill();
+        let _ = self.northd.wait();
+    }
+}
+
+impl Central {
+    fn start() -> Result<Central> {
+        let nb = OvsdbServer::start_nb().context("NB ovsdb-server")?;
+        let sb = OvsdbServer::start_sb().context("SB ovsdb-server")?;
+        let dir = nb.dir().to_path_buf();
+        let northd = Command::new("ovn-northd")
+            .arg(format!("--ovnnb-db={}", nb.remote))
+            .arg(format!("--ovnsb-db={}", sb.remote))
+            .arg(format!("--unixctl={}", dir.join("northd.ctl").display()))
+            .arg(format!("--log-file={}", dir.join("northd.log").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ovn-northd")?;
+        Ok(Central { nb, sb, northd })
+    }
+
+    fn nb(&self, args: &[&str]) -> Result<()> {
+        self.nb
+            .nbctl(args)
+            .with_context(|| format!("ovn-nbctl {args:?}"))?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .nb
+            .nbctl(&["--timeout=10", "--wait=sb", "sync"])
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("ovn-northd never caught up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// sw0 (p1, p2) and sw1 (p3) behind lr0, all bound to hv1.
+    fn topology(&self) -> Result<()> {
+        self.nb(&["ls-add", "sw0"])?;
+        self.nb(&["ls-add", "sw1"])?;
+        self.nb(&["lr-add", "lr0"])?;
+        self.nb(&["lrp-add", "lr0", "lrp0", GW0, "10.0.0.1/24"])?;
+        self.nb(&["lrp-add", "lr0", "lrp1", GW1, "10.0.1.1/24"])?;
+        for (sw, lsp, lrp) in [("sw0", "sw0-lr0", "lrp0"), ("sw1", "sw1-lr0", "lrp1")] {
+            self.nb(&["lsp-add", sw, lsp])?;
+            self.nb(&["lsp-set-type", lsp, "router"])?;
+            self.nb(&["lsp-set-addresses", lsp, "router"])?;
+            self.nb(&["lsp-set-options", lsp, &format!("router-port={lrp}")])?;
+        }
+        for (sw, p, m, ip) in [
+            ("sw0", "p1", P1, "10.0.0.11"),
+            ("sw0", "p2", P2, "10.0.0.12"),
+            ("sw1", "p3", P3, "10.0.1.13"),
+        ] {
+            self.nb(&["lsp-add", sw, p])?;
+            self.nb(&["lsp-set-addresses", p, &format!("{m} {ip}")])?;
+        }
+        self.sb
+            .sbctl(&["chassis-add", "hv1", "geneve", "127.0.0.1"])
+            .context("chassis-add")?;
+        self.sync()?;
+        for p in ["p1", "p2", "p3"] {
+            self.sb.sbctl(&["lsp-bind", p, "hv1"]).context("lsp-bind")?;
+        }
+        self.sync()
+    }
+}
+
+/// Runs `perf run l2|l3|new-flows`.
+pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
+    let routed = args.scenario != "l2";
+    let new_flows = args.scenario == "new-flows";
+    eprintln!("perf: starting NB, SB and ovn-northd; building the topology");
+    let central = Central::start()?;
+    central.topology()?;
+    let tables = dir.join("tables");
+    let target = if routed { "p3" } else { "p2" };
+    let out = Command::new(crate::sibling("ovn-bridge"))
+        .args(["compile", "--sb", &central.sb.remote, "--chassis", "hv1"])
+        .arg("--tables")
+        .arg(&tables)
+        .args(["--port", "p1=0", "--port", &format!("{target}=1"), "--once"])
+        .output()
+        .context(
+            "running ovn-bridge compile (build it with `cargo build --release --workspace --bins`)",
+        )?;
+    if !out.status.success() {
+        bail!(
+            "ovn-bridge compile failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    eprintln!(
+        "perf: [1/2] fastpath xconnect on core {}, pktgen on core {}",
+        args.dut_core, args.gen_core
+    );
+    let floor = fastpath_xconnect(args, dir)?;
+
+    // new-flows: a cache much smaller than the flows offered, cycled
+    // through in order, so every packet misses.
+    let cache_entries = if new_flows {
+        (args.flows as usize / 16).max(16)
+    } else {
+        65536
+    };
+    eprintln!(
+        "perf: [2/2] fastpath ovn ({}) on core {}, pktgen on core {}",
+        args.scenario, args.dut_core, args.gen_core
+    );
+    let (fp, mut client) = start_fastpath(
+        args,
+        dir,
+        &[
+            "--pipeline".into(),
+            "ovn".into(),
+            "--tables".into(),
+            tables.display().to_string(),
+            "--flow-cache-entries".into(),
+            cache_entries.to_string(),
+        ],
+    )?;
+    let start = Instant::now();
+    loop {
+        let t: TablesInfo = client.call_as(&Request::Tables)?;
+        if t.generation > 0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("the fastpath never loaded the tables");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.call(&Request::ClearStats)?;
+    let (dst_mac, dst_ip) = if routed {
+        (GW0, "10.0.1.13")
+    } else {
+        (P2, "10.0.0.12")
+    };
+    let gen = run_pktgen(
+        args,
+        dir,
+        "ovn",
+        &[
+            "--src-mac".into(),
+            P1.into(),
+            "--dst-mac".into(),
+            dst_mac.into(),
+            "--src-ip".into(),
+            "10.0.0.11".into(),
+            "--dst-ip".into(),
+            dst_ip.into(),
+        ],
+    )?;
+    let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
+    let stats: fastpath_api::Stats = client.call_as(&Request::Stats)?;
+    stop_fastpath(fp);
+    let l = lcores.first().cloned().unwrap_or_default();
+    if gen.received == 0 {
+        bail!(
+            "no packet came through the OVN pipeline; drops: {:?}",
+            stats.drops
+        );
+    }
+    let ovn = SystemResult {
+        system: format!("fastpath ovn {}", args.scenario),
+        sent: gen.sent,
+        received: gen.received,
+        mpps: gen.rx_mpps,
+        gbps: gen.rx_gbps,
+        cycles_per_packet: l.cycles_per_packet,
+    };
+    let ratio = if floor.cycles_per_packet > 0.0 {
+        ovn.cycles_per_packet / floor.cycles_per_packet
+    } else {
+        0.0
+    };
+    let busy_secs = l.busy_cycles as f64 / stats.tsc_hz.max(1) as f64;
+    let new_flows_per_second =
+        (new_flows && busy_secs > 0.0).then(|| l.cache_misses as f64 / busy_secs);
+    let report = OvnReport {
+        scenario: args.scenario.clone(),
+        size: args.size,
+        flows: args.flows,
+        flow_cache_entries: cache_entries,
+        cycles_per_packet: ovn.cycles_per_packet,
+        floor_cycles_per_packet: floor.cycles_per_packet,
+        ratio,
+        mpps: ovn.mpps,
+        cache_hits: l.cache_hits,
+        cache_misses: l.cache_misses,
+        new_flows_per_second,
+        systems: vec![floor.clone(), ovn.clone()],
+    };
+    println!();
+    println!(
+        "{:<26} {:>12} {:>12} {:>9} {:>12}",
+        "SYSTEM", "SENT", "RECEIVED", "MPPS", "CYCLES/PKT"
+    );
+    for s in &report.systems {
+        println!(
+            "{:<26} {:>12} {:>12} {:>9.3} {:>12.1}",
+            s.system, s.sent, s.received, s.mpps, s.cycles_per_packet
+        );
+    }
+    println!(
+        "\ncache hits {} misses {}; ratio ovn/xconnect busy cycles per packet: {ratio:.3}",
+        l.cache_hits, l.cache_misses
+    );
+    if let Some(n) = new_flows_per_second {
+        println!("new flows per second per core: {n:.0}");
+    }
+    if !stats.drops.is_empty() {
+        println!("drops: {:?}", stats.drops);
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("perf: wrote {}", p.display());
+    }
+    Ok(())
+}
