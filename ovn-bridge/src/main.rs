@@ -60,6 +60,28 @@ enum Role {
         #[arg(long)]
         once: bool,
     },
+    /// The OVN chassis of this node: Chassis/Encap rows, Port_Binding
+    /// claims, conntrack zones, compiled tables and the CNI socket.
+    Node {
+        /// Southbound remote(s): unix:PATH or tcp:HOST:PORT.
+        #[arg(long = "sb", required = true, num_args = 1..)]
+        sb: Vec<String>,
+        /// Chassis name (system-id).
+        #[arg(long)]
+        chassis: String,
+        /// Tunnel endpoint address of this node.
+        #[arg(long)]
+        encap_ip: std::net::IpAddr,
+        /// The shared-memory table file (created if missing).
+        #[arg(long)]
+        tables: PathBuf,
+        /// Unix socket the CNI plugin talks to.
+        #[arg(long)]
+        cni_socket: PathBuf,
+        /// Directory of the node's state file.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +91,16 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.role {
+        Role::Node {
+            sb,
+            chassis,
+            encap_ip,
+            tables,
+            cni_socket,
+            state_dir,
+        } => rt.block_on(run_node(
+            sb, chassis, encap_ip, tables, cni_socket, state_dir,
+        )),
         Role::Compile {
             sb,
             chassis,
@@ -124,4 +156,51 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+async fn run_node(
+    sb: Vec<String>,
+    chassis: String,
+    encap_ip: std::net::IpAddr,
+    tables: PathBuf,
+    cni_socket: PathBuf,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
+    use ovn_bridge::node::{ChassisConfig, Node, NodeConfig, RecordingPlumber, Shutdown};
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| chassis.clone());
+    let cfg = NodeConfig::new(
+        sb,
+        ChassisConfig {
+            name: chassis,
+            hostname,
+            encap_ip,
+            bridge_mappings: String::new(),
+            cms_options: String::new(),
+        },
+        tables,
+        state_dir,
+    );
+    let mut node = Node::start(cfg, std::sync::Arc::new(RecordingPlumber::default()))
+        .await
+        .context("start the node")?;
+    let listener = fastpath_cni::bind(&cni_socket)
+        .with_context(|| format!("bind {}", cni_socket.display()))?;
+    let handler = std::sync::Arc::new(node.cni_handler());
+    std::thread::Builder::new()
+        .name("cni".into())
+        .spawn(move || {
+            if let Err(e) = fastpath_cni::serve(listener, handler) {
+                log::error!("CNI socket: {e}");
+            }
+        })?;
+    tokio::select! {
+        r = node.wait() => r.context("node loop")?,
+        _ = tokio::signal::ctrl_c() => {
+            log::info!("interrupted: removing the chassis");
+            node.shutdown(Shutdown::Exit).await.context("shutdown")?;
+        }
+    }
+    Ok(())
 }

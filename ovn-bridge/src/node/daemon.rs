@@ -1,0 +1,530 @@
+//! The node's main loop: register the chassis, follow the Southbound
+//! database with conditions limited to the datapaths this node needs, claim
+//! and release the Port_Binding rows of local pod ports, keep conntrack
+//! zones, and compile and publish the fastpath tables after every change
+//! (debounced).
+//!
+//! Owns the Southbound session of the node and the table file's writer. It
+//! must not write Northbound rows nor Southbound rows other than the
+//! chassis' own and the `chassis`/`up` columns of local Port_Bindings.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ovsdb::{
+    sb, Client, ClientOptions, Condition, Database, Datum, MonitorTable, Operation, TableRow, Uuid,
+};
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+
+use super::chassis::{self, ChassisConfig};
+use super::plumber::PortPlumber;
+use super::state::{NodeState, STATE_FILE};
+use super::NodeError;
+use crate::compile::{compile, run::open_tables, CompileOptions, CompileStats};
+
+/// Configuration of the node role.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Southbound remotes.
+    pub sb: Vec<String>,
+    /// The chassis rows.
+    pub chassis: ChassisConfig,
+    /// The shared-memory table file.
+    pub tables: PathBuf,
+    /// Directory of the state file.
+    pub state_dir: PathBuf,
+    /// Quiet time after a change before compiling.
+    pub debounce: Duration,
+    /// How long CNI ADD waits for the port's Port_Binding.
+    pub port_wait: Duration,
+}
+
+impl NodeConfig {
+    /// A configuration with the default timings.
+    pub fn new(
+        sb: Vec<String>,
+        chassis: ChassisConfig,
+        tables: PathBuf,
+        state_dir: PathBuf,
+    ) -> Self {
+        Self {
+            sb,
+            chassis,
+            tables,
+            state_dir,
+            debounce: Duration::from_millis(5),
+            port_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one publish did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishReport {
+    /// Table generation published (0: nothing yet).
+    pub generation: u64,
+    /// Replica generation compiled.
+    pub db_generation: u64,
+    /// Time from the first Port_Binding change compiled in to the publish.
+    pub port_binding_latency: Option<Duration>,
+    /// Compiler statistics.
+    pub stats: CompileStats,
+}
+
+/// How the node stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Remove the chassis (its ports are released with it).
+    Exit,
+    /// Keep every row, for a restart that must not disturb traffic.
+    Restart,
+}
+
+/// Counts of Southbound writes, to show a restart writes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Chassis transactions.
+    pub chassis: u64,
+    /// Port_Binding claims.
+    pub claims: u64,
+    /// Port_Binding releases.
+    pub releases: u64,
+}
+
+pub(crate) struct Shared {
+    pub cfg: NodeConfig,
+    pub client: Client,
+    pub state: Mutex<NodeState>,
+    pub wake: Notify,
+    pub sb: watch::Receiver<Arc<Database>>,
+    pub plumber: Arc<dyn PortPlumber>,
+    pub published: watch::Sender<PublishReport>,
+    pub writes: Mutex<WriteCounts>,
+}
+
+impl Shared {
+    fn state_path(&self) -> PathBuf {
+        self.cfg.state_dir.join(STATE_FILE)
+    }
+
+    /// Saves the state file.
+    pub fn save(&self, state: &NodeState) -> Result<(), NodeError> {
+        state.save(&self.state_path()).map_err(NodeError::from)
+    }
+
+    /// Our Chassis row's uuid in the current snapshot.
+    pub fn chassis_uuid(&self) -> Option<Uuid> {
+        chassis::chassis_uuid(&self.sb.borrow(), &self.cfg.chassis.name)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    pub(crate) shared: Arc<Shared>,
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+}
+
+/// Columns the node reads of each Southbound table (`None`: all).
+fn monitored_tables(conds: &Conditions) -> Vec<MonitorTable> {
+    let mut t: Vec<MonitorTable> = crate::compile::SB_TABLES
+        .iter()
+        .map(|name| {
+            let m = MonitorTable::all(name);
+            match conds.get(*name) {
+                Some(c) => m.with_conditions(c.clone()),
+                None => m,
+            }
+        })
+        .collect();
+    t.push(
+        MonitorTable::all(sb::ChassisPrivate::TABLE).with_conditions(
+            conds
+                .get(sb::ChassisPrivate::TABLE)
+                .cloned()
+                .unwrap_or_else(|| vec![Condition::Constant(false)]),
+        ),
+    );
+    t
+}
+
+type Conditions = BTreeMap<&'static str, Vec<Condition>>;
+
+fn or_false(c: Vec<Condition>) -> Vec<Condition> {
+    if c.is_empty() {
+        vec![Condition::Constant(false)]
+    } else {
+        c
+    }
+}
+
+/// The datapaths this node needs: those of local ports, and every datapath
+/// reachable from them through patch ports (as far as the snapshot shows).
+pub fn local_datapaths(db: &Database, local: &BTreeSet<String>) -> BTreeSet<Uuid> {
+    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
+    let by_name: HashMap<&str, &sb::PortBinding> =
+        pbs.iter().map(|p| (p.logical_port.as_str(), p)).collect();
+    let mut dps: BTreeSet<Uuid> = pbs
+        .iter()
+        .filter(|p| local.contains(&p.logical_port))
+        .map(|p| p.datapath)
+        .collect();
+    loop {
+        let mut added = false;
+        for p in &pbs {
+            if !dps.contains(&p.datapath) || p.r#type != "patch" {
+                continue;
+            }
+            let peer = p.options.get("peer").and_then(|n| by_name.get(n.as_str()));
+            if let Some(peer) = peer {
+                added |= dps.insert(peer.datapath);
+            }
+        }
+        if !added {
+            return dps;
+        }
+    }
+}
+
+/// The monitor conditions for `db` and the local ports: Port_Binding rows
+/// of local datapaths, of local ports and of patch peers; flows, multicast
+/// groups and MAC bindings of local datapaths (and datapath groups holding
+/// one); our own Chassis_Private row.
+pub fn conditions(
+    db: &Database,
+    chassis_name: &str,
+    own: Option<Uuid>,
+    local: &BTreeSet<String>,
+) -> Conditions {
+    let dps = local_datapaths(db, local);
+    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
+    let mut names: BTreeSet<String> = local.clone();
+    for p in pbs
+        .iter()
+        .filter(|p| dps.contains(&p.datapath) && p.r#type == "patch")
+    {
+        if let Some(peer) = p.options.get("peer") {
+            names.insert(peer.clone());
+        }
+    }
+    let groups: Vec<sb::LogicalDpGroup> = db.rows().unwrap_or_default();
+    let groups: BTreeSet<Uuid> = groups
+        .iter()
+        .filter(|g| g.datapaths.iter().any(|d| dps.contains(d)))
+        .map(|g| g.uuid)
+        .collect();
+
+    let by_dp = |col: &str| -> Vec<Condition> {
+        dps.iter()
+            .map(|d| Condition::eq(col, Datum::uuid(*d)))
+            .collect()
+    };
+    let mut pb = by_dp("datapath");
+    pb.extend(
+        names
+            .iter()
+            .map(|n| Condition::eq("logical_port", n.as_str())),
+    );
+    if let Some(own) = own {
+        pb.push(Condition::eq("chassis", Datum::uuid(own)));
+    }
+    let mut lf = by_dp("logical_datapath");
+    lf.extend(
+        groups
+            .iter()
+            .map(|g| Condition::eq("logical_dp_group", Datum::uuid(*g))),
+    );
+    let mut c = Conditions::new();
+    c.insert("Port_Binding", or_false(pb));
+    c.insert("Logical_Flow", or_false(lf));
+    c.insert("Multicast_Group", or_false(by_dp("datapath")));
+    c.insert("MAC_Binding", or_false(by_dp("datapath")));
+    c.insert(
+        sb::ChassisPrivate::TABLE,
+        vec![Condition::eq("name", chassis_name)],
+    );
+    c
+}
+
+/// Claims and releases for the snapshot: local ports not bound here (or
+/// not up) are claimed; VIF ports bound here that are no longer local are
+/// released.
+pub fn binding_ops(
+    db: &Database,
+    own: Uuid,
+    local: &BTreeSet<String>,
+) -> (Vec<Operation>, u64, u64) {
+    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
+    let (mut ops, mut claims, mut releases) = (Vec::new(), 0, 0);
+    for p in pbs {
+        let is_local = local.contains(&p.logical_port);
+        let here = p.chassis == Some(own);
+        let row: Option<ovsdb::ops::Columns> = if is_local && (!here || p.up != Some(true)) {
+            claims += 1;
+            Some(
+                [
+                    ("chassis".to_string(), Datum::set([own])),
+                    ("up".to_string(), Datum::set([true])),
+                ]
+                .into(),
+            )
+        } else if !is_local && here && p.r#type.is_empty() {
+            releases += 1;
+            Some(
+                [
+                    ("chassis".to_string(), Datum::empty_set()),
+                    ("up".to_string(), Datum::set([false])),
+                ]
+                .into(),
+            )
+        } else {
+            None
+        };
+        if let Some(row) = row {
+            ops.push(Operation::Update {
+                table: sb::PortBinding::TABLE.into(),
+                conditions: vec![Condition::uuid(p.uuid)],
+                row,
+            });
+        }
+    }
+    (ops, claims, releases)
+}
+
+impl Node {
+    /// Connects, registers the chassis and starts following the
+    /// Southbound database.
+    pub async fn start(cfg: NodeConfig, plumber: Arc<dyn PortPlumber>) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|error| NodeError::Io {
+            what: format!("create {}", cfg.state_dir.display()),
+            error,
+        })?;
+        let state = NodeState::load(&cfg.state_dir.join(STATE_FILE))?;
+        // The fastpath side of restored ports (idempotent).
+        let mut state = state;
+        for (name, p) in state.ports.iter_mut() {
+            p.fastpath_port = plumber.add_port(name, p.kind, &p.endpoint, Some(p.fastpath_port))?;
+        }
+        let client = Client::connect(&cfg.sb, "OVN_Southbound", ClientOptions::default()).await?;
+        let local: BTreeSet<String> = state.ports.keys().cloned().collect();
+        let initial = conditions(&Database::default(), &cfg.chassis.name, None, &local);
+        let replica = client.monitor(monitored_tables(&initial)).await?;
+        let (published, _) = watch::channel(PublishReport::default());
+        let shared = Arc::new(Shared {
+            sb: replica.subscribe(),
+            cfg,
+            client,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            plumber,
+            published,
+            writes: Mutex::new(WriteCounts::default()),
+        });
+        let mut replica = replica;
+        register(&shared, &mut replica).await?;
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(run(shared.clone(), replica, initial, stop.clone()));
+        Ok(Node { shared, stop, task })
+    }
+
+    /// The CNI handler of this node.
+    pub fn cni_handler(&self) -> super::cni::CniHandler {
+        super::cni::CniHandler::new(self.shared.clone(), tokio::runtime::Handle::current())
+    }
+
+    /// A receiver of publish reports.
+    pub fn published(&self) -> watch::Receiver<PublishReport> {
+        self.shared.published.subscribe()
+    }
+
+    /// Southbound writes made so far.
+    pub fn writes(&self) -> WriteCounts {
+        *self.shared.writes.lock()
+    }
+
+    /// The node's current view of the Southbound database (only the rows
+    /// its monitor conditions select).
+    pub fn southbound(&self) -> Arc<Database> {
+        self.shared.sb.borrow().clone()
+    }
+
+    /// The conntrack zones assigned so far.
+    pub fn ct_zones(&self) -> BTreeMap<String, u16> {
+        self.shared.state.lock().ct_zones.clone()
+    }
+
+    /// Waits for the loop to end (it ends on error or shutdown).
+    pub async fn wait(&mut self) -> Result<(), NodeError> {
+        (&mut self.task).await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Stops the loop; with [`Shutdown::Exit`] also removes the chassis.
+    pub async fn shutdown(self, how: Shutdown) -> Result<(), NodeError> {
+        self.stop.notify_one();
+        let _ = self.task.await;
+        if how == Shutdown::Exit {
+            // Release our ports explicitly (the weak reference would clear
+            // `chassis` but leave `up` true), then remove the chassis.
+            let db = self.shared.sb.borrow().clone();
+            let mut ops = match chassis::chassis_uuid(&db, &self.shared.cfg.chassis.name) {
+                Some(own) => binding_ops(&db, own, &BTreeSet::new()).0,
+                None => Vec::new(),
+            };
+            ops.extend(chassis::unregister_ops(&self.shared.cfg.chassis.name));
+            self.shared.client.transact(ops).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn register(shared: &Shared, replica: &mut ovsdb::Replica) -> Result<(), NodeError> {
+    let db = replica.snapshot();
+    let ops = chassis::register_ops(&db, &shared.cfg.chassis)?;
+    if !ops.is_empty() {
+        shared.client.transact(ops).await?;
+        shared.writes.lock().chassis += 1;
+        let name = shared.cfg.chassis.name.clone();
+        let cfg = shared.cfg.chassis.clone();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            replica.wait_for(|db| {
+                chassis::register_ops(db, &cfg).is_ok_and(|o| o.is_empty())
+                    && chassis::chassis_uuid(db, &name).is_some()
+            }),
+        )
+        .await
+        .map_err(|_| NodeError::NotSeen("own Chassis row".into()))??;
+    }
+    Ok(())
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut replica: ovsdb::Replica,
+    mut sent: Conditions,
+    stop: Arc<Notify>,
+) -> Result<(), NodeError> {
+    let mut writer =
+        open_tables(&shared.cfg.tables).map_err(|e| NodeError::Tables(format!("{e:#}")))?;
+    let mut last: Option<(u64, HashMap<String, u16>)> = None;
+    let mut pb_changed_at: Option<Instant> = None;
+    let mut prev_db: Option<Arc<Database>> = None;
+    loop {
+        let db = replica.snapshot();
+        // Port_Binding changed since the last round (an updated table is a
+        // new allocation; an untouched one is shared between snapshots).
+        let pb_table = |d: &Database| d.table(sb::PortBinding::TABLE).map(|t| t as *const _);
+        if prev_db
+            .as_ref()
+            .is_some_and(|p| pb_table(p) != pb_table(&db))
+            && pb_changed_at.is_none()
+        {
+            pb_changed_at = Some(Instant::now());
+        }
+        prev_db = Some(db.clone());
+        // The chassis (someone may have deleted or changed it).
+        if chassis::register_ops(&db, &shared.cfg.chassis).is_ok_and(|o| !o.is_empty()) {
+            register(&shared, &mut replica).await?;
+            continue;
+        }
+        let own = chassis::chassis_uuid(&db, &shared.cfg.chassis.name);
+        let local: BTreeSet<String> = shared.state.lock().ports.keys().cloned().collect();
+
+        // Conditions.
+        let wanted = conditions(&db, &shared.cfg.chassis.name, own, &local);
+        for (table, c) in &wanted {
+            if sent.get(table) != Some(c) {
+                replica.set_conditions(table, c.clone()).await?;
+            }
+        }
+        sent = wanted;
+
+        // Claims and releases.
+        if let Some(own) = own {
+            let (ops, claims, releases) = binding_ops(&db, own, &local);
+            if !ops.is_empty() {
+                shared.client.transact(ops).await?;
+                {
+                    let mut w = shared.writes.lock();
+                    w.claims += claims;
+                    w.releases += releases;
+                }
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    replica.wait_for(|db| binding_ops(db, own, &local).0.is_empty()),
+                )
+                .await;
+                continue;
+            }
+        }
+
+        // Conntrack zones.
+        {
+            let mut state = shared.state.lock();
+            let mut owners: BTreeSet<String> = state.ports.keys().cloned().collect();
+            let dps: Vec<sb::DatapathBinding> = db.rows().unwrap_or_default();
+            let locals = local_datapaths(&db, &local);
+            for d in dps.iter().filter(|d| locals.contains(&d.uuid)) {
+                if d.external_ids.contains_key("logical-router") {
+                    owners.insert(format!("{}_dnat", d.uuid));
+                    owners.insert(format!("{}_snat", d.uuid));
+                }
+            }
+            let mut changed = state.retain_zones(&owners);
+            for o in &owners {
+                if !state.ct_zones.contains_key(o) {
+                    state.zone(o)?;
+                    changed = true;
+                }
+            }
+            if changed {
+                shared.save(&state)?;
+            }
+        }
+
+        // Compile and publish.
+        let port_map: HashMap<String, u16> = shared
+            .state
+            .lock()
+            .ports
+            .iter()
+            .map(|(n, p)| (n.clone(), p.fastpath_port))
+            .collect();
+        let key = (db.generation(), port_map.clone());
+        if last.as_ref() != Some(&key) {
+            let opts = CompileOptions {
+                chassis: shared.cfg.chassis.name.clone(),
+                port_map,
+            };
+            let compiled = compile(&db, &opts)?;
+            let generation = writer
+                .publish(compiled.builder)
+                .map_err(|e| NodeError::Tables(e.to_string()))?;
+            let latency = pb_changed_at.take().map(|t| t.elapsed());
+            log::info!(
+                "tables generation {generation}: {} logical flows, {} rules; port binding to publish {:?}",
+                compiled.stats.logical_flows,
+                compiled.stats.rules,
+                latency
+            );
+            shared.published.send_replace(PublishReport {
+                generation,
+                db_generation: db.generation(),
+                port_binding_latency: latency,
+                stats: compiled.stats,
+            });
+            last = Some(key);
+        }
+
+        // Wait for a change, then let a burst settle.
+        tokio::select! {
+            r = replica.changed() => { r?; }
+            _ = shared.wake.notified() => {}
+            _ = stop.notified() => return Ok(()),
+        }
+        tokio::time::sleep(shared.cfg.debounce).await;
+    }
+}
