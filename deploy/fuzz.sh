@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for FUZZ_SECONDS (default 60) each, starting from its
+# Runs every fuzz target for FUZZ_SECONDS (default 60) each (FUZZ_SEED: libFuzzer
+# seed, default random), starting from its
 # seed corpus and writing new inputs to a scratch directory, so the seeds stay
 # as committed. A crash fails the run and leaves its input under the target's
 # fuzz/artifacts/. cargo-fuzz needs -Z flags: RUSTC_BOOTSTRAP=1 allows them on
@@ -7,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-60}"
+# libFuzzer seed: 0 picks a random one; test.sh passes a fixed seed so a CI
+# run is repeatable (a crash it reports can be reproduced).
+seed="${FUZZ_SEED:-0}"
 targets=(
   "fastpath/packet parse_frame"
   "fastpath/tables validate_slot"
@@ -20,7 +24,7 @@ for t in "${targets[@]}"; do
   [ -d "$seeds" ] || seeds=""
   printf '\n\033[1m== fuzz %s/%s for %ss\033[0m\n' "$dir" "$target" "$seconds"
   (cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch" ${seeds:+"$OLDPWD/$seeds"} -- \
-     -max_total_time="$seconds" -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|SUMMARY|==[0-9]+==ERROR|Done)" || true)
+     -max_total_time="$seconds" -seed="$seed" -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|SUMMARY|==[0-9]+==ERROR|Done)" || true)
   (cd "$dir" && test ! -d fuzz/artifacts/"$target" || test -z "$(ls -A fuzz/artifacts/"$target" 2>/dev/null)") || {
     echo "fuzz: $dir/$target found a crash: see $dir/fuzz/artifacts/$target" >&2
     exit 1

@@ -25,4 +25,4 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p fastpath-tables --release --test loom --no-default-features
 
 step "fuzz targets, ${FUZZ_SECONDS:-20}s each"
-FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ./deploy/fuzz.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" FUZZ_SEED="${FUZZ_SEED:-1}" ./deploy/fuzz.sh

@@ -216,7 +216,16 @@ impl<'a> SlotSections<'a> {
     pub fn dump(&self, kind: SectionKind) -> Option<String> {
         let entry = self.entry(kind)?;
         Some(match spec(kind) {
-            Some(spec) => (spec.dump)(self),
+            Some(spec) => {
+                let text = (spec.dump)(self);
+                // An empty section still says what it is, so a dump is never
+                // silently blank.
+                if text.is_empty() {
+                    format!("{}: no entries\n", kind.name())
+                } else {
+                    text
+                }
+            }
             None => format!("{}\n", describe_entry(entry)),
         })
     }

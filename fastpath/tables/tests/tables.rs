@@ -227,3 +227,11 @@ fn corrupted_slot_is_refused_and_counted_and_last_good_stays_usable() {
     assert_eq!(good.generation(), 1);
     assert_eq!(good.ports().len(), 2);
 }
+
+/// An input the validator fuzzer found: an accepted slot with an empty OVN
+/// section whose dump came out blank. Replayed through the fuzz body.
+#[test]
+fn fuzz_regression_empty_section_dump() {
+    let data = include_bytes!("data/fuzz-empty-ovn-section.bin");
+    fastpath_tables::fuzz_validate(data);
+}
