@@ -8,13 +8,16 @@
 //! per group visited, independent of the number of rules, where a linear
 //! scan costs one masked compare per rule: northd emits hundreds of flows in
 //! tables like `ls_in_l2_lkup` (one per MAC) or `lr_in_ip_routing` (one per
-//! prefix), but only a handful of distinct masks. [`LinearTable`] is the
-//! reference the tests and the benchmark compare with.
+//! prefix), but only a handful of distinct masks. Two shapes skip the
+//! search: a table holding only catch-all rules answers with a constant,
+//! and a small table (or one with nearly as many masks as rules, where a
+//! probe per mask costs more than a compare per rule) is scanned in
+//! priority order. [`LinearTable`] is the reference the tests compare with.
 //!
 //! Owns rule storage and lookup; it must not know what the rules do.
 
 use fastpath_tables::ovn::{vector, OvnMatchTest};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashTable};
 
 /// A rule in mask/value form over the vector's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,18 +72,122 @@ impl Rule {
     }
 }
 
+/// Subtables with at most this many distinct values are scanned (a
+/// masked compare per entry) instead of hashed.
+const SCAN_MAX: usize = 4;
+
+/// The hash of a tuple's masked words: a multiply-rotate fold with a final
+/// avalanche (both hashbrown's bucket bits and its control byte come from
+/// it).
+#[inline(always)]
+fn masked_hash(words: impl Iterator<Item = u64>) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = 0u64;
+    for w in words {
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    let h = (h ^ (h >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+/// The rules sharing one mask.
 #[derive(Debug)]
 struct Subtable {
-    /// `(word index, mask)` of the tuple.
+    /// `(word index, mask)` of the tuple (empty: the catch-all tuple).
     mask: Box<[(u8, u64)]>,
     max_priority: u16,
-    rules: HashMap<Box<[u64]>, (u16, u32)>,
+    /// `(priority, id)` of the best rule per distinct masked value,
+    /// highest priority first.
+    entries: Vec<(u16, u32)>,
+    /// The masked values of `entries`, `mask.len()` words each.
+    values: Vec<u64>,
+    /// Entry indices by the hash of their values; empty when the subtable
+    /// is scanned (at most [`SCAN_MAX`] entries).
+    index: HashTable<u32>,
 }
+
+impl Subtable {
+    /// The best entry matching the vector.
+    #[inline(always)]
+    fn lookup(&self, v: &[u64; vector::WORDS]) -> Option<(u16, u32)> {
+        let n = self.mask.len();
+        if n == 0 {
+            return self.entries.first().copied();
+        }
+        if self.index.is_empty() {
+            // Entries are sorted by priority: the first match is the best
+            // (and the only one: values under one mask are distinct).
+            if let [(w, m)] = *self.mask {
+                let x = v[usize::from(w)] & m;
+                return self
+                    .values
+                    .iter()
+                    .position(|&y| y == x)
+                    .and_then(|e| self.entries.get(e).copied());
+            }
+            return self
+                .values
+                .chunks_exact(n)
+                .position(|values| {
+                    values
+                        .iter()
+                        .zip(self.mask.iter())
+                        .all(|(&x, &(w, m))| v[usize::from(w)] & m == x)
+                })
+                .and_then(|e| self.entries.get(e).copied());
+        }
+        let hash = masked_hash(self.mask.iter().map(|&(w, m)| v[usize::from(w)] & m));
+        self.index
+            .find(hash, |&e| {
+                let e = e as usize;
+                self.values[e * n..e * n + n]
+                    .iter()
+                    .zip(self.mask.iter())
+                    .all(|(&x, &(w, m))| v[usize::from(w)] & m == x)
+            })
+            .map(|&e| self.entries[e as usize])
+    }
+}
+
+/// Tables with at most this many distinct rules are scanned in priority
+/// order (first match wins) instead of probed subtable by subtable: for a
+/// handful of rules a masked compare per rule, which usually fails on its
+/// first word, costs less than a visit per mask.
+const LINEAR_MAX: usize = 64;
+
+/// One rule of a scanned table: its first `(word index, mask, value)`
+/// inline (most rules fail there), the others in
+/// [`Classifier::linear_words`].
+#[derive(Debug, Clone, Copy)]
+struct LinearRule {
+    first: (u8, u64, u64),
+    start: u32,
+    len: u32,
+    id: u32,
+}
+
+/// The best rule for one masked value while building: `(priority, id,
+/// position among the rules given)`.
+type Best = (u16, u32, usize);
+
+/// The best rule per masked value of one tuple, while building.
+type BestByValue = HashMap<Box<[u64]>, Best>;
+
+/// A tuple: `(word index, mask)` for every word with a non-zero mask.
+type Mask = Box<[(u8, u64)]>;
 
 /// A tuple-space classifier.
 #[derive(Debug, Default)]
 pub struct Classifier {
     subtables: Vec<Subtable>,
+    /// Small tables: the rules, highest priority first (empty: use the
+    /// subtables).
+    linear: Vec<LinearRule>,
+    /// `(word index, mask, value)` of the rules in `linear`.
+    linear_words: Vec<(u8, u64, u64)>,
+    /// The winner of every lookup, when the only rules are catch-alls
+    /// (`1`, as northd's default `next;` flows): no probe at all.
+    constant: Option<u32>,
     rules: usize,
 }
 
@@ -89,49 +196,141 @@ impl Classifier {
     /// highest priority can ever win (the first one given on a tie).
     pub fn new(rules: &[Rule]) -> Classifier {
         let mut by_mask: HashMap<Box<[(u8, u64)]>, usize> = HashMap::new();
-        let mut subtables: Vec<Subtable> = Vec::new();
-        for r in rules {
+        let mut groups: Vec<(Mask, BestByValue)> = Vec::new();
+        for (order, r) in rules.iter().enumerate() {
             let mask: Box<[(u8, u64)]> = r.words.iter().map(|&(w, m, _)| (w, m)).collect();
             let index = *by_mask.entry(mask.clone()).or_insert_with(|| {
-                subtables.push(Subtable {
-                    mask,
-                    max_priority: 0,
-                    rules: HashMap::new(),
-                });
-                subtables.len() - 1
+                groups.push((mask, HashMap::new()));
+                groups.len() - 1
             });
-            let st = &mut subtables[index];
-            st.max_priority = st.max_priority.max(r.priority);
             let key: Box<[u64]> = r.words.iter().map(|&(_, _, v)| v).collect();
-            st.rules
+            groups[index]
+                .1
                 .entry(key)
                 .and_modify(|e| {
                     if r.priority > e.0 {
-                        *e = (r.priority, r.id)
+                        *e = (r.priority, r.id, order)
                     }
                 })
-                .or_insert((r.priority, r.id));
+                .or_insert((r.priority, r.id, order));
         }
+        let mut subtables: Vec<Subtable> = groups
+            .into_iter()
+            .map(|(mask, values)| {
+                let mut list: Vec<(Box<[u64]>, Best)> = values.into_iter().collect();
+                // Highest priority first; the rule given first on a tie.
+                list.sort_by_key(|(_, (p, _, order))| (std::cmp::Reverse(*p), *order));
+                let mut st = Subtable {
+                    max_priority: list.first().map_or(0, |(_, (p, _, _))| *p),
+                    entries: list.iter().map(|(_, (p, id, _))| (*p, *id)).collect(),
+                    values: list.iter().flat_map(|(k, _)| k.iter().copied()).collect(),
+                    index: HashTable::new(),
+                    mask,
+                };
+                if st.entries.len() > SCAN_MAX {
+                    let n = st.mask.len();
+                    let hashes: Vec<u64> = (0..st.entries.len())
+                        .map(|e| masked_hash(st.values[e * n..e * n + n].iter().copied()))
+                        .collect();
+                    st.index = HashTable::with_capacity(st.entries.len());
+                    for (e, &h) in hashes.iter().enumerate() {
+                        st.index.insert_unique(h, e as u32, |&j| hashes[j as usize]);
+                    }
+                }
+                st
+            })
+            .collect();
         subtables.sort_by_key(|s| std::cmp::Reverse(s.max_priority));
-        Classifier {
+        // Only catch-alls: the first subtable is the empty mask and decides.
+        let constant = match subtables.as_slice() {
+            [only] if only.mask.is_empty() => only.entries.first().map(|&(_, id)| id),
+            _ => None,
+        };
+        let mut classifier = Classifier {
             subtables,
+            linear: Vec::new(),
+            linear_words: Vec::new(),
+            constant,
             rules: rules.len(),
+        };
+        if constant.is_none() {
+            classifier.build_linear();
         }
+        classifier
+    }
+
+    /// Lays the rules of a small table out for a scan in priority order.
+    /// The subtables are in descending order of their best priority and
+    /// each is in descending priority order, so a stable merge by priority
+    /// keeps, among equal priorities, the order the subtable search
+    /// visits them in.
+    fn build_linear(&mut self) {
+        let total: usize = self.subtables.iter().map(|st| st.entries.len()).sum();
+        // Up to a few rules, or up to LINEAR_MAX when the masks are nearly
+        // as many as the rules (a probe per mask would cost more than a
+        // compare per rule).
+        if total > LINEAR_MAX || (total > 16 && total > 4 * self.subtables.len()) {
+            return;
+        }
+        let mut all: Vec<(u16, u32, &Subtable, usize)> = Vec::with_capacity(total);
+        for st in &self.subtables {
+            for (e, &(p, id)) in st.entries.iter().enumerate() {
+                all.push((p, id, st, e));
+            }
+        }
+        all.sort_by_key(|&(p, _, _, _)| std::cmp::Reverse(p));
+        let mut linear = Vec::with_capacity(total);
+        let mut words = Vec::new();
+        for (_, id, st, e) in all {
+            let n = st.mask.len();
+            let mut rule = st
+                .mask
+                .iter()
+                .zip(&st.values[e * n..e * n + n])
+                .map(|(&(w, m), &x)| (w, m, x));
+            // A catch-all's first test is `word 0 & 0 == 0`.
+            let first = rule.next().unwrap_or((0, 0, 0));
+            let start = words.len() as u32;
+            words.extend(rule);
+            linear.push(LinearRule {
+                first,
+                start,
+                len: n.saturating_sub(1) as u32,
+                id,
+            });
+        }
+        self.linear = linear;
+        self.linear_words = words;
     }
 
     /// The id of the highest-priority matching rule.
     #[inline]
     pub fn lookup(&self, v: &[u64; vector::WORDS]) -> Option<u32> {
+        if self.constant.is_some() {
+            return self.constant;
+        }
+        if !self.linear.is_empty() {
+            return self
+                .linear
+                .iter()
+                .find(|r| {
+                    let (w, m, x) = r.first;
+                    if v[usize::from(w)] & m != x {
+                        return false;
+                    }
+                    let start = r.start as usize;
+                    self.linear_words[start..start + r.len as usize]
+                        .iter()
+                        .all(|&(w, m, x)| v[usize::from(w)] & m == x)
+                })
+                .map(|r| r.id);
+        }
         let mut best: Option<(u16, u32)> = None;
-        let mut key = [0u64; vector::WORDS];
         for st in &self.subtables {
             if best.is_some_and(|(p, _)| p >= st.max_priority) {
                 break;
             }
-            for (k, &(w, m)) in key.iter_mut().zip(st.mask.iter()) {
-                *k = v[usize::from(w)] & m;
-            }
-            if let Some(&(p, id)) = st.rules.get(&key[..st.mask.len()]) {
+            if let Some((p, id)) = st.lookup(v) {
                 if best.is_none_or(|(bp, _)| p > bp) {
                     best = Some((p, id));
                 }
@@ -153,6 +352,12 @@ impl Classifier {
     /// Number of distinct masks.
     pub fn subtables(&self) -> usize {
         self.subtables.len()
+    }
+
+    /// The rule every lookup returns, when the table holds only
+    /// catch-all rules (no probe is made).
+    pub fn constant(&self) -> Option<u32> {
+        self.constant
     }
 }
 
@@ -244,6 +449,66 @@ mod tests {
             }
             assert_eq!(c.lookup(&v), l.lookup(&v));
         }
+    }
+
+    #[test]
+    fn small_and_many_masked_tables_agree_with_a_linear_scan() {
+        let mut state = 0x0bad_cafe_1234_5678u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for size in [1usize, 2, 5, 16, 17, 40, 64, 65, 120] {
+            // Tests on two bytes of three words (eth.dst, inport, ip4.dst
+            // offsets), each present or not, with distinct priorities.
+            let mut rules = Vec::new();
+            for id in 0..size {
+                let mut tests = Vec::new();
+                for offset in [13u16, 36, 63] {
+                    match next() % 3 {
+                        0 => {}
+                        1 => tests.push(test(offset, &[(next() % 4) as u8], &[0xff])),
+                        _ => tests.push(test(offset, &[(next() % 4) as u8], &[0x01])),
+                    }
+                }
+                let priority = (size - id) as u16 * 3;
+                rules.push(Rule::from_tests(priority, id as u32, &tests).unwrap());
+            }
+            let c = Classifier::new(&rules);
+            let l = LinearTable::new(&rules);
+            for _ in 0..2_000 {
+                let mut bytes = [0u8; vector::LEN];
+                for offset in [13, 36, 63] {
+                    bytes[offset] = (next() % 4) as u8;
+                }
+                let mut v = [0u64; vector::WORDS];
+                for (w, chunk) in v.iter_mut().zip(bytes.chunks(8)) {
+                    *w = u64::from_le_bytes(chunk.try_into().unwrap());
+                }
+                assert_eq!(c.lookup(&v), l.lookup(&v), "{size} rules");
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_of_catch_alls_needs_no_probe() {
+        let c = Classifier::new(&[
+            Rule::from_tests(0, 7, &[]).unwrap(),
+            Rule::from_tests(0, 8, &[]).unwrap(),
+        ]);
+        assert_eq!(c.constant(), Some(7));
+        assert_eq!(c.lookup(&[0; vector::WORDS]), Some(7));
+        let c = Classifier::new(&[
+            Rule::from_tests(0, 7, &[]).unwrap(),
+            Rule::from_tests(5, 9, &[test(8, &[1], &[0xff])]).unwrap(),
+        ]);
+        assert_eq!(c.constant(), None);
+        let mut v = [0u64; vector::WORDS];
+        assert_eq!(c.lookup(&v), Some(7));
+        v[1] = 1;
+        assert_eq!(c.lookup(&v), Some(9));
     }
 
     #[test]

@@ -202,11 +202,23 @@ pub struct Interpreter {
     packet_len: u32,
 }
 
+#[derive(Clone, Copy)]
 struct Ctx<'p> {
     program: &'p Program,
     datapath: u32,
     pipeline: u8,
     generated: Option<Generated>,
+}
+
+/// How a list of instructions ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The packet went somewhere (or was dropped by an action).
+    Went,
+    /// The actions ended without sending the packet anywhere.
+    Fell,
+    /// The last action was `next`: continue with this table.
+    Next { pipeline: u8, table: u16 },
 }
 
 impl Interpreter {
@@ -258,44 +270,72 @@ impl Interpreter {
         }
     }
 
+    /// Runs table `table` and, for as long as a flow's last action is
+    /// `next`, the tables it continues to (a loop rather than a call, since
+    /// nothing runs after a trailing `next` returns).
     fn table(&mut self, ctx: &Ctx<'_>, table: u16, v: &mut FlowVector, depth: u32) {
-        if depth > MAX_DEPTH {
-            return self.drop(DropCause::DepthLimit, depth);
-        }
-        let flow = ctx
-            .program
-            .table(ctx.datapath, ctx.pipeline, table)
-            .and_then(|c| c.lookup(v.words()));
-        if self.tracing {
-            self.trace.push(TraceEvent::Table {
-                datapath: ctx.datapath,
-                pipeline: ctx.pipeline,
-                table,
-                flow,
-                depth,
-            });
-        }
-        let Some(flow) = flow else {
-            return self.drop(DropCause::NoMatch, depth);
-        };
-        let Some(f) = ctx.program.flows.get(flow as usize) else {
-            return self.drop(DropCause::NoMatch, depth);
-        };
-        let code = ctx.program.code.get(f.actions.clone()).unwrap_or(&[]);
-        if !self.exec(ctx, code, v, depth) {
-            self.drop(DropCause::Implicit, depth);
+        let (mut ctx, mut table, mut depth) = (*ctx, table, depth);
+        loop {
+            if depth > MAX_DEPTH {
+                return self.drop(DropCause::DepthLimit, depth);
+            }
+            // Pass-through tables (`next;` for every packet) are skipped, as
+            // if called one inside the other, unless a trace shows each table
+            // or the calls would reach the depth limit on the way.
+            (table, depth) = match ctx.program.skip(ctx.datapath, ctx.pipeline, table) {
+                (to, hops) if hops > 0 && !self.tracing && depth + u32::from(hops) <= MAX_DEPTH => {
+                    (to, depth + u32::from(hops))
+                }
+                _ => (table, depth),
+            };
+            let flow = ctx
+                .program
+                .table(ctx.datapath, ctx.pipeline, table)
+                .and_then(|c| c.lookup(v.words()));
+            if self.tracing {
+                self.trace.push(TraceEvent::Table {
+                    datapath: ctx.datapath,
+                    pipeline: ctx.pipeline,
+                    table,
+                    flow,
+                    depth,
+                });
+            }
+            let Some(flow) = flow else {
+                return self.drop(DropCause::NoMatch, depth);
+            };
+            let Some(f) = ctx.program.flows.get(flow as usize) else {
+                return self.drop(DropCause::NoMatch, depth);
+            };
+            let code = ctx.program.code.get(f.actions.clone()).unwrap_or(&[]);
+            match self.exec(&ctx, code, v, depth, true) {
+                Outcome::Fell => return self.drop(DropCause::Implicit, depth),
+                Outcome::Went => return,
+                Outcome::Next {
+                    pipeline,
+                    table: next,
+                } => {
+                    ctx.pipeline = pipeline;
+                    table = next;
+                    depth += 1;
+                }
+            }
         }
     }
 
-    /// Executes instructions; true if the packet went somewhere (a `next`,
-    /// `output`, clone or generated packet), false if it fell off the end.
+    /// Executes instructions: [`Outcome::Went`] if the packet went
+    /// somewhere (a `next`, `output`, clone or generated packet),
+    /// [`Outcome::Fell`] if it fell off the end. With `tail`, a `next` that
+    /// is the last instruction is not called but returned
+    /// ([`Outcome::Next`]) for the caller to continue with.
     fn exec(
         &mut self,
         ctx: &Ctx<'_>,
         code: &[OvnInstruction],
         v: &mut FlowVector,
         depth: u32,
-    ) -> bool {
+        tail: bool,
+    ) -> Outcome {
         let mut went = false;
         let mut i = 0;
         while i < code.len() {
@@ -304,10 +344,14 @@ impl Interpreter {
             match ins.op {
                 op::NEXT => {
                     went = true;
-                    let next = Ctx {
-                        pipeline: ins.count.min(1) as u8,
-                        ..*ctx
-                    };
+                    let pipeline = ins.count.min(1) as u8;
+                    if tail && i == code.len() {
+                        return Outcome::Next {
+                            pipeline,
+                            table: ins.arg,
+                        };
+                    }
+                    let next = Ctx { pipeline, ..*ctx };
                     self.table(&next, ins.arg, v, depth + 1);
                 }
                 op::OUTPUT => {
@@ -321,7 +365,7 @@ impl Interpreter {
                 }
                 op::DROP => {
                     self.drop(DropCause::Action, depth);
-                    return true;
+                    return Outcome::Went;
                 }
                 op::LOAD => v.write(&ins.dst, ins.imm_value()),
                 op::MOVE => {
@@ -338,7 +382,7 @@ impl Interpreter {
                     let ttl = v.bytes()[field::TTL];
                     if ttl <= 1 {
                         self.drop(DropCause::TtlExpired, depth);
-                        return true;
+                        return Outcome::Went;
                     }
                     v.bytes_mut()[field::TTL] = ttl - 1;
                 }
@@ -357,7 +401,7 @@ impl Interpreter {
                         generated: generated.or(ctx.generated),
                         ..*ctx
                     };
-                    if !self.exec(&inner, body, &mut copy, depth + 1) {
+                    if self.exec(&inner, body, &mut copy, depth + 1, false) == Outcome::Fell {
                         self.drop(DropCause::Implicit, depth + 1);
                     }
                 }
@@ -426,11 +470,15 @@ impl Interpreter {
                         u16::MAX
                     };
                     self.drop(DropCause::Unsupported(index), depth);
-                    return true;
+                    return Outcome::Went;
                 }
             }
         }
-        went
+        if went {
+            Outcome::Went
+        } else {
+            Outcome::Fell
+        }
     }
 
     /// `output` in the ingress pipeline: loopback check, multicast
@@ -695,4 +743,69 @@ fn port_security_violation(
             || (!inbound && multicast));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastpath_packet::extract;
+
+    /// The slot `ovn-bridge compile` publishes for sw0 (p1, p2) and sw1
+    /// (p3) behind router lr0 (see the miss-path benchmark).
+    const SLOT: &[u8] = include_bytes!("../../benches/data/l3-router.slot");
+
+    fn program() -> Program {
+        let mut words = vec![0u64; SLOT.len().div_ceil(8)];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        bytes[..SLOT.len()].copy_from_slice(SLOT);
+        let bytes = &bytes[..SLOT.len()];
+        let validated = fastpath_tables::validate::validate_slot(bytes).unwrap();
+        Program::load(&validated.sections(bytes), 1).unwrap()
+    }
+
+    fn udp(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&src_mac);
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 46, 0, 0, 0x40, 0, ttl, 17, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&[0x04, 0x00, 0x13, 0x88, 0, 26, 0, 0]);
+        f.resize(64, 0);
+        f
+    }
+
+    #[test]
+    fn skipping_pass_through_tables_changes_no_verdict() {
+        let program = program();
+        let gw0 = [0, 0, 0, 0, 0xff, 1];
+        let p1 = [0x50, 0x54, 0, 0, 0, 1];
+        let p2 = [0x50, 0x54, 0, 0, 0, 2];
+        let bcast = [0xff; 6];
+        let cases = [
+            ("p1", udp(gw0, p1, [10, 0, 0, 11], [10, 0, 1, 13], 64)),
+            ("p1", udp(gw0, p1, [10, 0, 0, 11], [10, 0, 1, 13], 1)),
+            ("p1", udp(gw0, p1, [10, 0, 0, 11], [10, 0, 1, 99], 64)),
+            ("p1", udp(gw0, p1, [10, 0, 0, 11], [10, 0, 0, 1], 64)),
+            ("p1", udp(gw0, p1, [10, 0, 0, 11], [192, 168, 0, 1], 64)),
+            ("p1", udp(p2, p1, [10, 0, 0, 11], [10, 0, 0, 12], 64)),
+            ("p1", udp(bcast, p1, [10, 0, 0, 11], [10, 0, 0, 255], 64)),
+            ("p2", udp(gw0, p2, [10, 0, 0, 12], [10, 0, 1, 13], 64)),
+        ];
+        let mut plain = Interpreter::new();
+        let mut traced = Interpreter::new();
+        traced.tracing = true;
+        let mut forwarded = 0;
+        for (port, frame) in &cases {
+            let inport = program.port_by_name(port).unwrap();
+            let (key, _) = extract(frame, 0).unwrap();
+            let a = plain.run(&program, inport, &key, 64).clone();
+            let b = traced.run(&program, inport, &key, 64);
+            assert_eq!(&a, b, "{port} {frame:02x?}");
+            // The trace shows every table, the skipped ones too.
+            assert!(traced.trace.len() > 20, "{:?}", traced.trace);
+            forwarded += usize::from(!a.emissions.is_empty());
+        }
+        assert!(forwarded >= 3, "{forwarded} of {} forwarded", cases.len());
+    }
 }

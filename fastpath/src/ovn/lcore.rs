@@ -105,8 +105,15 @@ impl OvnLcore {
             Lookup::Stale(slot) => Some(slot),
             Lookup::Miss => None,
         };
-        let program = program.clone();
-        let (mut entry, cacheable) = self.run(&program, key, pkt_len);
+        let (mut entry, cacheable) = run(
+            &mut self.interpreter,
+            &mut self.generated,
+            &self.learned,
+            &mut self.learned_lost,
+            program,
+            key,
+            pkt_len,
+        );
         entry.built_at = now;
         entry.hits = 1;
         match stale {
@@ -143,64 +150,74 @@ impl OvnLcore {
             generated: &self.generated,
         })
     }
+}
 
-    /// Runs the interpreter; returns the entry and whether it may be cached.
-    fn run(&mut self, program: &Program, key: &FlowKey, pkt_len: u32) -> (FlowEntry, bool) {
-        self.generated.clear();
-        let mut entry = FlowEntry {
-            generation: program.generation,
-            ..Default::default()
+/// Runs the interpreter; returns the entry and whether it may be cached.
+/// (A function of the lcore's parts, so that the program stays borrowed
+/// from the lcore rather than cloned per miss.)
+fn run(
+    interpreter: &mut Interpreter,
+    generated: &mut Vec<GeneratedPacket>,
+    learned: &ArrayQueue<Learned>,
+    learned_lost: &mut u64,
+    program: &Program,
+    key: &FlowKey,
+    pkt_len: u32,
+) -> (FlowEntry, bool) {
+    generated.clear();
+    let mut entry = FlowEntry {
+        generation: program.generation,
+        ..Default::default()
+    };
+    let Some(inport) = program.port_by_fastpath(key.in_port()) else {
+        entry.drop = Some(EntryDrop::Pipeline(super::DropCause::UnknownInport));
+        return (entry, true);
+    };
+    let verdict = interpreter.run(program, inport, key, pkt_len);
+    let mut remote = false;
+    let mut unwritable = false;
+    for em in &verdict.emissions {
+        let Some(port) = program
+            .ports
+            .get(em.port as usize)
+            .and_then(|p| p.fastpath_port)
+        else {
+            remote = true;
+            continue;
         };
-        let Some(inport) = program.port_by_fastpath(key.in_port()) else {
-            entry.drop = Some(EntryDrop::Pipeline(super::DropCause::UnknownInport));
-            return (entry, true);
-        };
-        let verdict = self.interpreter.run(program, inport, key, pkt_len);
-        let mut remote = false;
-        let mut unwritable = false;
-        for em in &verdict.emissions {
-            let Some(port) = program
-                .ports
-                .get(em.port as usize)
-                .and_then(|p| p.fastpath_port)
-            else {
-                remote = true;
-                continue;
-            };
-            if let Some(kind) = em.generated {
-                self.generated.push(GeneratedPacket {
-                    port,
-                    kind,
-                    vector: em.vector,
-                });
-                continue;
-            }
-            match Rewrite::plan(key, &em.vector) {
-                Ok(rewrite) => entry.outputs.push(CachedOutput {
-                    port,
-                    logical_port: em.port,
-                    rewrite,
-                }),
-                Err(_) => unwritable = true,
-            }
-        }
-        for l in &verdict.learned {
-            if self.learned.push(*l).is_err() {
-                self.learned_lost += 1;
-            }
-        }
-        if entry.outputs.is_empty() && self.generated.is_empty() {
-            entry.drop = Some(if let Some(cause) = verdict.drop_cause() {
-                EntryDrop::Pipeline(cause)
-            } else if unwritable {
-                EntryDrop::Rewrite
-            } else if remote {
-                EntryDrop::RemoteOutport
-            } else {
-                EntryDrop::Pipeline(super::DropCause::Implicit)
+        if let Some(kind) = em.generated {
+            generated.push(GeneratedPacket {
+                port,
+                kind,
+                vector: em.vector,
             });
+            continue;
         }
-        let cacheable = !verdict.length_dependent && !verdict.generated;
-        (entry, cacheable)
+        match Rewrite::plan(key, &em.vector) {
+            Ok(rewrite) => entry.outputs.push(CachedOutput {
+                port,
+                logical_port: em.port,
+                rewrite,
+            }),
+            Err(_) => unwritable = true,
+        }
     }
+    for l in &verdict.learned {
+        if learned.push(*l).is_err() {
+            *learned_lost += 1;
+        }
+    }
+    if entry.outputs.is_empty() && generated.is_empty() {
+        entry.drop = Some(if let Some(cause) = verdict.drop_cause() {
+            EntryDrop::Pipeline(cause)
+        } else if unwritable {
+            EntryDrop::Rewrite
+        } else if remote {
+            EntryDrop::RemoteOutport
+        } else {
+            EntryDrop::Pipeline(super::DropCause::Implicit)
+        });
+    }
+    let cacheable = !verdict.length_dependent && !verdict.generated;
+    (entry, cacheable)
 }

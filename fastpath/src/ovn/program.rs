@@ -1,17 +1,20 @@
 //! The lookup structures the fastpath derives from one generation of the
 //! OVN sections, built by the table watcher off the hot path: datapaths by
-//! key with one [`Classifier`] per (pipeline, table), ports by key and by
-//! name, multicast groups, MAC bindings, and the flows' instructions.
+//! key with one [`Classifier`] per (pipeline, table) and the pass-through
+//! tables the interpreter may skip, ports by key and by name, multicast
+//! groups, MAC bindings, and the flows' instructions.
 //!
 //! Owns loading and lookups; it must not execute actions. Everything is
 //! copied out of the shared mapping, so a program outlives its snapshot and
 //! a misbehaving writer cannot change it under a worker.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
+use hashbrown::HashMap;
+
 use fastpath_tables::ovn::{
-    datapath_kind, OvnInstruction, OvnPortSecurity, OvnSections, NONE_U16, NONE_U32, OVN_PORT_LOCAL,
+    datapath_kind, op, OvnInstruction, OvnPortSecurity, OvnSections, NONE_U16, NONE_U32,
+    OVN_PORT_LOCAL,
 };
 use fastpath_tables::sections::SlotSections;
 
@@ -57,6 +60,10 @@ pub struct Datapath {
     pub name: String,
     /// Classifiers by pipeline then table id.
     pub tables: [Vec<Classifier>; 2],
+    /// By pipeline then table id: the first table at or after it that is
+    /// not a pass-through, and how many pass-through tables lie between
+    /// (see [`Program::skip`]).
+    pub skips: [Vec<(u16, u16)>; 2],
 }
 
 /// One logical port.
@@ -149,6 +156,7 @@ impl Program {
                 is_router: d.kind == datapath_kind::ROUTER,
                 name: s.string(d.name),
                 tables: [Vec::new(), Vec::new()],
+                skips: [Vec::new(), Vec::new()],
             });
         }
         for (i, lp) in s.ports.iter().enumerate() {
@@ -252,7 +260,59 @@ impl Program {
             }
             tables[usize::from(table)] = Classifier::new(&list);
         }
+        for d in 0..p.datapaths.len() {
+            for pipe in 0..2u8 {
+                let skips = p.pass_through_skips(d, pipe);
+                p.datapaths[d].skips[usize::from(pipe)] = skips;
+            }
+        }
         Ok(p)
+    }
+
+    /// A table is a pass-through when every packet gets the same flow and
+    /// that flow's only action is `next;` to the following table of the
+    /// same pipeline (northd's default flow in a table with nothing else
+    /// for this datapath). Running it changes nothing but the call depth.
+    fn pass_through_skips(&self, datapath: usize, pipe: u8) -> Vec<(u16, u16)> {
+        let tables = &self.datapaths[datapath].tables[usize::from(pipe)];
+        let pass: Vec<bool> = tables
+            .iter()
+            .enumerate()
+            .map(|(t, c)| {
+                let Some(flow) = c.constant().and_then(|id| self.flows.get(id as usize)) else {
+                    return false;
+                };
+                match self.code.get(flow.actions.clone()) {
+                    Some([ins]) => {
+                        ins.op == op::NEXT
+                            && ins.count.min(1) == u32::from(pipe)
+                            && usize::from(ins.arg) == t + 1
+                    }
+                    _ => false,
+                }
+            })
+            .collect();
+        let mut skips = vec![(0u16, 0u16); pass.len()];
+        let mut target = pass.len();
+        for t in (0..pass.len()).rev() {
+            if !pass[t] {
+                target = t;
+            }
+            skips[t] = (target as u16, (target - t) as u16);
+        }
+        skips
+    }
+
+    /// Where a packet entering `table` really starts: the first table at
+    /// or after it that is not a pass-through, and the number of
+    /// pass-through tables (each a `next;` call) in between.
+    #[inline]
+    pub fn skip(&self, datapath: u32, pipeline: u8, table: u16) -> (u16, u16) {
+        self.datapaths
+            .get(datapath as usize)
+            .and_then(|d| d.skips[usize::from(pipeline.min(1))].get(usize::from(table)))
+            .copied()
+            .unwrap_or((table, 0))
     }
 
     /// The classifier of a table, if it has rules.
