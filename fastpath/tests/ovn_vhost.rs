@@ -8,9 +8,11 @@
 
 mod common;
 
+use fastpath_packet::checksum::checksum;
+
 use common::{receive, send, virtio_port, Fastpath};
 use fastpath_api::{LcoreFlows, LcoreInfo, Request, Stats, TablesInfo, TraceResult};
-use ovsdb::testing::OvsdbServer;
+use ovsdb::testing::OvnCentral;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,19 +23,16 @@ const GW0: [u8; 6] = [0, 0, 0, 0, 0xff, 1];
 const GW1: [u8; 6] = [0, 0, 0, 0, 0xff, 2];
 
 /// NB + SB + northd + `ovn-bridge compile`; killed on drop.
+/// An OVN central (`ovsdb::testing::OvnCentral`) plus the `ovn-bridge
+/// compile` process following its Southbound DB; all killed on drop.
 struct Central {
-    nb: OvsdbServer,
-    sb: OvsdbServer,
-    northd: Child,
+    ovn: OvnCentral,
     compile: Option<Child>,
 }
 
 impl Drop for Central {
     fn drop(&mut self) {
-        for c in [Some(&mut self.northd), self.compile.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(c) = self.compile.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -49,42 +48,22 @@ fn mac_text(m: &[u8; 6]) -> String {
 
 impl Central {
     fn start() -> Central {
-        let nb = OvsdbServer::start_nb().expect("nb");
-        let sb = OvsdbServer::start_sb().expect("sb");
-        let dir = nb.dir().to_path_buf();
-        let northd = Command::new("ovn-northd")
-            .arg(format!("--ovnnb-db={}", nb.remote))
-            .arg(format!("--ovnsb-db={}", sb.remote))
-            .arg(format!("--unixctl={}", dir.join("northd.ctl").display()))
-            .arg(format!("--log-file={}", dir.join("northd.log").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ovn-northd");
         Central {
-            nb,
-            sb,
-            northd,
+            ovn: OvnCentral::start().expect("NB, SB and ovn-northd"),
             compile: None,
         }
     }
 
     fn nb(&self, args: &[&str]) {
-        self.nb
+        self.ovn
             .nbctl(args)
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     }
 
     fn sync(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .nb
-            .nbctl(&["--timeout=10", "--wait=sb", "sync"])
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "northd never caught up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.ovn
+            .sync(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("northd never caught up: {e}"));
     }
 
     /// sw0 (p1 10.0.0.11) and sw1 (p3 10.0.1.13) behind lr0, with port
@@ -116,12 +95,12 @@ impl Central {
                 self.nb(&["lsp-set-port-security", p, &addr]);
             }
         }
-        self.sb
+        self.ovn
             .sbctl(&["chassis-add", "hv1", "geneve", "127.0.0.1"])
             .expect("chassis");
         self.sync();
         for p in ["p1", "p3"] {
-            self.sb.sbctl(&["lsp-bind", p, "hv1"]).expect("bind");
+            self.ovn.sbctl(&["lsp-bind", p, "hv1"]).expect("bind");
         }
         self.sync();
     }
@@ -138,7 +117,7 @@ impl Central {
         let log = std::fs::File::create(log).expect("log");
         self.compile = Some(
             Command::new(bin)
-                .args(["compile", "--sb", &self.sb.remote, "--chassis", "hv1"])
+                .args(["compile", "--sb", &self.ovn.sb.remote, "--chassis", "hv1"])
                 .arg("--tables")
                 .arg(tables)
                 .args(["--port", "p1=0", "--port", "p3=1"])
@@ -150,23 +129,12 @@ impl Central {
     }
 }
 
-fn csum(d: &[u8]) -> u16 {
-    let mut s: u32 = d
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
 fn ipv4(src: [u8; 4], dst: [u8; 4], ttl: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
     let mut h = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, ttl, proto, 0, 0];
     h[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
     h.extend_from_slice(&src);
     h.extend_from_slice(&dst);
-    let c = csum(&h);
+    let c = checksum(&h);
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h.extend_from_slice(payload);
     h
@@ -260,7 +228,7 @@ fn routed_arp_ping_port_security_and_table_change() {
         assert_eq!(&f[0..6], &P3, "destination MAC is p3's");
         assert_eq!(&f[6..12], &GW1, "source MAC is the router port's");
         assert_eq!(f[22], 63, "TTL decremented");
-        assert_eq!(csum(&f[14..34]), 0, "IPv4 header checksum valid");
+        assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum valid");
         assert_eq!(&f[30..34], &[10, 0, 1, 13]);
     }
     let s = stats(&fp);
@@ -290,7 +258,7 @@ fn routed_arp_ping_port_security_and_table_change() {
 
     // The gateway answers ping.
     let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8];
-    let c = csum(&icmp);
+    let c = checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     send(
         &pa,
@@ -309,8 +277,8 @@ fn routed_arp_ping_port_security_and_table_change() {
     assert_eq!(&r[26..30], &[10, 0, 0, 1], "from the gateway");
     assert_eq!(&r[30..34], &[10, 0, 0, 11], "to the pinger");
     assert_eq!(r[34], 0, "echo reply type");
-    assert_eq!(csum(&r[14..34]), 0, "IPv4 header checksum valid");
-    assert_eq!(csum(&r[34..50]), 0, "ICMP checksum valid");
+    assert_eq!(checksum(&r[14..34]), 0, "IPv4 header checksum valid");
+    assert_eq!(checksum(&r[34..50]), 0, "ICMP checksum valid");
 
     // Port security: a spoofed source is dropped and counted.
     let before = stats(&fp);

@@ -15,10 +15,10 @@ use crate::runner::{
 };
 use anyhow::{bail, Context, Result};
 use fastpath_api::{LcoreInfo, Request, TablesInfo};
-use ovsdb::testing::OvsdbServer;
+use ovsdb::testing::OvnCentral;
 use serde::Serialize;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const P1: &str = "50:54:00:00:00:01";
@@ -56,56 +56,27 @@ pub struct OvnReport {
     pub systems: Vec<SystemResult>,
 }
 
-struct Central {
-    nb: OvsdbServer,
-    sb: OvsdbServer,
-    northd: Child,
-}
-
-impl Drop for Central {
-    fn drop(&mut self) {
-        let _ = self.northd.kill();
-        let _ = self.northd.wait();
-    }
-}
+/// The OVN central of a scenario (`ovsdb::testing::OvnCentral`).
+struct Central(OvnCentral);
 
 impl Central {
     fn start() -> Result<Central> {
-        let nb = OvsdbServer::start_nb().context("NB ovsdb-server")?;
-        let sb = OvsdbServer::start_sb().context("SB ovsdb-server")?;
-        let dir = nb.dir().to_path_buf();
-        let northd = Command::new("ovn-northd")
-            .arg(format!("--ovnnb-db={}", nb.remote))
-            .arg(format!("--ovnsb-db={}", sb.remote))
-            .arg(format!("--unixctl={}", dir.join("northd.ctl").display()))
-            .arg(format!("--log-file={}", dir.join("northd.log").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting ovn-northd")?;
-        Ok(Central { nb, sb, northd })
+        Ok(Central(
+            OvnCentral::start().context("starting NB, SB and ovn-northd")?,
+        ))
     }
 
     fn nb(&self, args: &[&str]) -> Result<()> {
-        self.nb
+        self.0
             .nbctl(args)
             .with_context(|| format!("ovn-nbctl {args:?}"))?;
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .nb
-            .nbctl(&["--timeout=10", "--wait=sb", "sync"])
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("ovn-northd never caught up");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        self.0
+            .sync(Duration::from_secs(30))
+            .context("ovn-northd never caught up")
     }
 
     /// sw0 (p1, p2) and sw1 (p3) behind lr0, all bound to hv1.
@@ -129,12 +100,12 @@ impl Central {
             self.nb(&["lsp-add", sw, p])?;
             self.nb(&["lsp-set-addresses", p, &format!("{m} {ip}")])?;
         }
-        self.sb
+        self.0
             .sbctl(&["chassis-add", "hv1", "geneve", "127.0.0.1"])
             .context("chassis-add")?;
         self.sync()?;
         for p in ["p1", "p2", "p3"] {
-            self.sb.sbctl(&["lsp-bind", p, "hv1"]).context("lsp-bind")?;
+            self.0.sbctl(&["lsp-bind", p, "hv1"]).context("lsp-bind")?;
         }
         self.sync()
     }
@@ -150,7 +121,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     let tables = dir.join("tables");
     let target = if routed { "p3" } else { "p2" };
     let out = Command::new(crate::sibling("ovn-bridge"))
-        .args(["compile", "--sb", &central.sb.remote, "--chassis", "hv1"])
+        .args(["compile", "--sb", &central.0.sb.remote, "--chassis", "hv1"])
         .arg("--tables")
         .arg(&tables)
         .args(["--port", "p1=0", "--port", &format!("{target}=1"), "--once"])

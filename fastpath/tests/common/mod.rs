@@ -257,6 +257,8 @@ pub fn receive(port: &EthPort, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
 
 /// Frames of several kinds, with distinct contents.
 pub mod frames {
+    use fastpath_packet::checksum::checksum;
+
     fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&dst);
@@ -268,24 +270,13 @@ pub mod frames {
     const A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
     const B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
-    fn csum(d: &[u8]) -> u16 {
-        let mut s: u32 = d
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-            .sum();
-        while s >> 16 != 0 {
-            s = (s & 0xffff) + (s >> 16);
-        }
-        !(s as u16)
-    }
-
     fn ipv4(proto: u8, payload: &[u8]) -> Vec<u8> {
         let mut h = vec![
             0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
         ];
         let len = (20 + payload.len()) as u16;
         h[2..4].copy_from_slice(&len.to_be_bytes());
-        let c = csum(&h);
+        let c = checksum(&h);
         h[10..12].copy_from_slice(&c.to_be_bytes());
         h.extend_from_slice(payload);
         h
@@ -347,7 +338,7 @@ pub mod frames {
         f.extend_from_slice(&0x0800u16.to_be_bytes());
         let mut icmp = vec![8, 0, 0, 0, 0, 7, 0, 1];
         icmp.extend_from_slice(&[tag; 32]);
-        let c = csum(&icmp);
+        let c = checksum(&icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         f.extend_from_slice(&ipv4(1, &icmp));
         f

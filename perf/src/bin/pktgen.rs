@@ -11,6 +11,7 @@ use clap::Parser;
 use fastpath::dpdk::{
     self, Eal, EthPort, Mempool, MempoolConfig, PortConfig, RxBurst, TxBuffer, BURST_SIZE,
 };
+use fastpath_packet::checksum::checksum;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -115,22 +116,6 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
     Ok(m)
 }
 
-fn csum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
-        sum += u32::from(w);
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Builds the frame of flow `flow` (UDP source port varies).
 fn build_frame(cli: &Cli, src: [u8; 6], dst: [u8; 6], flow: u32) -> Vec<u8> {
     let len = usize::from(cli.size).saturating_sub(4).max(60);
@@ -146,7 +131,7 @@ fn build_frame(cli: &Cli, src: [u8; 6], dst: [u8; 6], flow: u32) -> Vec<u8> {
     ip[9] = 17;
     ip[12..16].copy_from_slice(&cli.src_ip.octets());
     ip[16..20].copy_from_slice(&cli.dst_ip.octets());
-    let c = csum(ip);
+    let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let udp = &mut f[34..42];
     let sport = 1024 + (flow % 64000) as u16;
