@@ -3,7 +3,9 @@
 //! configuration; `worker` is the run-to-completion loop of each lcore;
 //! `pipeline` decides where packets go; `stats` holds the counters;
 //! `tables` follows the compiled tables in shared memory; `ovn` runs
-//! the OVN logical pipeline over them (no EAL needed);
+//! the OVN logical pipeline over them (no EAL needed); `conntrack` tracks
+//! connections and translates addresses for its `ct_*` actions; `meter`
+//! holds the QoS policers; `tunnel` encapsulates and decapsulates Geneve;
 //! `control` serves the control socket off the worker lcores; `daemon`
 //! starts and stops it all.
 
@@ -11,8 +13,10 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dpdk;
+pub mod meter;
 pub mod ovn;
 pub mod pipeline;
 pub mod stats;
 pub mod tables;
+pub mod tunnel;
 pub mod worker;

@@ -72,6 +72,8 @@
 #[cfg(not(loom))]
 mod builder;
 #[cfg(not(loom))]
+pub mod chassis;
+#[cfg(not(loom))]
 pub mod checksum;
 #[cfg(not(loom))]
 pub mod layout;
