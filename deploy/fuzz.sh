@@ -15,6 +15,7 @@ targets=(
   "fastpath/packet parse_frame"
   "fastpath/tables validate_slot"
   "ovn-bridge/ovsdb codec"
+  "fastpath conntrack"
 )
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 for t in "${targets[@]}"; do

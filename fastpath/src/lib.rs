@@ -10,6 +10,7 @@
 //! starts and stops it all.
 
 pub mod config;
+pub mod conntrack;
 pub mod control;
 pub mod daemon;
 pub mod dpdk;

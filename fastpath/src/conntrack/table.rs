@@ -1,0 +1,1004 @@
+//! The shared connection table: shards, entries, lookups, commits with NAT,
+//! expiry, flush and listing. See the parent module for the locking scheme.
+
+use super::nat::{NatRange, Rewrite, Translation};
+use super::proto::{tcp_can_open, tcp_next, Dir, L4State, TcpState, TimeoutsNs, Verdict};
+use super::tuple::{addr_from_bytes, addr_to_bytes, icmp4, icmp6, CtPacket, PacketClass, Tuple};
+use super::{ct_state, ConntrackConfig, CtCommit, CtEntryView, CtError, CtFilter, CtResult};
+use fastpath_packet::ip_proto;
+use hashbrown::HashTable;
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+/// Stable identity of a connection: its slot and the slot's incarnation. A
+/// flow cache keeps it and hands it to [`Conntrack::touch`], which answers
+/// `None` once the connection is gone or the slot holds another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    slot: u32,
+    incarnation: u32,
+}
+
+/// (zone, tuple): what the index is keyed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Key {
+    zone: u16,
+    tuple: Tuple,
+}
+
+impl Key {
+    #[inline]
+    fn hash(&self) -> u64 {
+        self.tuple.symmetric_hash(self.zone)
+    }
+}
+
+/// One index entry: a key and the connection it belongs to.
+#[derive(Clone, Copy, Debug)]
+struct KeyRef {
+    key: Key,
+    hash: u64,
+    /// Shard whose slab holds the connection.
+    home: u16,
+    slot: u32,
+    incarnation: u32,
+    dir: Dir,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    live: bool,
+    incarnation: u32,
+    zone: u16,
+    orig: Tuple,
+    reply: Tuple,
+    reply_shard: u16,
+    l4: L4State,
+    replied: bool,
+    nat: u32,
+    mark: u32,
+    label: u128,
+    created: u64,
+    last_seen: u64,
+    expires_at: u64,
+    packets: [u64; 2],
+    bytes: [u64; 2],
+}
+
+impl Entry {
+    fn dead() -> Entry {
+        Entry {
+            live: false,
+            incarnation: 0,
+            zone: 0,
+            orig: Tuple::default(),
+            reply: Tuple::default(),
+            reply_shard: 0,
+            l4: L4State::Other,
+            replied: false,
+            nat: 0,
+            mark: 0,
+            label: 0,
+            created: 0,
+            last_seen: 0,
+            expires_at: 0,
+            packets: [0; 2],
+            bytes: [0; 2],
+        }
+    }
+
+    /// Runs a packet through the entry: state machine, refresh, counters.
+    #[inline]
+    fn update(
+        &mut self,
+        dir: Dir,
+        flags: u16,
+        len: u32,
+        now: u64,
+        t: &TimeoutsNs,
+        count: bool,
+    ) -> Verdict {
+        let v = match self.l4 {
+            L4State::Tcp(st) => tcp_next(st, dir, flags),
+            other => Verdict::Valid(other),
+        };
+        if let Verdict::Valid(st) = v {
+            self.l4 = st;
+            if dir == Dir::Reply {
+                self.replied = true;
+            }
+            self.last_seen = now;
+            self.expires_at = now.saturating_add(t.of(st, self.replied));
+            if count {
+                let d = dir as usize;
+                self.packets[d] += 1;
+                self.bytes[d] += len as u64;
+            }
+        }
+        v
+    }
+
+    fn translation(&self, dir: Dir) -> Option<Translation> {
+        if self.nat == 0 {
+            return None;
+        }
+        let snat = self.nat & ct_state::SNAT != 0;
+        let dnat = self.nat & ct_state::DNAT != 0;
+        let rw = |from: ([u8; 16], u16), to: ([u8; 16], u16)| Rewrite {
+            from_addr: from.0,
+            to_addr: to.0,
+            from_port: from.1,
+            to_port: to.1,
+        };
+        let (src, dst) = match dir {
+            Dir::Original => (
+                snat.then(|| rw(self.orig.src_endpoint(), self.reply.dst_endpoint())),
+                dnat.then(|| rw(self.orig.dst_endpoint(), self.reply.src_endpoint())),
+            ),
+            Dir::Reply => (
+                dnat.then(|| rw(self.reply.src_endpoint(), self.orig.dst_endpoint())),
+                snat.then(|| rw(self.reply.dst_endpoint(), self.orig.src_endpoint())),
+            ),
+        };
+        Some(Translation {
+            src,
+            dst,
+            proto: self.orig.proto,
+            ipv6: self.orig.ipv6,
+            related: false,
+        })
+    }
+
+    fn result(&self, dir: Dir, id: ConnId) -> CtResult {
+        let mut state = ct_state::TRK | self.nat;
+        state |= if self.replied {
+            ct_state::EST
+        } else {
+            ct_state::NEW
+        };
+        if dir == Dir::Reply {
+            state |= ct_state::RPL;
+        }
+        CtResult {
+            state,
+            mark: self.mark,
+            label: self.label,
+            conn: Some(id),
+            nat: self.translation(dir),
+            original: Some(self.orig),
+        }
+    }
+
+    fn related(&self, dir: Dir, id: ConnId) -> CtResult {
+        let mut state = ct_state::TRK | ct_state::REL | self.nat;
+        if dir == Dir::Reply {
+            state |= ct_state::RPL;
+        }
+        CtResult {
+            state,
+            mark: self.mark,
+            label: self.label,
+            conn: Some(id),
+            nat: self
+                .translation(dir)
+                .map(|t| Translation { related: true, ..t }),
+            original: Some(self.orig),
+        }
+    }
+
+    fn reopenable(&self) -> bool {
+        matches!(self.l4, L4State::Tcp(TcpState::TimeWait | TcpState::Closed))
+    }
+}
+
+struct Shard {
+    index: HashTable<KeyRef>,
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    live: usize,
+    cursor: usize,
+}
+
+#[repr(align(64))]
+struct ShardCell {
+    lock: Mutex<Shard>,
+    /// Current incarnation of every slot, readable without the lock: an index
+    /// entry whose incarnation differs is stale.
+    incarnation: Box<[AtomicU32]>,
+}
+
+/// An index entry in another shard left to remove after a connection died.
+struct Deferred {
+    shard: usize,
+    hash: u64,
+    key: Key,
+    home: u16,
+    slot: u32,
+}
+
+/// The connection tracker shared by all lcores (`Send + Sync`).
+pub struct Conntrack {
+    shards: Box<[ShardCell]>,
+    shard_bits: u32,
+    per_shard: usize,
+    timeouts: TimeoutsNs,
+    max_timeout: u64,
+    nat_attempts: usize,
+    expire_start: AtomicUsize,
+}
+
+/// Spins on `try_lock` a bounded number of times (for a lock taken out of
+/// the shard order, which must never block).
+const TRY_LOCK_SPINS: usize = 256;
+
+enum Create {
+    Done(CtResult),
+    Retry,
+}
+
+impl Conntrack {
+    /// A tracker with the given capacity, shard count (rounded up to a power
+    /// of two, at most 1024) and timeouts. All memory for entries and index is
+    /// reserved here; steady-state operation does not allocate.
+    pub fn new(config: &ConntrackConfig) -> Conntrack {
+        let shards = config.shards.clamp(1, 1024).next_power_of_two();
+        let per_shard = (config.capacity / shards).max(1);
+        let cells = (0..shards)
+            .map(|_| ShardCell {
+                lock: Mutex::new(Shard {
+                    index: HashTable::with_capacity(per_shard * 2 + 8),
+                    entries: Vec::with_capacity(per_shard),
+                    free: Vec::with_capacity(per_shard),
+                    live: 0,
+                    cursor: 0,
+                }),
+                incarnation: (0..per_shard).map(|_| AtomicU32::new(0)).collect(),
+            })
+            .collect();
+        Conntrack {
+            shards: cells,
+            shard_bits: shards.trailing_zeros(),
+            per_shard,
+            timeouts: TimeoutsNs::new(&config.timeouts),
+            max_timeout: config.timeouts.max_ns(),
+            nat_attempts: config.nat_attempts.max(1),
+            expire_start: AtomicUsize::new(0),
+        }
+    }
+
+    /// Most connections the table holds (the configured capacity rounded
+    /// down to a multiple of the shard count, at least one per shard).
+    pub fn capacity(&self) -> usize {
+        self.per_shard * self.shards.len()
+    }
+
+    /// The longest timeout, in ns: no entry outlives its last packet by more.
+    pub fn max_timeout_ns(&self) -> u64 {
+        self.max_timeout
+    }
+
+    #[inline]
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> 40) as usize & (self.shards.len() - 1)
+    }
+
+    #[inline]
+    fn conn_id(&self, shard: usize, slot: u32, incarnation: u32) -> ConnId {
+        ConnId {
+            slot: slot << self.shard_bits | shard as u32,
+            incarnation,
+        }
+    }
+
+    fn is_stale(&self, kr: &KeyRef) -> bool {
+        self.shards[kr.home as usize].incarnation[kr.slot as usize].load(Ordering::Acquire)
+            != kr.incarnation
+    }
+
+    /// Finds the live, unexpired connection `key` belongs to and runs `f` on
+    /// it under its shard's lock.
+    #[inline]
+    fn with_entry<T>(
+        &self,
+        key: &Key,
+        now: u64,
+        f: impl FnOnce(&mut Entry, Dir, ConnId) -> T,
+    ) -> Option<T> {
+        let h = key.hash();
+        let s = self.shard_of(h);
+        let mut g = self.shards[s].lock.lock();
+        let kr = *g.index.find(h, |k| k.key == *key)?;
+        let home = kr.home as usize;
+        let mut other;
+        let shard: &mut Shard = if home == s {
+            &mut g
+        } else {
+            drop(g);
+            other = self.shards[home].lock.lock();
+            &mut other
+        };
+        let e = shard.entries.get_mut(kr.slot as usize)?;
+        if !e.live || e.incarnation != kr.incarnation || e.expires_at <= now {
+            return None;
+        }
+        let id = self.conn_id(home, kr.slot, kr.incarnation);
+        Some(f(e, kr.dir, id))
+    }
+
+    /// `ct` without commit: classifies the packet against zone `zone`,
+    /// refreshes the connection and advances its TCP state. A packet of no
+    /// connection reports `trk|new` if it could open one (and leaves nothing
+    /// behind), else `trk|inv`.
+    pub fn lookup(&self, zone: u16, packet: &CtPacket, now: u64) -> CtResult {
+        match packet.class {
+            PacketClass::Untrackable => CtResult::invalid(),
+            PacketClass::IcmpError { inner } => self.related(zone, &inner, now),
+            PacketClass::Trackable => {
+                let key = Key {
+                    zone,
+                    tuple: packet.tuple,
+                };
+                let t = &self.timeouts;
+                let found = self.with_entry(&key, now, |e, dir, id| {
+                    match e.update(dir, packet.tcp_flags, packet.len, now, t, true) {
+                        Verdict::Valid(_) => Some(e.result(dir, id)),
+                        Verdict::Invalid => Some(CtResult::invalid()),
+                        Verdict::Reopen => None,
+                    }
+                });
+                match found {
+                    Some(Some(r)) => r,
+                    _ => new_or_invalid(packet),
+                }
+            }
+        }
+    }
+
+    /// [`Conntrack::lookup`] without side effects: the same classification,
+    /// but no refresh, no state change and no counters (for traces).
+    pub fn peek(&self, zone: u16, packet: &CtPacket, now: u64) -> CtResult {
+        match packet.class {
+            PacketClass::Untrackable => CtResult::invalid(),
+            PacketClass::IcmpError { inner } => self.related(zone, &inner, now),
+            PacketClass::Trackable => {
+                let key = Key {
+                    zone,
+                    tuple: packet.tuple,
+                };
+                let t = &self.timeouts;
+                let found = self.with_entry(&key, now, |e, dir, id| {
+                    let mut copy = e.clone();
+                    match copy.update(dir, packet.tcp_flags, packet.len, now, t, false) {
+                        Verdict::Valid(_) => Some(copy.result(dir, id)),
+                        Verdict::Invalid => Some(CtResult::invalid()),
+                        Verdict::Reopen => None,
+                    }
+                });
+                match found {
+                    Some(Some(r)) => r,
+                    _ => new_or_invalid(packet),
+                }
+            }
+        }
+    }
+
+    /// The cheap per-packet path of a flow-cache hit: `id` from an earlier
+    /// result, `dir` the packet's direction. Refreshes and advances the
+    /// connection like [`Conntrack::lookup`]. `None` if the connection is
+    /// gone, expired, replaced, or a SYN reopens it (the caller then takes
+    /// the slow path); an invalid packet gives `trk|inv`.
+    #[inline]
+    pub fn touch(
+        &self,
+        id: ConnId,
+        dir: Dir,
+        tcp_flags: u16,
+        len: u32,
+        now: u64,
+    ) -> Option<CtResult> {
+        let shard = (id.slot as usize) & (self.shards.len() - 1);
+        let slot = (id.slot >> self.shard_bits) as usize;
+        let mut g = self.shards.get(shard)?.lock.lock();
+        let e = g.entries.get_mut(slot)?;
+        if !e.live || e.incarnation != id.incarnation || e.expires_at <= now {
+            return None;
+        }
+        match e.update(dir, tcp_flags, len, now, &self.timeouts, true) {
+            Verdict::Valid(_) => Some(e.result(dir, id)),
+            Verdict::Invalid => Some(CtResult::invalid()),
+            Verdict::Reopen => None,
+        }
+    }
+
+    fn related(&self, zone: u16, inner: &Tuple, now: u64) -> CtResult {
+        let key = Key {
+            zone,
+            tuple: inner.reverse(),
+        };
+        self.with_entry(&key, now, |e, dir, id| e.related(dir, id))
+            .unwrap_or_else(CtResult::invalid)
+    }
+
+    /// `ct(commit)`: like [`Conntrack::lookup`], and creates the connection
+    /// if there is none (with the NAT of `commit`), then sets mark and label
+    /// under their masks. Invalid packets and ICMP errors create nothing and
+    /// report as a lookup would. An existing connection keeps its NAT.
+    pub fn commit(
+        &self,
+        zone: u16,
+        packet: &CtPacket,
+        commit: &CtCommit,
+        now: u64,
+    ) -> Result<CtResult, CtError> {
+        match packet.class {
+            PacketClass::Untrackable => return Ok(CtResult::invalid()),
+            PacketClass::IcmpError { inner } => return Ok(self.related(zone, &inner, now)),
+            PacketClass::Trackable => {}
+        }
+        let key = Key {
+            zone,
+            tuple: packet.tuple,
+        };
+        let t = &self.timeouts;
+        for _ in 0..4 {
+            let found = self.with_entry(&key, now, |e, dir, id| {
+                match e.update(dir, packet.tcp_flags, packet.len, now, t, false) {
+                    Verdict::Valid(_) => {
+                        e.mark = (e.mark & !commit.mark_mask) | (commit.mark & commit.mark_mask);
+                        e.label =
+                            (e.label & !commit.label_mask) | (commit.label & commit.label_mask);
+                        Some(e.result(dir, id))
+                    }
+                    Verdict::Invalid => Some(CtResult::invalid()),
+                    Verdict::Reopen => None,
+                }
+            });
+            if let Some(Some(r)) = found {
+                return Ok(r);
+            }
+            if !can_open(packet) {
+                return Ok(CtResult::invalid());
+            }
+            match self.create(&key, packet, commit, now)? {
+                Create::Done(r) => return Ok(r),
+                Create::Retry => continue,
+            }
+        }
+        Err(CtError::Contended)
+    }
+
+    fn create(&self, key: &Key, p: &CtPacket, c: &CtCommit, now: u64) -> Result<Create, CtError> {
+        let h = key.hash();
+        let s = self.shard_of(h);
+        let mut deferred: Option<Deferred> = None;
+        let out = self.create_locked(key, h, s, p, c, now, &mut deferred);
+        if let Some(d) = deferred {
+            self.finish_deferred(d);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_locked(
+        &self,
+        key: &Key,
+        h: u64,
+        s: usize,
+        p: &CtPacket,
+        c: &CtCommit,
+        now: u64,
+        deferred: &mut Option<Deferred>,
+    ) -> Result<Create, CtError> {
+        let mut gs = self.shards[s].lock.lock();
+        // An entry for this key: stale, expired, closed (a SYN reopens it),
+        // or live (someone committed meanwhile: retry the update path).
+        if let Some(kr) = gs.index.find(h, |k| k.key == *key).copied() {
+            if kr.home as usize == s {
+                let e = &gs.entries[kr.slot as usize];
+                if e.live && e.incarnation == kr.incarnation {
+                    if e.expires_at > now && !(e.reopenable() && p.tuple.proto == ip_proto::TCP) {
+                        return Ok(Create::Retry);
+                    }
+                    *deferred = self.remove_locked(s, &mut gs, kr.slot);
+                } else {
+                    remove_keyref(&mut gs, &kr);
+                }
+            } else if self.is_stale(&kr) {
+                remove_keyref(&mut gs, &kr);
+            } else {
+                // A live connection elsewhere answers to this key: let its
+                // home shard judge it (expired or closed ones are removed).
+                drop(gs);
+                self.remove_if_finished(kr.home as usize, kr.slot, kr.incarnation, now);
+                return Ok(Create::Retry);
+            }
+        }
+        if gs.free.is_empty() && gs.entries.len() >= self.per_shard {
+            return Err(CtError::TableFull);
+        }
+        let (nat_bits, cands) = self.candidates(key, c)?;
+        for reply in cands.take(self.nat_attempts) {
+            let rkey = Key {
+                zone: key.zone,
+                tuple: reply,
+            };
+            let rh = rkey.hash();
+            let r = self.shard_of(rh);
+            if r == s {
+                if self.key_free(s, &mut gs, rh, &rkey, now, deferred) {
+                    let res = self.insert(s, &mut gs, None, key, h, &rkey, rh, p, c, nat_bits, now);
+                    return Ok(Create::Done(res));
+                }
+                continue;
+            }
+            let gr = if r > s {
+                Some(self.shards[r].lock.lock())
+            } else {
+                (0..TRY_LOCK_SPINS).find_map(|_| {
+                    let g = self.shards[r].lock.try_lock();
+                    if g.is_none() {
+                        std::hint::spin_loop();
+                    }
+                    g
+                })
+            };
+            let Some(mut gr) = gr else { continue };
+            if self.key_free(r, &mut gr, rh, &rkey, now, &mut None) {
+                let res = self.insert(
+                    s,
+                    &mut gs,
+                    Some((r, &mut gr)),
+                    key,
+                    h,
+                    &rkey,
+                    rh,
+                    p,
+                    c,
+                    nat_bits,
+                    now,
+                );
+                return Ok(Create::Done(res));
+            }
+        }
+        Err(if nat_bits != 0 {
+            CtError::NatExhausted
+        } else {
+            CtError::TupleConflict
+        })
+    }
+
+    /// True if no live connection holds `key` in shard `idx` (stale index
+    /// entries and expired connections of this shard are cleared on the way).
+    fn key_free(
+        &self,
+        idx: usize,
+        g: &mut MutexGuard<'_, Shard>,
+        h: u64,
+        key: &Key,
+        now: u64,
+        deferred: &mut Option<Deferred>,
+    ) -> bool {
+        let Some(kr) = g.index.find(h, |k| k.key == *key).copied() else {
+            return true;
+        };
+        if self.is_stale(&kr) {
+            remove_keyref(g, &kr);
+            return true;
+        }
+        if kr.home as usize == idx && deferred.is_none() {
+            let e = &g.entries[kr.slot as usize];
+            if e.expires_at <= now {
+                *deferred = self.remove_locked(idx, g, kr.slot);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Reply-tuple candidates for a new connection, in the order to try, and
+    /// the NAT bits (`snat`/`dnat`) the connection will carry.
+    fn candidates<'a>(
+        &'a self,
+        key: &Key,
+        c: &'a CtCommit,
+    ) -> Result<(u32, Box<dyn Iterator<Item = Tuple> + 'a>), CtError> {
+        let orig = key.tuple;
+        let seed = key.hash();
+        let mut bits = 0;
+        let mut base = orig;
+        if let Some(d) = &c.dnat {
+            bits |= ct_state::DNAT;
+            let (lo, n) = addr_span(d, orig.ipv6)?;
+            let a = lo.wrapping_add((seed as u128) % n);
+            base.dst = a.to_be_bytes();
+            if orig.has_ports() {
+                if let Some((pl, ph)) = d.ports {
+                    let (pl, ph) = (pl.min(ph), pl.max(ph));
+                    if !(pl..=ph).contains(&orig.dst_port) {
+                        let span = (ph - pl) as u64 + 1;
+                        base.dst_port = pl + ((seed >> 16) % span) as u16;
+                    }
+                }
+            }
+        }
+        if let Some(sn) = &c.snat {
+            bits |= ct_state::SNAT;
+            let (lo, n) = addr_span(sn, orig.ipv6)?;
+            let movable = orig.has_ports() || orig.is_icmp();
+            let (pl, ph) = match sn.ports {
+                Some((a, b)) => (a.min(b), a.max(b)),
+                None if orig.is_icmp() => (1, u16::MAX),
+                None => (1024, u16::MAX),
+            };
+            let span = (ph - pl) as u64 + 1;
+            let first_port = if sn.ports.is_none() || (pl..=ph).contains(&orig.src_port) {
+                Some(orig.src_port)
+            } else {
+                None
+            };
+            let addrs = n.min(16);
+            let start = (seed as u128) % n;
+            let offset = (seed >> 24) % span;
+            // Jump through the range by a stride coprime with its size: every
+            // port is visited once, and a run of taken ports (around popular
+            // original ports) is left after one probe instead of being walked.
+            let stride = coprime_stride(span);
+            let it = (0..addrs).flat_map(move |ai| {
+                let a = lo.wrapping_add((start + ai) % n).to_be_bytes();
+                let ports: Box<dyn Iterator<Item = u16>> =
+                    if movable {
+                        Box::new(first_port.into_iter().chain(
+                            (0..span).map(move |i| pl + ((offset + i * stride) % span) as u16),
+                        ))
+                    } else {
+                        Box::new(std::iter::once(orig.src_port))
+                    };
+                ports.map(move |port| {
+                    let mut t = base;
+                    t.src = a;
+                    t.src_port = port;
+                    t.reverse()
+                })
+            });
+            return Ok((bits, Box::new(it)));
+        }
+        if let Some(d) = &c.dnat {
+            // DNAT alone: the chosen backend first, then the others of the range.
+            let (lo, n) = addr_span(d, orig.ipv6)?;
+            let start = (seed as u128) % n;
+            let it = (0..n.min(16)).map(move |ai| {
+                let mut t = base;
+                t.dst = lo.wrapping_add((start + ai) % n).to_be_bytes();
+                t.reverse()
+            });
+            return Ok((bits, Box::new(it)));
+        }
+        Ok((bits, Box::new(std::iter::once(orig.reverse()))))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        s: usize,
+        gs: &mut MutexGuard<'_, Shard>,
+        gr: Option<(usize, &mut MutexGuard<'_, Shard>)>,
+        key: &Key,
+        h: u64,
+        rkey: &Key,
+        rh: u64,
+        p: &CtPacket,
+        c: &CtCommit,
+        nat_bits: u32,
+        now: u64,
+    ) -> CtResult {
+        let slot = match gs.free.pop() {
+            Some(i) => i,
+            None => {
+                gs.entries.push(Entry::dead());
+                (gs.entries.len() - 1) as u32
+            }
+        };
+        let incarnation = self.shards[s].incarnation[slot as usize].load(Ordering::Acquire);
+        let l4 = match p.tuple.proto {
+            ip_proto::TCP => L4State::Tcp(TcpState::SynSent),
+            ip_proto::UDP => L4State::Udp,
+            _ if p.tuple.is_icmp() => L4State::Icmp,
+            _ => L4State::Other,
+        };
+        let reply_shard = gr.as_ref().map_or(s, |(r, _)| *r);
+        let e = Entry {
+            live: true,
+            incarnation,
+            zone: key.zone,
+            orig: key.tuple,
+            reply: rkey.tuple,
+            reply_shard: reply_shard as u16,
+            l4,
+            replied: false,
+            nat: nat_bits,
+            mark: c.mark & c.mark_mask,
+            label: c.label & c.label_mask,
+            created: now,
+            last_seen: now,
+            expires_at: now.saturating_add(self.timeouts.of(l4, false)),
+            packets: [1, 0],
+            bytes: [p.len as u64, 0],
+        };
+        let id = self.conn_id(s, slot, incarnation);
+        let res = e.result(Dir::Original, id);
+        gs.entries[slot as usize] = e;
+        gs.live += 1;
+        let kr = KeyRef {
+            key: *key,
+            hash: h,
+            home: s as u16,
+            slot,
+            incarnation,
+            dir: Dir::Original,
+        };
+        gs.index.insert_unique(h, kr, |k| k.hash);
+        let rkr = KeyRef {
+            key: *rkey,
+            hash: rh,
+            dir: Dir::Reply,
+            ..kr
+        };
+        match gr {
+            Some((_, g)) => {
+                g.index.insert_unique(rh, rkr, |k| k.hash);
+            }
+            None => {
+                gs.index.insert_unique(rh, rkr, |k| k.hash);
+            }
+        }
+        res
+    }
+
+    /// Kills the entry at `slot` of shard `idx` (locked): frees the slot,
+    /// bumps its incarnation, removes its index entries in this shard and
+    /// returns the one left in another shard.
+    fn remove_locked(&self, idx: usize, g: &mut Shard, slot: u32) -> Option<Deferred> {
+        let e = g.entries.get_mut(slot as usize)?;
+        if !e.live {
+            return None;
+        }
+        e.live = false;
+        let inc = e.incarnation;
+        e.incarnation = inc.wrapping_add(1);
+        self.shards[idx].incarnation[slot as usize].store(e.incarnation, Ordering::Release);
+        let okey = Key {
+            zone: e.zone,
+            tuple: e.orig,
+        };
+        let rkey = Key {
+            zone: e.zone,
+            tuple: e.reply,
+        };
+        let reply_shard = e.reply_shard as usize;
+        let home = idx as u16;
+        let matches = |k: &KeyRef, key: &Key| k.key == *key && k.home == home && k.slot == slot;
+        if let Ok(o) = g.index.find_entry(okey.hash(), |k| matches(k, &okey)) {
+            o.remove();
+        }
+        g.free.push(slot);
+        g.live -= 1;
+        if reply_shard == idx {
+            if let Ok(o) = g.index.find_entry(rkey.hash(), |k| matches(k, &rkey)) {
+                o.remove();
+            }
+            None
+        } else {
+            Some(Deferred {
+                shard: reply_shard,
+                hash: rkey.hash(),
+                key: rkey,
+                home,
+                slot,
+            })
+        }
+    }
+
+    fn finish_deferred(&self, d: Deferred) {
+        let mut g = self.shards[d.shard].lock.lock();
+        if let Ok(o) = g.index.find_entry(d.hash, |k| {
+            k.key == d.key && k.home == d.home && k.slot == d.slot
+        }) {
+            o.remove();
+        }
+    }
+
+    fn remove_if_finished(&self, home: usize, slot: u32, incarnation: u32, now: u64) {
+        let d = {
+            let mut g = self.shards[home].lock.lock();
+            match g.entries.get(slot as usize) {
+                Some(e)
+                    if e.live
+                        && e.incarnation == incarnation
+                        && (e.expires_at <= now || e.reopenable()) =>
+                {
+                    self.remove_locked(home, &mut g, slot)
+                }
+                _ => None,
+            }
+        };
+        if let Some(d) = d {
+            self.finish_deferred(d);
+        }
+    }
+
+    /// Removes connections idle past their timeout at `now`, looking at no
+    /// more than `budget` slots (over all shards, resuming where the last
+    /// call stopped). Returns how many it removed. `expire(now, usize::MAX)`
+    /// visits every slot once.
+    pub fn expire(&self, now: u64, budget: usize) -> usize {
+        let n = self.shards.len();
+        let start = self.expire_start.fetch_add(1, Ordering::Relaxed) % n;
+        let mut left = budget;
+        let mut removed = 0;
+        let mut deferred = Vec::new();
+        for i in 0..n {
+            if left == 0 {
+                break;
+            }
+            let idx = (start + i) % n;
+            let mut g = self.shards[idx].lock.lock();
+            let len = g.entries.len();
+            let scan = left.min(len);
+            for _ in 0..scan {
+                let slot = g.cursor % len;
+                g.cursor = (slot + 1) % len;
+                let e = &g.entries[slot];
+                if e.live && e.expires_at <= now {
+                    deferred.extend(self.remove_locked(idx, &mut g, slot as u32));
+                    removed += 1;
+                }
+            }
+            left -= scan;
+        }
+        for d in deferred {
+            self.finish_deferred(d);
+        }
+        removed
+    }
+
+    /// Removes every connection `filter` matches; returns how many.
+    pub fn flush(&self, filter: &CtFilter) -> usize {
+        let mut removed = 0;
+        let mut deferred = Vec::new();
+        for (idx, cell) in self.shards.iter().enumerate() {
+            let mut g = cell.lock.lock();
+            for slot in 0..g.entries.len() {
+                let e = &g.entries[slot];
+                if e.live && filter.matches(e.zone, &e.orig, &e.reply) {
+                    deferred.extend(self.remove_locked(idx, &mut g, slot as u32));
+                    removed += 1;
+                }
+            }
+        }
+        for d in deferred {
+            self.finish_deferred(d);
+        }
+        removed
+    }
+
+    /// Up to `limit` connections `filter` matches (expired ones not yet
+    /// removed included), for `fastpathctl conntrack`.
+    pub fn list(&self, filter: &CtFilter, limit: usize) -> Vec<CtEntryView> {
+        let mut out = Vec::new();
+        for cell in self.shards.iter() {
+            let g = cell.lock.lock();
+            for e in g.entries.iter().filter(|e| e.live) {
+                if out.len() >= limit {
+                    return out;
+                }
+                if filter.matches(e.zone, &e.orig, &e.reply) {
+                    out.push(CtEntryView {
+                        zone: e.zone,
+                        original: e.orig,
+                        reply: e.reply,
+                        state: e.l4.name(),
+                        status: e.nat
+                            | if e.replied {
+                                ct_state::EST
+                            } else {
+                                ct_state::NEW
+                            },
+                        mark: e.mark,
+                        label: e.label,
+                        created: e.created,
+                        last_seen: e.last_seen,
+                        expires_at: e.expires_at,
+                        packets: e.packets,
+                        bytes: e.bytes,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of connections in the table (expired ones not yet removed
+    /// included).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|c| c.lock.lock().live).sum()
+    }
+
+    /// True if the table holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn remove_keyref(g: &mut Shard, kr: &KeyRef) {
+    if let Ok(o) = g.index.find_entry(kr.hash, |k| {
+        k.key == kr.key && k.home == kr.home && k.slot == kr.slot && k.incarnation == kr.incarnation
+    }) {
+        o.remove();
+    }
+}
+
+/// First address (as a number over the 16 v4-mapped bytes) and size of a
+/// NAT range, checked against the connection's family.
+fn addr_span(r: &NatRange, ipv6: bool) -> Result<(u128, u128), CtError> {
+    let (a, fa) = addr_to_bytes(r.addr_min);
+    let (b, fb) = addr_to_bytes(r.addr_max);
+    if fa != ipv6 || fb != ipv6 {
+        return Err(CtError::NatFamily);
+    }
+    let (a, b) = (u128::from_be_bytes(a), u128::from_be_bytes(b));
+    let (lo, hi) = (a.min(b), a.max(b));
+    Ok((lo, (hi - lo).saturating_add(1)))
+}
+
+/// A step through `0..span` that visits every value: a large prime when it
+/// is coprime with `span`, else 1.
+fn coprime_stride(span: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    [40_503u64, 30_011, 20_011, 10_007, 7_919]
+        .into_iter()
+        .map(|p| p % span)
+        .find(|&p| p > 1 && gcd(p, span) == 1)
+        .unwrap_or(1)
+}
+
+/// True if a packet of no connection may open one: a TCP SYN, any UDP, SCTP
+/// or other IP packet, an ICMP echo request.
+fn can_open(p: &CtPacket) -> bool {
+    let t = &p.tuple;
+    match t.proto {
+        ip_proto::TCP => tcp_can_open(p.tcp_flags),
+        _ if t.is_icmp() => {
+            let ty = t.icmp_type();
+            (!t.ipv6 && ty == icmp4::ECHO_REQUEST) || (t.ipv6 && ty == icmp6::ECHO_REQUEST)
+        }
+        _ => true,
+    }
+}
+
+fn new_or_invalid(p: &CtPacket) -> CtResult {
+    if can_open(p) {
+        CtResult {
+            state: ct_state::TRK | ct_state::NEW,
+            ..CtResult::invalid()
+        }
+    } else {
+        CtResult::invalid()
+    }
+}
+
+/// Formats a tuple like `tcp 10.0.0.1:1234 -> 10.0.0.2:80`.
+pub fn format_tuple(t: &Tuple) -> String {
+    let a = addr_from_bytes(&t.src, t.ipv6);
+    let b = addr_from_bytes(&t.dst, t.ipv6);
+    if t.is_icmp() {
+        format!("icmp {a} -> {b} id={} type={}", t.src_port, t.icmp_type())
+    } else {
+        format!("proto={} {a}:{} -> {b}:{}", t.proto, t.src_port, t.dst_port)
+    }
+}
