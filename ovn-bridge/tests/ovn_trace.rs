@@ -9,115 +9,16 @@
 //! flow-key byte for a forwarded packet; the fields ovn-trace prints for a
 //! generated one), or a drop on both sides. Any difference fails. No EAL.
 
+#[path = "common/trace.rs"]
+mod trace;
+
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
-use std::time::Duration;
 
 use fastpath::ovn::{FlowVector, Interpreter, Program};
 use fastpath_packet::extract;
 use ovn_lflow::{parse_actions, Action, SymbolTable};
-use ovsdb::testing::OvnCentral;
-
-/// NB + SB + northd (`ovsdb::testing::OvnCentral`), with panicking helpers.
-struct Central(OvnCentral);
-
-impl std::ops::Deref for Central {
-    type Target = OvnCentral;
-    fn deref(&self) -> &OvnCentral {
-        &self.0
-    }
-}
-
-impl Central {
-    fn start() -> Central {
-        Central(OvnCentral::start().expect("NB, SB and ovn-northd"))
-    }
-
-    fn nb(&self, cmd: &str) {
-        let args: Vec<&str> = cmd.split_whitespace().collect();
-        self.nb
-            .nbctl(&args)
-            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    }
-
-    fn nb_args(&self, args: &[&str]) {
-        self.nb
-            .nbctl(args)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    }
-
-    fn sb(&self, cmd: &str) {
-        let args: Vec<&str> = cmd.split_whitespace().collect();
-        self.sb
-            .sbctl(&args)
-            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    }
-
-    fn sync(&self) {
-        self.0
-            .sync(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("northd never caught up: {e}"));
-    }
-
-    /// Compiles the current Southbound for chassis `hv1` and loads it.
-    fn program(&self) -> Program {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let db = rt.block_on(async {
-            let client = ovsdb::Client::connect(
-                std::slice::from_ref(&self.sb.remote),
-                "OVN_Southbound",
-                ovsdb::ClientOptions::default(),
-            )
-            .await
-            .expect("connect sb");
-            let replica = client
-                .monitor(
-                    ovn_bridge::compile::SB_TABLES
-                        .iter()
-                        .map(|t| ovsdb::MonitorTable::all(t))
-                        .collect(),
-                )
-                .await
-                .expect("monitor sb");
-            replica.snapshot()
-        });
-        let opts = ovn_bridge::compile::CompileOptions {
-            chassis: "hv1".into(),
-            port_map: HashMap::new(),
-        };
-        let compiled = ovn_bridge::compile::compile(&db, &opts).expect("compile");
-        assert!(compiled.stats.rules > 100, "{:?}", compiled.stats);
-        assert_eq!(compiled.stats.rejected, 0, "{:?}", compiled.stats);
-        let image = compiled.builder.finish(1, 0);
-        let mut words = vec![0u64; image.len().div_ceil(8)];
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-        bytes[..image.len()].copy_from_slice(&image);
-        let bytes = &bytes[..image.len()];
-        let validated = fastpath_tables::validate::validate_slot(bytes).expect("slot validates");
-        Program::load(&validated.sections(bytes), 1).expect("program loads")
-    }
-
-    fn trace(&self, datapath: &str, microflow: &str) -> String {
-        let out = Command::new("ovn-trace")
-            .arg(format!("--db={}", self.sb.remote))
-            .arg("--minimal")
-            .arg(datapath)
-            .arg(microflow)
-            .output()
-            .expect("ovn-trace");
-        assert!(
-            out.status.success(),
-            "ovn-trace {microflow}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
+use trace::{ip, mac, mac_text, Central};
 
 /// A test packet.
 #[derive(Debug, Clone)]
@@ -147,21 +48,6 @@ struct Case {
     eth_src: [u8; 6],
     eth_dst: [u8; 6],
     l3: L3,
-}
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn mac(s: &str) -> [u8; 6] {
-    let mut m = [0u8; 6];
-    for (o, p) in m.iter_mut().zip(s.split(':')) {
-        *o = u8::from_str_radix(p, 16).unwrap();
-    }
-    m
 }
 
 impl Case {
@@ -315,7 +201,7 @@ fn differences(c: &Central, program: &Program, datapath: &str, cases: &[Case]) -
     let mut diffs = Vec::new();
     let mut interp = Interpreter::new();
     for case in cases {
-        let expected = parse_minimal(&c.trace(datapath, &case.microflow()));
+        let expected = parse_minimal(&c.trace(datapath, &case.microflow(), &[], None));
         let frame = case.frame();
         let (key, _) = extract(&frame, 0).expect("test frame parses");
         let inport = program.port_by_name(case.inport).expect("inport known");
@@ -422,10 +308,6 @@ fn two_switches_behind_a_router(c: &Central, port_security: bool) {
         c.sb(&format!("lsp-bind {p} hv1"));
     }
     c.sync();
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
 }
 
 fn routed_cases() -> Vec<Case> {
@@ -584,7 +466,7 @@ fn routed_cases() -> Vec<Case> {
 fn two_switches_behind_a_router_match_ovn_trace() {
     let c = Central::start();
     two_switches_behind_a_router(&c, false);
-    let program = c.program();
+    let (program, _) = c.program();
     let cases = routed_cases();
     let mut diffs = differences(&c, &program, "sw0", &cases[..2]);
     diffs.extend(differences(&c, &program, "sw1", &cases[2..3]));
@@ -601,7 +483,7 @@ fn two_switches_behind_a_router_match_ovn_trace() {
 fn port_security_matches_ovn_trace() {
     let c = Central::start();
     two_switches_behind_a_router(&c, true);
-    let program = c.program();
+    let (program, _) = c.program();
     let p1 = mac(P1);
     let mut cases = routed_cases();
     cases.retain(|x| x.inport == "p1");

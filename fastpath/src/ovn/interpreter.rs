@@ -9,12 +9,25 @@
 //! `icmp4`, `nd_na`, ...) derive a new vector and run their nested actions
 //! on it inline; the frame itself is built later from the emission.
 //!
+//! Conntrack actions (`ct_next`, `ct_lb_mark`, NAT, commits, hairpin and
+//! affinity checks) go through a [`ConntrackHook`] with the zone of the
+//! port or router they run in; every operation is recorded in the verdict
+//! ([`Verdict::ct_ops`]), as are meters (`set_meter`) and ACL log events
+//! (`log`), which never drop the packet.
+//!
 //! Owns execution and the verdict; it must not touch frames, mbufs or the
-//! flow cache. It runs without an EAL.
+//! flow cache, nor keep connection state (the hook's business). It runs
+//! without an EAL.
 
 use fastpath_packet::flowkey::{field, flags};
-use fastpath_tables::ovn::{nested, op, pipeline, port_kind, vector, OvnInstruction};
+use fastpath_tables::ovn::{
+    ct, ct_flag, nested, op, pipeline, port_kind, unsupported_index, vector, OvnInstruction,
+};
 
+use super::ct::{
+    ConntrackHook, CtCommit, CtOp, CtOpKind, CtResult, CtZone, LbBackend, LbRequest, NatDirection,
+    NatRequest, NatTarget, NoConntrack,
+};
 use super::program::Program;
 use super::vector::FlowVector;
 
@@ -126,6 +139,31 @@ pub struct Learned {
     pub family: u8,
 }
 
+/// A `set_meter(rate, burst)` the packet met, for the policer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MeterEvent {
+    /// The meter's identity: the first 32 bits of its logical flow's UUID.
+    pub lflow: u32,
+    /// Rate, kbps.
+    pub rate: u64,
+    /// Burst, kb (0: none).
+    pub burst: u64,
+}
+
+/// An ACL `log(...)` the packet met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogEvent {
+    /// The logging flow's index in [`Program::flows`] (its text names the
+    /// ACL, severity and meter).
+    pub flow: u32,
+    /// `fastpath_tables::ovn::log_verdict`.
+    pub verdict: u16,
+    /// Syslog severity.
+    pub severity: u32,
+    /// The pipeline it was logged in.
+    pub pipeline: u8,
+}
+
 /// One step of a trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceEvent {
@@ -172,6 +210,12 @@ pub struct Verdict {
     pub length_dependent: bool,
     /// Whether a packet was generated (responses are not cached).
     pub generated: bool,
+    /// Conntrack operations, in order (see [`ConntrackHook`]).
+    pub ct_ops: Vec<CtOp>,
+    /// Meters met, in order.
+    pub meters: Vec<MeterEvent>,
+    /// ACL log events, in order.
+    pub logs: Vec<LogEvent>,
 }
 
 impl Verdict {
@@ -199,6 +243,8 @@ pub struct Interpreter {
     pub trace: Vec<TraceEvent>,
     /// Record trace events.
     pub tracing: bool,
+    /// ACL log events recorded since the interpreter was made.
+    pub log_events: u64,
     packet_len: u32,
 }
 
@@ -230,6 +276,9 @@ impl Interpreter {
     /// Runs a packet received on logical port `inport` (a port index of
     /// `program`). `packet_len` is the frame length (for
     /// `check_pkt_larger`). The result is in [`Interpreter::verdict`].
+    ///
+    /// Without a conntrack engine ([`NoConntrack`]): a packet reaching a
+    /// conntrack action is dropped under the action's unsupported name.
     pub fn run(
         &mut self,
         program: &Program,
@@ -237,6 +286,21 @@ impl Interpreter {
         key: &fastpath_packet::FlowKey,
         packet_len: u32,
     ) -> &Verdict {
+        self.run_with(program, inport, key, packet_len, &mut NoConntrack)
+    }
+
+    /// [`Interpreter::run`] with conntrack actions served by `ct`.
+    pub fn run_with(
+        &mut self,
+        program: &Program,
+        inport: u32,
+        key: &fastpath_packet::FlowKey,
+        packet_len: u32,
+        ct: &mut dyn ConntrackHook,
+    ) -> &Verdict {
+        self.verdict.ct_ops.clear();
+        self.verdict.meters.clear();
+        self.verdict.logs.clear();
         self.verdict.emissions.clear();
         self.verdict.drops.clear();
         self.verdict.learned.clear();
@@ -259,7 +323,7 @@ impl Interpreter {
             pipeline: pipeline::INGRESS,
             generated: None,
         };
-        self.table(&ctx, 0, &mut v, 0);
+        self.table(&ctx, 0, &mut v, 0, ct);
         &self.verdict
     }
 
@@ -273,7 +337,14 @@ impl Interpreter {
     /// Runs table `table` and, for as long as a flow's last action is
     /// `next`, the tables it continues to (a loop rather than a call, since
     /// nothing runs after a trailing `next` returns).
-    fn table(&mut self, ctx: &Ctx<'_>, table: u16, v: &mut FlowVector, depth: u32) {
+    fn table(
+        &mut self,
+        ctx: &Ctx<'_>,
+        table: u16,
+        v: &mut FlowVector,
+        depth: u32,
+        ct: &mut dyn ConntrackHook,
+    ) {
         let (mut ctx, mut table, mut depth) = (*ctx, table, depth);
         loop {
             if depth > MAX_DEPTH {
@@ -308,7 +379,7 @@ impl Interpreter {
                 return self.drop(DropCause::NoMatch, depth);
             };
             let code = ctx.program.code.get(f.actions.clone()).unwrap_or(&[]);
-            match self.exec(&ctx, code, v, depth, true) {
+            match self.exec(&ctx, code, v, depth, true, flow, ct) {
                 Outcome::Fell => return self.drop(DropCause::Implicit, depth),
                 Outcome::Went => return,
                 Outcome::Next {
@@ -328,6 +399,7 @@ impl Interpreter {
     /// [`Outcome::Fell`] if it fell off the end. With `tail`, a `next` that
     /// is the last instruction is not called but returned
     /// ([`Outcome::Next`]) for the caller to continue with.
+    #[allow(clippy::too_many_arguments)]
     fn exec(
         &mut self,
         ctx: &Ctx<'_>,
@@ -335,6 +407,8 @@ impl Interpreter {
         v: &mut FlowVector,
         depth: u32,
         tail: bool,
+        flow: u32,
+        ct: &mut dyn ConntrackHook,
     ) -> Outcome {
         let mut went = false;
         let mut i = 0;
@@ -352,15 +426,15 @@ impl Interpreter {
                         };
                     }
                     let next = Ctx { pipeline, ..*ctx };
-                    self.table(&next, ins.arg, v, depth + 1);
+                    self.table(&next, ins.arg, v, depth + 1, ct);
                 }
                 op::OUTPUT => {
                     went = true;
                     let mut copy = *v;
                     if ctx.pipeline == pipeline::INGRESS {
-                        self.output_ingress(ctx, &mut copy, depth + 1);
+                        self.output_ingress(ctx, &mut copy, depth + 1, ct);
                     } else {
-                        self.deliver(ctx, &mut copy, depth + 1);
+                        self.deliver(ctx, &mut copy, depth + 1, ct);
                     }
                 }
                 op::DROP => {
@@ -401,7 +475,9 @@ impl Interpreter {
                         generated: generated.or(ctx.generated),
                         ..*ctx
                     };
-                    if self.exec(&inner, body, &mut copy, depth + 1, false) == Outcome::Fell {
+                    if self.exec(&inner, body, &mut copy, depth + 1, false, flow, ct)
+                        == Outcome::Fell
+                    {
                         self.drop(DropCause::Implicit, depth + 1);
                     }
                 }
@@ -462,6 +538,86 @@ impl Interpreter {
                         family: 0,
                     });
                 }
+                op::CT => {
+                    let n = (ins.count as usize).min(code.len() - i);
+                    let operands = &code[i..i + n];
+                    i += n;
+                    if let Err(name) = self.conntrack(ctx, ins, operands, v, ct) {
+                        self.drop(DropCause::Unsupported(unsupported_index(name)), depth);
+                        return Outcome::Went;
+                    }
+                }
+                op::CT_ADDRESS => {}
+                op::CHK_LB_HAIRPIN => {
+                    let zone = self.zone(ctx, v, ct::NEXT);
+                    match ct.lb_hairpin(zone, v, ins.arg == 1) {
+                        Ok(hit) => v.write(&ins.dst, u128::from(hit)),
+                        Err(_) => {
+                            let index = unsupported_index("lb_affinity_hairpin");
+                            self.drop(DropCause::Unsupported(index), depth);
+                            return Outcome::Went;
+                        }
+                    }
+                }
+                op::CHK_LB_AFF => match ct.affinity_lookup(v) {
+                    Ok(found) => {
+                        v.write(&ins.dst, u128::from(found.is_some()));
+                        if let Some(b) = found {
+                            if b.family == 4 {
+                                let a = u32::from_be_bytes([
+                                    b.addr[12], b.addr[13], b.addr[14], b.addr[15],
+                                ]);
+                                v.set_u32(vector::XXREG1.start, a);
+                            } else {
+                                v.field_mut(vector::XXREG1).copy_from_slice(&b.addr);
+                            }
+                            let reg8 = vector::XREG4.start + 2;
+                            v.bytes_mut()[reg8..reg8 + 2].copy_from_slice(&b.port.to_be_bytes());
+                        }
+                    }
+                    Err(_) => {
+                        let index = unsupported_index("lb_affinity_hairpin");
+                        self.drop(DropCause::Unsupported(index), depth);
+                        return Outcome::Went;
+                    }
+                },
+                op::LB_AFF_COMMIT => {
+                    let n = 2.min(code.len() - i);
+                    let operands = &code[i..i + n];
+                    i += n;
+                    let committed = match operands {
+                        [vip, backend] => ct.affinity_commit(
+                            v,
+                            backend_of(vip),
+                            backend_of(backend),
+                            ins.arg as u8,
+                            ins.count,
+                        ),
+                        _ => Ok(()),
+                    };
+                    if committed.is_err() {
+                        let index = unsupported_index("lb_affinity_hairpin");
+                        self.drop(DropCause::Unsupported(index), depth);
+                        return Outcome::Went;
+                    }
+                }
+                op::SET_METER => {
+                    let imm = ins.imm_value();
+                    self.verdict.meters.push(MeterEvent {
+                        lflow: ctx.program.flows.get(flow as usize).map_or(0, |f| f.lflow),
+                        rate: imm as u64,
+                        burst: (imm >> 64) as u64,
+                    });
+                }
+                op::LOG => {
+                    self.log_events += 1;
+                    self.verdict.logs.push(LogEvent {
+                        flow,
+                        verdict: ins.arg,
+                        severity: ins.count,
+                        pipeline: ctx.pipeline,
+                    });
+                }
                 _ => {
                     // op::UNSUPPORTED, and anything validation let through.
                     let index = if ins.op == op::UNSUPPORTED {
@@ -481,9 +637,128 @@ impl Interpreter {
         }
     }
 
+    /// The conntrack zone a ct action of `kind` runs in: a switch's port
+    /// zone (the inport's in ingress, the outport's in egress), a router's
+    /// SNAT zone for `ct_snat`/`ct_commit`, its DNAT (common) zone
+    /// otherwise.
+    fn zone(&self, ctx: &Ctx<'_>, v: &FlowVector, kind: u16) -> CtZone {
+        let Some(dp) = ctx.program.datapaths.get(ctx.datapath as usize) else {
+            return 0;
+        };
+        if dp.is_router {
+            return match kind {
+                ct::SNAT | ct::COMMIT => dp.snat_zone,
+                _ => dp.dnat_zone,
+            };
+        }
+        let key = if ctx.pipeline == pipeline::INGRESS {
+            v.inport()
+        } else {
+            v.outport()
+        };
+        ctx.program
+            .port(ctx.datapath, key)
+            .and_then(|p| ctx.program.ports.get(p as usize))
+            .map_or(0, |p| p.zone)
+    }
+
+    /// Runs one [`op::CT`] instruction through the hook; on refusal, the
+    /// unsupported-action name to drop under.
+    fn conntrack(
+        &mut self,
+        ctx: &Ctx<'_>,
+        ins: &OvnInstruction,
+        operands: &[OvnInstruction],
+        v: &mut FlowVector,
+        hook: &mut dyn ConntrackHook,
+    ) -> Result<(), &'static str> {
+        let kind = ins.arg & 0xff;
+        let flags = ins.arg >> 8;
+        let zone = self.zone(ctx, v, kind);
+        let done = match kind {
+            ct::NEXT => hook
+                .track(zone, v)
+                .map(|r| (CtOpKind::Track, r))
+                .map_err(|_| "ct_next"),
+            ct::DNAT | ct::SNAT | ct::DNAT_IN_CZONE | ct::SNAT_IN_CZONE => {
+                let direction = if matches!(kind, ct::DNAT | ct::DNAT_IN_CZONE) {
+                    NatDirection::Dnat
+                } else {
+                    NatDirection::Snat
+                };
+                let target = (flags & ct_flag::TARGET != 0).then(|| NatTarget {
+                    addr: ins.imm,
+                    ports: (flags & ct_flag::PORTS != 0)
+                        .then_some((ins.dst.offset, ins.src.offset)),
+                });
+                hook.nat(zone, v, direction, target)
+                    .map(|r| (CtOpKind::Nat(direction, target), r))
+                    .map_err(|_| "ct_nat")
+            }
+            ct::LB | ct::LB_MARK => {
+                let backends: Vec<LbBackend> = operands.iter().map(backend_of).collect();
+                let lb = LbRequest {
+                    backends: &backends,
+                    hash_fields: ins.imm_value() as u32,
+                    mark: kind == ct::LB_MARK,
+                    skip_snat: flags & ct_flag::SKIP_SNAT != 0,
+                    force_snat: flags & ct_flag::FORCE_SNAT != 0,
+                };
+                hook.load_balance(zone, v, &lb)
+                    .map(|(r, b)| (CtOpKind::LoadBalance(b), r))
+                    .map_err(|_| "ct_lb")
+            }
+            ct::COMMIT => {
+                let commit = commit_of(operands, v);
+                hook.commit(zone, v, &commit)
+                    .map(|r| (CtOpKind::Commit(commit), r))
+                    .map_err(|_| "ct_commit")
+            }
+            ct::COMMIT_NAT => {
+                let commit = CtCommit {
+                    nat: NatRequest::Existing,
+                    ..CtCommit::default()
+                };
+                hook.commit(zone, v, &commit)
+                    .map(|r| (CtOpKind::Commit(commit), r))
+                    .map_err(|_| "ct_commit")
+            }
+            ct::SNAT_TO_VIP => {
+                let nat = match hook.original_tuple(zone, v) {
+                    Some(t) => NatRequest::To(
+                        NatDirection::Snat,
+                        NatTarget {
+                            addr: t.dst,
+                            ports: None,
+                        },
+                    ),
+                    None => NatRequest::None,
+                };
+                let commit = CtCommit {
+                    nat,
+                    ..CtCommit::default()
+                };
+                hook.commit(zone, v, &commit)
+                    .map(|r| (CtOpKind::Commit(commit), r))
+                    .map_err(|_| "ct_commit")
+            }
+            _ => Ok((CtOpKind::Clear, CtResult::default())),
+        };
+        let (kind, result) = done?;
+        result.store(v);
+        self.verdict.ct_ops.push(CtOp { zone, kind, result });
+        Ok(())
+    }
+
     /// `output` in the ingress pipeline: loopback check, multicast
     /// expansion, then the egress pipeline.
-    fn output_ingress(&mut self, ctx: &Ctx<'_>, v: &mut FlowVector, depth: u32) {
+    fn output_ingress(
+        &mut self,
+        ctx: &Ctx<'_>,
+        v: &mut FlowVector,
+        depth: u32,
+        ct: &mut dyn ConntrackHook,
+    ) {
         let out = v.outport();
         let egress = Ctx {
             pipeline: pipeline::EGRESS,
@@ -501,22 +776,37 @@ impl Interpreter {
                 }
                 let mut copy = *v;
                 copy.set_u32(vector::OUTPORT.start, port.key);
-                self.table(&egress, 0, &mut copy, depth + 1);
+                self.table(&egress, 0, &mut copy, depth + 1, ct);
             }
             return;
         }
-        if ctx.program.port(ctx.datapath, out).is_none() {
+        let Some(out_index) = ctx.program.port(ctx.datapath, out) else {
             return self.drop(DropCause::UnknownOutport, depth);
+        };
+        // A resident chassisredirect port hands the packet to the egress
+        // pipeline of its distributed port (as ovn-controller does on the
+        // gateway chassis).
+        let port = &ctx.program.ports[out_index as usize];
+        if port.kind == port_kind::CHASSISREDIRECT && port.local {
+            if let Some(dgp) = port.peer.and_then(|p| ctx.program.ports.get(p as usize)) {
+                v.set_u32(vector::OUTPORT.start, dgp.key);
+            }
         }
         if out == v.inport() && !v.loopback() {
             return self.drop(DropCause::Loopback, depth);
         }
-        self.table(&egress, 0, v, depth + 1);
+        self.table(&egress, 0, v, depth + 1, ct);
     }
 
     /// `output` in the egress pipeline: the packet leaves through the port,
     /// or crosses a patch port into the peer datapath.
-    fn deliver(&mut self, ctx: &Ctx<'_>, v: &mut FlowVector, depth: u32) {
+    fn deliver(
+        &mut self,
+        ctx: &Ctx<'_>,
+        v: &mut FlowVector,
+        depth: u32,
+        ct: &mut dyn ConntrackHook,
+    ) {
         let Some(index) = ctx.program.port(ctx.datapath, v.outport()) else {
             return self.drop(DropCause::UnknownOutport, depth);
         };
@@ -531,7 +821,7 @@ impl Interpreter {
                     pipeline: pipeline::INGRESS,
                     generated: ctx.generated,
                 };
-                return self.table(&next, 0, v, depth + 1);
+                return self.table(&next, 0, v, depth + 1, ct);
             }
             return self.drop(DropCause::UnknownOutport, depth);
         }
@@ -543,6 +833,41 @@ impl Interpreter {
             vector: *v,
             generated: ctx.generated,
         });
+    }
+}
+
+/// The backend an [`op::CT_ADDRESS`] operand names.
+fn backend_of(ins: &OvnInstruction) -> LbBackend {
+    LbBackend {
+        addr: ins.imm,
+        family: ins.count as u8,
+        port: ins.arg,
+    }
+}
+
+/// The mark and label bits a `ct_commit { }` body sets: the body runs on a
+/// copy of the vector, the bits its destinations cover form the masks.
+fn commit_of(body: &[OvnInstruction], v: &FlowVector) -> CtCommit {
+    let mut values = *v;
+    let mut masks = FlowVector::default();
+    for ins in body {
+        let value = match ins.op {
+            op::LOAD => ins.imm_value(),
+            op::MOVE => v.read(&ins.src),
+            _ => continue,
+        };
+        values.write(&ins.dst, value);
+        masks.write(&ins.dst, u128::MAX);
+    }
+    let mark_mask = masks.u32_at(vector::CT_MARK.start);
+    let label_mask = CtResult::of(&masks).label;
+    let after = CtResult::of(&values);
+    CtCommit {
+        mark: after.mark & mark_mask,
+        mark_mask,
+        label: after.label & label_mask,
+        label_mask,
+        nat: NatRequest::None,
     }
 }
 
@@ -773,6 +1098,75 @@ mod tests {
         f.extend_from_slice(&[0x04, 0x00, 0x13, 0x88, 0, 26, 0, 0]);
         f.resize(64, 0);
         f
+    }
+
+    #[test]
+    fn commit_bodies_become_mark_and_label_under_masks() {
+        use fastpath_tables::ovn::FieldSlice;
+        let slice = |offset: usize, bytes: u8, lo: u8, width: u8| FieldSlice {
+            offset: offset as u16,
+            bytes,
+            lo,
+            width,
+            reserved: [0; 3],
+        };
+        let mut v = FlowVector::default();
+        // reg3 = 0x1234 (xxreg0 bits 0..31).
+        v.write(&slice(vector::XXREG0.start, 16, 0, 32), 0x1234);
+        // A mark already set stays out of the commit's value.
+        v.set_u32(vector::CT_MARK.start, 0xf0);
+        let mut blocked = OvnInstruction::new(op::LOAD);
+        blocked.dst = slice(vector::CT_MARK.start, 4, 0, 1);
+        blocked.imm = 1u128.to_le_bytes();
+        let mut label = OvnInstruction::new(op::MOVE);
+        label.dst = slice(vector::CT_LABEL.start, 16, 96, 32);
+        label.src = slice(vector::XXREG0.start, 16, 0, 32);
+        let c = commit_of(&[blocked, label], &v);
+        assert_eq!((c.mark, c.mark_mask), (1, 1));
+        assert_eq!(
+            (c.label, c.label_mask),
+            (0x1234 << 96, 0xffff_ffffu128 << 96)
+        );
+        assert_eq!(c.nat, NatRequest::None);
+    }
+
+    #[test]
+    fn without_conntrack_ct_actions_drop_under_their_name_and_meters_do_not() {
+        let program = program();
+        let mut code = vec![OvnInstruction::new(op::SET_METER)];
+        code[0].imm = (100u128 | (10u128 << 64)).to_le_bytes();
+        let mut ct_next = OvnInstruction::new(op::CT);
+        ct_next.arg = ct::NEXT;
+        code.push(ct_next);
+        let ctx = Ctx {
+            program: &program,
+            datapath: 0,
+            pipeline: pipeline::INGRESS,
+            generated: None,
+        };
+        let mut it = Interpreter::new();
+        let mut v = FlowVector::default();
+        let out = it.exec(&ctx, &code, &mut v, 0, false, 0, &mut NoConntrack);
+        assert_eq!(out, Outcome::Went);
+        assert_eq!(
+            it.verdict.drops,
+            vec![DropCause::Unsupported(unsupported_index("ct_next"))]
+        );
+        assert_eq!(
+            (it.verdict.meters[0].rate, it.verdict.meters[0].burst),
+            (100, 10)
+        );
+        // ct_clear needs no engine.
+        let mut clear = OvnInstruction::new(op::CT);
+        clear.arg = ct::CLEAR;
+        v.set_u32(vector::CT_STATE.start, 0x21);
+        let out = it.exec(&ctx, &[clear], &mut v, 0, false, 0, &mut NoConntrack);
+        assert_eq!(out, Outcome::Fell);
+        assert_eq!(v.u32_at(vector::CT_STATE.start), 0);
+        assert_eq!(
+            it.verdict.ct_ops.last().map(|o| o.kind),
+            Some(CtOpKind::Clear)
+        );
     }
 
     #[test]

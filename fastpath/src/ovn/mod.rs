@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod classifier;
+pub mod ct;
 pub mod generate;
 pub mod interpreter;
 pub mod lcore;

@@ -13,7 +13,7 @@ use std::ops::Range;
 use hashbrown::HashMap;
 
 use fastpath_tables::ovn::{
-    datapath_kind, op, OvnInstruction, OvnPortSecurity, OvnSections, NONE_U16, NONE_U32,
+    datapath_kind, op, zone_kind, OvnInstruction, OvnPortSecurity, OvnSections, NONE_U16, NONE_U32,
     OVN_PORT_LOCAL,
 };
 use fastpath_tables::sections::SlotSections;
@@ -64,6 +64,10 @@ pub struct Datapath {
     /// not a pass-through, and how many pass-through tables lie between
     /// (see [`Program::skip`]).
     pub skips: [Vec<(u16, u16)>; 2],
+    /// Conntrack zone of a router's DNAT (and common) zone; 0 if none.
+    pub dnat_zone: u16,
+    /// Conntrack zone of a router's SNAT; 0 if none.
+    pub snat_zone: u16,
 }
 
 /// One logical port.
@@ -85,6 +89,8 @@ pub struct Port {
     pub name: String,
     /// Port-security entries (empty: no port security).
     pub security: Vec<OvnPortSecurity>,
+    /// Conntrack zone of the port (switch ct); 0 if none.
+    pub zone: u16,
 }
 
 /// One multicast group.
@@ -157,6 +163,8 @@ impl Program {
                 name: s.string(d.name),
                 tables: [Vec::new(), Vec::new()],
                 skips: [Vec::new(), Vec::new()],
+                dnat_zone: 0,
+                snat_zone: 0,
             });
         }
         for (i, lp) in s.ports.iter().enumerate() {
@@ -192,7 +200,22 @@ impl Program {
                 peer: (lp.peer != NONE_U32).then_some(lp.peer),
                 name,
                 security,
+                zone: 0,
             });
+        }
+        for z in s.ct_zones {
+            let Some(&dp) = p.dp_by_key.get(&z.datapath) else {
+                continue;
+            };
+            match z.kind {
+                zone_kind::PORT => {
+                    if let Some(&i) = p.port_by_key.get(&(dp, z.port)) {
+                        p.ports[i as usize].zone = z.zone;
+                    }
+                }
+                zone_kind::DNAT => p.datapaths[dp as usize].dnat_zone = z.zone,
+                _ => p.datapaths[dp as usize].snat_zone = z.zone,
+            }
         }
         for g in s.groups {
             let Some(&dp) = p.dp_by_key.get(&g.datapath) else {

@@ -14,6 +14,7 @@ use fastpath_packet::flowkey::{field, flags};
 use fastpath_packet::FlowKey;
 use fastpath_tables::ovn::pipeline;
 
+use super::ct::{CtOpKind, NatDirection};
 use super::interpreter::{Interpreter, TraceEvent};
 use super::program::Program;
 use super::rewrite::Rewrite;
@@ -413,10 +414,87 @@ pub fn render(program: &Program, inport: u32, key: &FlowKey, it: &Interpreter) -
             mac(&l.mac)
         );
     }
+    for op in &v.ct_ops {
+        let _ = writeln!(
+            s,
+            "  ct zone {}: {} -> ct_state={} ct_mark={:#x} ct_label={:#x}",
+            op.zone,
+            describe_ct_op(&op.kind),
+            ct_state_text(op.result.state),
+            op.result.mark,
+            op.result.label
+        );
+    }
+    for m in &v.meters {
+        let _ = writeln!(
+            s,
+            "  meter {:08x}: rate {} kbps burst {} kb",
+            m.lflow, m.rate, m.burst
+        );
+    }
+    for l in &v.logs {
+        let text = program
+            .flows
+            .get(l.flow as usize)
+            .map_or("?", |f| f.actions_text.as_str());
+        let _ = writeln!(
+            s,
+            "  log (verdict {}, severity {}): {text}",
+            l.verdict, l.severity
+        );
+    }
     if v.length_dependent {
         let _ = writeln!(s, "  (depends on the packet length: not cached)");
     }
     s
+}
+
+/// `ct_state` bits as ovn-trace names them (`trk|new|dnat`).
+pub fn ct_state_text(state: u32) -> String {
+    const NAMES: [&str; 8] = ["new", "est", "rel", "rpl", "inv", "trk", "snat", "dnat"];
+    let names: Vec<&str> = (0..8)
+        .filter(|b| state & (1 << b) != 0)
+        .map(|b| NAMES[b])
+        .collect();
+    if names.is_empty() {
+        "0".into()
+    } else {
+        names.join("|")
+    }
+}
+
+fn addr_text(a: &[u8; 16]) -> String {
+    let v6 = Ipv6Addr::from(*a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => v6.to_string(),
+    }
+}
+
+fn describe_ct_op(kind: &CtOpKind) -> String {
+    match kind {
+        CtOpKind::Track => "track".into(),
+        CtOpKind::Clear => "clear".into(),
+        CtOpKind::Nat(dir, target) => {
+            let d = if *dir == NatDirection::Dnat {
+                "dnat"
+            } else {
+                "snat"
+            };
+            match target {
+                Some(t) => format!("{d} to {}", addr_text(&t.addr)),
+                None => format!("{d} (existing)"),
+            }
+        }
+        CtOpKind::LoadBalance(Some(b)) => {
+            format!("load-balance to {}:{}", addr_text(&b.addr), b.port)
+        }
+        CtOpKind::LoadBalance(None) => "load-balance (existing)".into(),
+        CtOpKind::Commit(c) => format!(
+            "commit mark {:#x}/{:#x} label {:#x}/{:#x} nat {:?}",
+            c.mark, c.mark_mask, c.label, c.label_mask, c.nat
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -435,6 +513,9 @@ mod tests {
         assert_eq!(&k.dst()[12..], &[10, 0, 1, 13]);
         assert_eq!((k.ip_proto(), k.ttl(), k.tp_dst()), (6, 64, 80));
         let d = describe_key(&k);
+        assert_eq!(ct_state_text(0x21), "new|trk");
+        assert_eq!(ct_state_text(0xa2), "est|trk|dnat");
+        assert_eq!(ct_state_text(0), "0");
         assert!(
             d.contains("ip4.dst=10.0.1.13") && d.contains("tp.dst=80"),
             "{d}"

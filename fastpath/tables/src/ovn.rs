@@ -43,7 +43,7 @@ pub mod vector {
     pub const XXREG1: Range<usize> = 136..152;
     /// `xreg4` (`reg8`, `reg9`).
     pub const XREG4: Range<usize> = 152..160;
-    /// `ct_state` (zero until conntrack exists).
+    /// `ct_state` (OVS bit values: see [`super::ct_state`]).
     pub const CT_STATE: Range<usize> = 160..164;
     /// `ct_mark`.
     pub const CT_MARK: Range<usize> = 164..168;
@@ -260,7 +260,8 @@ pub struct OvnLogicalPort {
     pub flags: u8,
     /// The fastpath port that delivers it, or [`NONE_U16`].
     pub fastpath_port: u16,
-    /// Index of the peer port (patch ports), or [`NONE_U32`].
+    /// Index of the peer port (patch ports; for a chassisredirect port,
+    /// its distributed port), or [`NONE_U32`].
     pub peer: u32,
     /// Logical port name.
     pub name: StrRef,
@@ -421,9 +422,185 @@ pub mod op {
     /// An action this build cannot execute: drop, counted under
     /// `UNSUPPORTED_ACTIONS[arg]`.
     pub const UNSUPPORTED: u16 = 18;
+    /// A conntrack action of kind `arg & 0xff` ([`super::ct`]) with the
+    /// [`super::ct_flag`] bits in `arg >> 8`. `count` is the number of
+    /// instructions that follow as its operands: the nested body of
+    /// `ct_commit { }` (loads into `ct_mark`/`ct_label`), or one
+    /// [`CT_ADDRESS`] per `ct_lb` backend. NAT kinds with a target carry the
+    /// address in `imm` (IPv4 v4-mapped) and the port range in `dst.offset`
+    /// (low) and `src.offset` (high); `ct_lb` carries its `hash_fields`
+    /// bits ([`super::hash_field`]) in the low 32 bits of `imm`. Actions
+    /// that recirculate (`ct_next`, `ct_lb`, NAT) are followed by a
+    /// [`NEXT`] to the following table.
+    pub const CT: u16 = 19;
+    /// An operand of the preceding [`CT`] or [`LB_AFF_COMMIT`]: an address
+    /// in `imm` (IPv4 v4-mapped), its family (4 or 6) in `count` and a port
+    /// in `arg` (0: none).
+    pub const CT_ADDRESS: u16 = 20;
+    /// `dst = chk_lb_hairpin()` (`arg` 0) or `dst = chk_lb_hairpin_reply()`
+    /// (`arg` 1).
+    pub const CHK_LB_HAIRPIN: u16 = 21;
+    /// `dst = chk_lb_aff()`: on a hit also loads the backend into `reg4`
+    /// (IPv4) / `xxreg1` (IPv6) and its port into `reg8[0..15]`.
+    pub const CHK_LB_AFF: u16 = 22;
+    /// `commit_lb_aff(vip, backend, proto = arg, timeout = count)`: the two
+    /// following [`CT_ADDRESS`] instructions are the VIP and the backend.
+    pub const LB_AFF_COMMIT: u16 = 23;
+    /// `set_meter(rate, burst)`: rate (kbps) in the low 64 bits of `imm`,
+    /// burst (kb) in the high 64 bits.
+    pub const SET_METER: u16 = 24;
+    /// `log(...)`: `arg` the verdict ([`super::log_verdict`]), `count` the
+    /// severity (syslog number); name and meter are in the flow's text.
+    pub const LOG: u16 = 25;
     /// Highest opcode.
-    pub const MAX: u16 = 18;
+    pub const MAX: u16 = 25;
 }
+
+/// OVS `ct_state` bits, as the vector's `ct_state` slot holds them.
+pub mod ct_state {
+    /// Start of a new connection.
+    pub const NEW: u32 = 0x01;
+    /// Part of an established connection.
+    pub const EST: u32 = 0x02;
+    /// Related to an established connection.
+    pub const REL: u32 = 0x04;
+    /// In the reply direction.
+    pub const RPL: u32 = 0x08;
+    /// Invalid.
+    pub const INV: u32 = 0x10;
+    /// Tracked.
+    pub const TRK: u32 = 0x20;
+    /// Source NAT applied.
+    pub const SNAT: u32 = 0x40;
+    /// Destination NAT applied.
+    pub const DNAT: u32 = 0x80;
+}
+
+/// Kinds of [`op::CT`].
+pub mod ct {
+    /// `ct_next;`: track in the zone, continue with the next table.
+    pub const NEXT: u16 = 0;
+    /// `ct_commit { ... };`: commit with `ct_mark`/`ct_label` from the body.
+    pub const COMMIT: u16 = 1;
+    /// `ct_dnat;` / `ct_dnat(ip[, ports]);`
+    pub const DNAT: u16 = 2;
+    /// `ct_snat;` / `ct_snat(ip[, ports]);`
+    pub const SNAT: u16 = 3;
+    /// `ct_dnat_in_czone` (the router's common zone).
+    pub const DNAT_IN_CZONE: u16 = 4;
+    /// `ct_snat_in_czone` (the router's common zone).
+    pub const SNAT_IN_CZONE: u16 = 5;
+    /// `ct_lb;` / `ct_lb(backends=...)` (marks in `ct_label`).
+    pub const LB: u16 = 6;
+    /// `ct_lb_mark` (marks in `ct_mark`).
+    pub const LB_MARK: u16 = 7;
+    /// `ct_clear;`
+    pub const CLEAR: u16 = 8;
+    /// `ct_commit_nat;`: commit with the connection's existing NAT.
+    pub const COMMIT_NAT: u16 = 9;
+    /// `ct_snat_to_vip;`: commit with SNAT to the original destination.
+    pub const SNAT_TO_VIP: u16 = 10;
+    /// Names, by kind.
+    pub const NAMES: [&str; 11] = [
+        "ct_next",
+        "ct_commit",
+        "ct_dnat",
+        "ct_snat",
+        "ct_dnat_in_czone",
+        "ct_snat_in_czone",
+        "ct_lb",
+        "ct_lb_mark",
+        "ct_clear",
+        "ct_commit_nat",
+        "ct_snat_to_vip",
+    ];
+}
+
+/// Flag bits of [`op::CT`] (in `arg >> 8`).
+pub mod ct_flag {
+    /// A NAT target address is in `imm`.
+    pub const TARGET: u16 = 1 << 0;
+    /// The target is IPv6.
+    pub const TARGET_V6: u16 = 1 << 1;
+    /// A port range is given.
+    pub const PORTS: u16 = 1 << 2;
+    /// `ct_lb(...; skip_snat)`.
+    pub const SKIP_SNAT: u16 = 1 << 3;
+    /// `ct_lb(...; force_snat)`.
+    pub const FORCE_SNAT: u16 = 1 << 4;
+}
+
+/// Bits of `ct_lb`'s `hash_fields` (none: the default 5-tuple hash).
+pub mod hash_field {
+    /// `eth_src`
+    pub const ETH_SRC: u32 = 1 << 0;
+    /// `eth_dst`
+    pub const ETH_DST: u32 = 1 << 1;
+    /// `ip_src`
+    pub const IP_SRC: u32 = 1 << 2;
+    /// `ip_dst`
+    pub const IP_DST: u32 = 1 << 3;
+    /// `ipv6_src`
+    pub const IPV6_SRC: u32 = 1 << 4;
+    /// `ipv6_dst`
+    pub const IPV6_DST: u32 = 1 << 5;
+    /// `tp_src`
+    pub const TP_SRC: u32 = 1 << 6;
+    /// `tp_dst`
+    pub const TP_DST: u32 = 1 << 7;
+    /// `ip_proto`
+    pub const IP_PROTO: u32 = 1 << 8;
+    /// Names, by bit.
+    pub const NAMES: [&str; 9] = [
+        "eth_src", "eth_dst", "ip_src", "ip_dst", "ipv6_src", "ipv6_dst", "tp_src", "tp_dst",
+        "ip_proto",
+    ];
+    /// The bits of a `hash_fields` text (`"ip_src,ip_dst"`); unknown names
+    /// are ignored.
+    pub fn parse(text: &str) -> u32 {
+        text.split(',')
+            .filter_map(|n| NAMES.iter().position(|x| *x == n.trim()))
+            .fold(0, |acc, i| acc | (1 << i))
+    }
+}
+
+/// Verdicts of [`op::LOG`].
+pub mod log_verdict {
+    /// `verdict=allow`
+    pub const ALLOW: u16 = 0;
+    /// `verdict=drop`
+    pub const DROP: u16 = 1;
+    /// `verdict=reject`
+    pub const REJECT: u16 = 2;
+}
+
+/// Kinds of [`OvnCtZone`].
+pub mod zone_kind {
+    /// The conntrack zone of a logical port (switch ingress from it,
+    /// egress to it).
+    pub const PORT: u8 = 0;
+    /// A router's DNAT zone (also its common zone).
+    pub const DNAT: u8 = 1;
+    /// A router's SNAT zone.
+    pub const SNAT: u8 = 2;
+}
+
+/// One conntrack zone assignment.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct OvnCtZone {
+    /// Tunnel key of the datapath.
+    pub datapath: u32,
+    /// Port key ([`zone_kind::PORT`]), else [`NONE_U32`].
+    pub port: u32,
+    /// [`zone_kind`].
+    pub kind: u8,
+    /// Reserved, zero.
+    pub reserved: u8,
+    /// The zone (1..=65535; 0 is untracked traffic's default zone).
+    pub zone: u16,
+}
+const _: () = assert!(size_of::<OvnCtZone>() == 12);
 
 /// Kinds of [`op::NESTED`].
 pub mod nested {
@@ -544,9 +721,12 @@ impl OvnInstruction {
     /// Which operands are field slices that must be valid.
     fn slices(&self) -> (bool, bool, u8) {
         match self.op {
-            op::LOAD | op::CHECK_IN_PORT_SEC | op::CHECK_OUT_PORT_SEC | op::CHECK_PKT_LARGER => {
-                (true, false, 0)
-            }
+            op::LOAD
+            | op::CHECK_IN_PORT_SEC
+            | op::CHECK_OUT_PORT_SEC
+            | op::CHECK_PKT_LARGER
+            | op::CHK_LB_HAIRPIN
+            | op::CHK_LB_AFF => (true, false, 0),
             op::MOVE | op::EXCHANGE | op::GET_BINDING | op::GET_FDB | op::PUT_FDB => {
                 (true, true, 0)
             }
@@ -578,6 +758,8 @@ impl SectionKind {
     pub const OVN_MATCH_TESTS: SectionKind = SectionKind(23);
     /// Action instructions ([`OvnInstruction`]).
     pub const OVN_ACTIONS: SectionKind = SectionKind(24);
+    /// Conntrack zones ([`OvnCtZone`]); absent: every zone is 0.
+    pub const OVN_CT_ZONES: SectionKind = SectionKind(25);
 }
 
 /// All OVN sections of a slot, typed (each empty when absent).
@@ -601,6 +783,8 @@ pub struct OvnSections<'a> {
     pub tests: &'a [OvnMatchTest],
     /// Instructions.
     pub actions: &'a [OvnInstruction],
+    /// Conntrack zones.
+    pub ct_zones: &'a [OvnCtZone],
     /// The string blob.
     pub strings: Strings<'a>,
 }
@@ -622,6 +806,7 @@ impl<'a> OvnSections<'a> {
             flows: sections.typed(SectionKind::OVN_FLOWS).unwrap_or(&[]),
             tests: sections.typed(SectionKind::OVN_MATCH_TESTS).unwrap_or(&[]),
             actions: sections.typed(SectionKind::OVN_ACTIONS).unwrap_or(&[]),
+            ct_zones: sections.typed(SectionKind::OVN_CT_ZONES).unwrap_or(&[]),
             strings: sections.strings(),
         }
     }
@@ -682,8 +867,22 @@ pub(crate) fn validate_ovn(sections: &SlotSections<'_>) -> Result<(), RefusalRea
         // Nested bodies stay inside their flow's program.
         let program = &s.actions[f.first_action as usize..][..f.action_count as usize];
         for (i, ins) in program.iter().enumerate() {
-            if ins.op == op::NESTED && i as u64 + 1 + u64::from(ins.count) > program.len() as u64 {
+            let operands = match ins.op {
+                op::NESTED | op::CT => u64::from(ins.count),
+                op::LB_AFF_COMMIT => 2,
+                _ => 0,
+            };
+            if i as u64 + 1 + operands > program.len() as u64 {
                 return Err(refs);
+            }
+            if ins.op == op::LB_AFF_COMMIT || (ins.op == op::CT && ins.arg & 0xff != ct::COMMIT) {
+                let n = operands as usize;
+                if program[i + 1..i + 1 + n]
+                    .iter()
+                    .any(|x| x.op != op::CT_ADDRESS)
+                {
+                    return Err(refs);
+                }
             }
         }
     }
@@ -713,6 +912,17 @@ pub(crate) fn validate_ovn(sections: &SlotSections<'_>) -> Result<(), RefusalRea
             return Err(refs);
         }
         if ins.op == op::UNSUPPORTED && usize::from(ins.arg) >= UNSUPPORTED_ACTIONS.len() {
+            return Err(refs);
+        }
+        if ins.op == op::CT && usize::from(ins.arg & 0xff) >= ct::NAMES.len() {
+            return Err(refs);
+        }
+        if ins.op == op::CT_ADDRESS && !matches!(ins.count, 4 | 6) {
+            return Err(refs);
+        }
+    }
+    for z in s.ct_zones {
+        if z.kind > zone_kind::SNAT || !s.datapaths.iter().any(|d| d.key == z.datapath) {
             return Err(refs);
         }
     }
@@ -867,6 +1077,20 @@ pub(crate) fn dump_flows(sections: &SlotSections<'_>) -> String {
     out
 }
 
+pub(crate) fn dump_ct_zones(sections: &SlotSections<'_>) -> String {
+    let s = OvnSections::of(sections);
+    let mut out = String::new();
+    for z in s.ct_zones {
+        let what = match z.kind {
+            zone_kind::PORT => format!("port {}", z.port),
+            zone_kind::DNAT => "dnat".to_string(),
+            _ => "snat".to_string(),
+        };
+        let _ = writeln!(out, "datapath {} {what} zone {}", z.datapath, z.zone);
+    }
+    out
+}
+
 pub(crate) fn dump_tests(sections: &SlotSections<'_>) -> String {
     let s = OvnSections::of(sections);
     let mut out = String::new();
@@ -949,6 +1173,108 @@ mod tests {
         assert_eq!(v[24], 0xbb);
         assert!(s.is_valid());
         assert!(!FieldSlice { lo: 3, ..s }.is_valid());
+    }
+
+    /// A slot with one router datapath, one flow running `program`, and
+    /// `zones`; whether it validates.
+    fn validates(program: &[OvnInstruction], zones: &[OvnCtZone]) -> bool {
+        let mut b = crate::builder::SlotBuilder::new();
+        let name = b.intern("lr0").unwrap();
+        let text = b.intern("").unwrap();
+        let dp = OvnDatapath {
+            key: 1,
+            kind: datapath_kind::ROUTER,
+            reserved: [0; 3],
+            name,
+        };
+        let flow = OvnFlow {
+            datapath: 1,
+            pipeline: pipeline::INGRESS,
+            table: 0,
+            priority: 0,
+            first_test: 0,
+            test_count: 0,
+            first_action: 0,
+            action_count: program.len() as u32,
+            stage: text,
+            match_text: text,
+            actions_text: text,
+            lflow: 0,
+            reserved: 0,
+        };
+        b.add_section(SectionKind::OVN_DATAPATHS, &[dp]).unwrap();
+        b.add_section(SectionKind::OVN_ACTIONS, program).unwrap();
+        b.add_section(SectionKind::OVN_CT_ZONES, zones).unwrap();
+        b.add_section(SectionKind::OVN_FLOWS, &[flow]).unwrap();
+        let image = b.finish(1, 0);
+        let mut words = vec![0u64; image.len().div_ceil(8)];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        bytes[..image.len()].copy_from_slice(&image);
+        crate::validate::validate_slot(&bytes[..image.len()]).is_ok()
+    }
+
+    #[test]
+    fn conntrack_operands_and_zones_are_validated() {
+        let mut lb = OvnInstruction::new(op::CT);
+        lb.arg = ct::LB_MARK | (ct_flag::SKIP_SNAT << 8);
+        lb.count = 2;
+        let mut backend = OvnInstruction::new(op::CT_ADDRESS);
+        backend.count = 4;
+        let next = OvnInstruction::new(op::NEXT);
+        let zone = OvnCtZone {
+            datapath: 1,
+            port: NONE_U32,
+            kind: zone_kind::DNAT,
+            reserved: 0,
+            zone: 7,
+        };
+        assert!(validates(&[lb, backend, backend, next], &[zone]));
+        // An operand that is not an address, operands past the program, a
+        // bad family, an unknown kind, a zone of an unknown datapath.
+        assert!(!validates(&[lb, backend, next, next], &[zone]));
+        assert!(!validates(&[lb, backend], &[zone]));
+        let bad_family = OvnInstruction {
+            count: 5,
+            ..backend
+        };
+        assert!(!validates(&[lb, backend, bad_family, next], &[zone]));
+        let unknown = OvnInstruction {
+            arg: 200,
+            count: 0,
+            ..lb
+        };
+        assert!(!validates(&[unknown, next], &[zone]));
+        assert!(!validates(
+            &[next],
+            &[OvnCtZone {
+                datapath: 9,
+                ..zone
+            }]
+        ));
+        // A commit's body is loads, not addresses.
+        let mut commit = OvnInstruction::new(op::CT);
+        commit.arg = ct::COMMIT;
+        commit.count = 1;
+        let mut load = OvnInstruction::new(op::LOAD);
+        load.dst = FieldSlice {
+            offset: vector::CT_MARK.start as u16,
+            bytes: 4,
+            lo: 0,
+            width: 1,
+            reserved: [0; 3],
+        };
+        assert!(validates(&[commit, load, next], &[]));
+        let mut hairpin = OvnInstruction::new(op::CHK_LB_HAIRPIN);
+        assert!(
+            !validates(&[hairpin], &[]),
+            "its destination must be a valid slice"
+        );
+        hairpin.dst = load.dst;
+        assert!(validates(&[hairpin, next], &[]));
+        assert_eq!(
+            hash_field::parse("ip_src, tp_dst,bogus"),
+            hash_field::IP_SRC | hash_field::TP_DST
+        );
     }
 
     #[test]

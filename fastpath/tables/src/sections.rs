@@ -138,6 +138,13 @@ pub const KNOWN_SECTIONS: &[SectionSpec] = &[
         validate: ovn::validate_size_only,
         dump: ovn::dump_actions,
     },
+    SectionSpec {
+        kind: SectionKind::OVN_CT_ZONES,
+        name: "ovn-ct-zones",
+        element_size: size_of::<ovn::OvnCtZone>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_ct_zones,
+    },
     // Last: its hook checks the references between all OVN sections.
     SectionSpec {
         kind: SectionKind::OVN_FLOWS,
@@ -146,6 +153,8 @@ pub const KNOWN_SECTIONS: &[SectionSpec] = &[
         validate: ovn::validate_ovn,
         dump: ovn::dump_flows,
     },
+    #[cfg(not(loom))]
+    crate::chassis::REMOTE_CHASSIS_SPEC,
 ];
 
 /// The spec of a known kind.

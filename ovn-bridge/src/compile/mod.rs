@@ -10,12 +10,17 @@
 //! decide how the fastpath classifies: it emits one rule per conjunction and
 //! leaves the classifier to the reader.
 //!
+//! Conntrack zones come from the node role's zone table
+//! ([`compile_with_zones`]) or, for the one-shot entry point, are numbered
+//! deterministically ([`deterministic_zones`]).
+//!
 //! A flow whose action cannot be executed by the fastpath yet compiles to an
 //! explicit `UNSUPPORTED` instruction naming the action (the packet is dropped
 //! and counted under that name), and the compiler logs each such action once
 //! per compilation: never silently wrong.
 
 pub mod actions;
+pub mod chassis;
 mod matches;
 pub mod run;
 
@@ -23,9 +28,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use fastpath_tables::ovn::{
-    datapath_kind, pipeline, port_kind, OvnDatapath, OvnFlow, OvnInstruction, OvnLogicalPort,
-    OvnMacBinding, OvnMatchTest, OvnMulticastGroup, OvnPortSecurity, NONE_U16, NONE_U32,
-    OVN_PORT_LOCAL, OVN_PORT_SECURED,
+    datapath_kind, pipeline, port_kind, zone_kind, OvnCtZone, OvnDatapath, OvnFlow, OvnInstruction,
+    OvnLogicalPort, OvnMacBinding, OvnMatchTest, OvnMulticastGroup, OvnPortSecurity, NONE_U16,
+    NONE_U32, OVN_PORT_LOCAL, OVN_PORT_SECURED,
 };
 use fastpath_tables::{BuildError, SectionKind, SlotBuilder};
 use ovn_lflow::{normalize, parse_actions, parse_match, Lookup, SymbolTable};
@@ -40,6 +45,9 @@ pub enum CompileError {
     /// The slot could not be built.
     #[error("building the table slot: {0}")]
     Build(#[from] BuildError),
+    /// The remote-chassis section could not be built.
+    #[error(transparent)]
+    Chassis(#[from] chassis::ChassisCompileError),
 }
 
 /// What the compiler needs besides the database.
@@ -177,8 +185,51 @@ fn port_security_entries(specs: &[String]) -> Vec<OvnPortSecurity> {
     out
 }
 
-/// Compiles a Southbound snapshot.
+/// Compiles a Southbound snapshot, with deterministic conntrack zones
+/// ([`deterministic_zones`]): for the one-shot `compile` entry point and
+/// tests.
 pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+    compile_with_zones(db, opts, None)
+}
+
+/// Conntrack zones numbered 1, 2, ... in a stable order: every port by
+/// (datapath key, port key), then each router's DNAT and SNAT zone. Keys
+/// are named as the node role's zone table names them: the logical port,
+/// or `<datapath uuid>_dnat` / `<datapath uuid>_snat`.
+pub fn deterministic_zones(db: &Database) -> Result<BTreeMap<String, u16>, CompileError> {
+    let mut dps: Vec<sb::DatapathBinding> = rows(db)?;
+    dps.sort_by_key(|d| d.tunnel_key);
+    let key: HashMap<Uuid, i64> = dps.iter().map(|d| (d.uuid, d.tunnel_key)).collect();
+    let mut ports: Vec<sb::PortBinding> = rows(db)?;
+    ports.retain(|p| key.contains_key(&p.datapath));
+    ports.sort_by_key(|p| (key[&p.datapath], p.tunnel_key));
+    let mut owners: Vec<String> = ports.into_iter().map(|p| p.logical_port).collect();
+    for d in dps
+        .iter()
+        .filter(|d| d.external_ids.contains_key("logical-router"))
+    {
+        owners.push(format!("{}_dnat", d.uuid));
+        owners.push(format!("{}_snat", d.uuid));
+    }
+    Ok(owners.into_iter().zip(1..=u16::MAX).collect())
+}
+
+/// Compiles a Southbound snapshot with the given conntrack zones (by owner:
+/// logical port name, `<datapath uuid>_dnat`, `<datapath uuid>_snat`;
+/// owners without a zone get zone 0), or deterministic ones when `None`.
+pub fn compile_with_zones(
+    db: &Database,
+    opts: &CompileOptions,
+    zones: Option<&BTreeMap<String, u16>>,
+) -> Result<Compiled, CompileError> {
+    let own_zones;
+    let zones = match zones {
+        Some(z) => z,
+        None => {
+            own_zones = deterministic_zones(db)?;
+            &own_zones
+        }
+    };
     let symtab = SymbolTable::ovn_23_03();
     let mut b = SlotBuilder::new();
     let mut stats = CompileStats::default();
@@ -194,6 +245,7 @@ pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, Compile
     dp_rows.sort_by_key(|d| d.tunnel_key);
     let mut dp_key: HashMap<Uuid, u32> = HashMap::new();
     let mut datapaths = Vec::new();
+    let mut ct_zones: Vec<OvnCtZone> = Vec::new();
     for d in &dp_rows {
         let Ok(key) = u32::try_from(d.tunnel_key) else {
             continue;
@@ -209,6 +261,19 @@ pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, Compile
             .cloned()
             .unwrap_or_else(|| d.uuid.to_string());
         dp_key.insert(d.uuid, key);
+        if kind == datapath_kind::ROUTER {
+            for (suffix, zk) in [("dnat", zone_kind::DNAT), ("snat", zone_kind::SNAT)] {
+                if let Some(&zone) = zones.get(&format!("{}_{suffix}", d.uuid)) {
+                    ct_zones.push(OvnCtZone {
+                        datapath: key,
+                        port: NONE_U32,
+                        kind: zk,
+                        reserved: 0,
+                        zone,
+                    });
+                }
+            }
+        }
         datapaths.push(OvnDatapath {
             key,
             kind,
@@ -252,14 +317,25 @@ pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, Compile
         }
         let first_security = security.len() as u32;
         security.extend_from_slice(&entries);
+        // A chassisredirect port's "peer" is its distributed port.
         let peer = p
             .options
             .get("peer")
+            .or_else(|| p.options.get("distributed-port"))
             .and_then(|n| index_of.get(n))
             .copied()
             .unwrap_or(NONE_U32);
         let key = p.tunnel_key as u32;
         let dp = dp_key[&p.datapath];
+        if let Some(&zone) = zones.get(&p.logical_port) {
+            ct_zones.push(OvnCtZone {
+                datapath: dp,
+                port: key,
+                kind: zone_kind::PORT,
+                reserved: 0,
+                zone,
+            });
+        }
         port_index.keys.insert(p.logical_port.clone(), (dp, key));
         port_index
             .resident
@@ -419,6 +495,7 @@ pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, Compile
             table,
             pipeline: pipe,
             unsupported: Vec::new(),
+            pending: Vec::new(),
         };
         let code = ctx.compile(&parsed_actions);
         for name in &ctx.unsupported {
@@ -496,7 +573,9 @@ pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, Compile
     b.add_section(SectionKind::OVN_MAC_BINDINGS, &bindings)?;
     b.add_section(SectionKind::OVN_MATCH_TESTS, &tests)?;
     b.add_section(SectionKind::OVN_ACTIONS, &program)?;
+    b.add_section(SectionKind::OVN_CT_ZONES, &ct_zones)?;
     b.add_section(SectionKind::OVN_FLOWS, &flows)?;
+    chassis::compile_remote_chassis(db, &opts.chassis, &mut b)?;
     Ok(Compiled { builder: b, stats })
 }
 
