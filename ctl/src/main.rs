@@ -27,11 +27,14 @@ struct Cli {
 enum Cmd {
     /// Is the fastpath alive? Prints pid, uptime and pipeline.
     Ping,
-    /// Ports: driver, link, queues, MTU and counters.
+    /// Ports: driver, link, queues, MTU and counters. `ports add` and
+    /// `ports del` create and remove run-time ports.
     Ports {
         /// Also print each port's DPDK extended statistics.
         #[arg(long)]
         xstats: bool,
+        #[command(subcommand)]
+        what: Option<PortsCmd>,
     },
     /// Counters of ports and lcores, and drops by reason.
     Stats {
@@ -74,6 +77,68 @@ enum Cmd {
     },
     /// MAC bindings the pipeline learned (put_arp, put_nd).
     Learned,
+}
+
+#[derive(Subcommand, Debug)]
+enum PortsCmd {
+    /// Create a run-time port (exactly one of --vhost-user, --tap,
+    /// --af-packet). Adding an existing identical port prints its id.
+    Add {
+        /// Port name.
+        name: String,
+        /// A vhost-user port at this socket path.
+        #[arg(long, value_name = "SOCKET", group = "kind")]
+        vhost_user: Option<String>,
+        /// With --vhost-user: connect to the peer's socket (client mode).
+        #[arg(long, requires = "vhost_user")]
+        client: bool,
+        /// A tap port: the fastpath creates this kernel interface.
+        #[arg(long, value_name = "IFACE", group = "kind")]
+        tap: Option<String>,
+        /// An existing kernel interface, polled through AF_PACKET.
+        #[arg(long, value_name = "IFACE", group = "kind")]
+        af_packet: Option<String>,
+        /// The port id wanted (another free one is used when it is taken).
+        #[arg(long)]
+        id: Option<u16>,
+    },
+    /// Remove a run-time port (nothing to do when it does not exist).
+    Del {
+        /// Port name.
+        name: String,
+    },
+}
+
+/// The request of `ports add`.
+fn add_port_request(
+    name: &str,
+    vhost_user: Option<&String>,
+    client: bool,
+    tap: Option<&String>,
+    af_packet: Option<&String>,
+    id: Option<u16>,
+) -> Result<Request> {
+    use fastpath_api::RuntimePortKind;
+    let kind = match (vhost_user, tap, af_packet) {
+        (Some(socket), None, None) => RuntimePortKind::VhostUser {
+            socket: socket.clone(),
+            client,
+        },
+        (None, Some(iface), None) => RuntimePortKind::Tap {
+            iface: iface.clone(),
+        },
+        (None, None, Some(iface)) => RuntimePortKind::AfPacket {
+            iface: iface.clone(),
+        },
+        _ => anyhow::bail!(
+            "say what the port is: one of --vhost-user SOCKET, --tap IFACE, --af-packet IFACE"
+        ),
+    };
+    Ok(Request::AddPort {
+        name: name.to_string(),
+        kind,
+        preferred_id: id,
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -155,7 +220,55 @@ fn run(cli: &Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Ports { xstats } => {
+        Cmd::Ports {
+            what:
+                Some(PortsCmd::Add {
+                    name,
+                    vhost_user,
+                    client: is_client,
+                    tap,
+                    af_packet,
+                    id,
+                }),
+            ..
+        } => {
+            let req = add_port_request(
+                name,
+                vhost_user.as_ref(),
+                *is_client,
+                tap.as_ref(),
+                af_packet.as_ref(),
+                *id,
+            )?;
+            let v = client.call(&req)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let a: fastpath_api::AddedPort = serde_json::from_value(v)?;
+                println!(
+                    "port {name}: id {}{} ({})",
+                    a.port_id,
+                    if a.created { "" } else { ", already there" },
+                    a.devargs
+                );
+            }
+        }
+        Cmd::Ports {
+            what: Some(PortsCmd::Del { name }),
+            ..
+        } => {
+            let v = client.call(&Request::RemovePort { name: name.clone() })?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let r: fastpath_api::RemovedPort = serde_json::from_value(v)?;
+                match r.port_id {
+                    Some(id) => println!("port {name}: removed (id {id})"),
+                    None => println!("port {name}: not there, nothing to do"),
+                }
+            }
+        }
+        Cmd::Ports { xstats, what: None } => {
             let v = client.call(&Request::Ports)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

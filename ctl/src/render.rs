@@ -46,6 +46,11 @@ pub fn ports(ports: &[PortInfo], xstats: bool) -> String {
             vec![
                 p.name.clone(),
                 p.port_id.to_string(),
+                if p.runtime {
+                    "run-time".into()
+                } else {
+                    "config".into()
+                },
                 p.driver.clone(),
                 if p.link_up {
                     "up".into()
@@ -64,8 +69,8 @@ pub fn ports(ports: &[PortInfo], xstats: bool) -> String {
         .collect();
     let mut out = table(
         &[
-            "PORT", "ID", "DRIVER", "LINK", "MAC", "MTU", "RXQ/TXQ", "RX-PKTS", "TX-PKTS",
-            "TX-DROP", "RX-MISS",
+            "PORT", "ID", "ORIGIN", "DRIVER", "LINK", "MAC", "MTU", "RXQ/TXQ", "RX-PKTS",
+            "TX-PKTS", "TX-DROP", "RX-MISS",
         ],
         &rows,
     );

@@ -1,6 +1,13 @@
 //! Start-up and shut-down of the fastpath process: EAL, mempool, ports,
 //! workers on their lcores, the control thread, and a clean stop on
 //! SIGTERM/SIGINT that releases ports, sockets and hugepage memory.
+//!
+//! Also owns the port table: the configured ports and the run-time ports
+//! the control socket adds and removes (`AddPort`/`RemovePort`), each at a
+//! stable fastpath port index (the index the tables' port map uses). The
+//! control thread creates and frees devices; workers only learn of them
+//! through `worker::PortCommand`s, and a device is freed only after every
+//! worker acknowledged it no longer uses it.
 
 use crate::config::Config;
 use crate::control::{ControlServer, Handler};
@@ -10,13 +17,14 @@ use crate::ovn::{Interpreter, Learned};
 use crate::pipeline::Pipeline;
 use crate::stats::{LcoreSnapshot, LcoreStats};
 use crate::tables::{TablesShared, Watcher, WorkerTables, WORKER_ROLE_BASE};
-use crate::worker::{FlowDump, LcoreCommand, OvnWorker, RxQueue, Worker};
+use crate::worker::{FlowDump, LcoreCommand, OvnWorker, PortCommand, RxQueue, Worker};
 use anyhow::{bail, Context, Result};
 use crossbeam::channel::Sender;
 use crossbeam::queue::ArrayQueue;
 use fastpath_api::{
-    FlowInfo, LcoreFlows, LcoreInfo, LearnedBinding, PortCounters, PortInfo, Request, Response,
-    SectionInfo, Stats, TableReaderInfo, TablesInfo, TraceOutput, TraceResult,
+    AddedPort, FlowInfo, LcoreFlows, LcoreInfo, LearnedBinding, PortCounters, PortInfo,
+    RemovedPort, Request, Response, RuntimePortKind, SectionInfo, Stats, TableReaderInfo,
+    TablesInfo, TraceOutput, TraceResult,
 };
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -25,9 +33,162 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Number of fastpath port indexes (configured and run-time ports share
+/// them; the per-lcore port counters are sized for all of them).
+pub const MAX_PORTS: usize = 256;
+
+/// Descriptors per queue of a run-time port.
+const RUNTIME_DESC: u16 = 1024;
+
+/// How long the control thread waits for a worker's acknowledgement.
+const WORKER_ACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One port at its fastpath index.
+struct PortSlot {
+    port: EthPort,
+    /// The request it was created from; None for a configured port.
+    runtime: Option<RuntimePortKind>,
+    /// For a run-time port: the rx queue each worker (by position) polls.
+    polled: Vec<Option<u16>>,
+}
+
+/// Why a run-time port request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PortRequestError {
+    /// The port name is empty, too long, or has control characters.
+    #[error("port name {0:?} is not usable (1 to 255 printable characters)")]
+    BadName(String),
+    /// A kernel interface name is not valid.
+    #[error("interface name {0:?} is not valid (1 to 15 bytes, no '/', ',', '=', ':' or spaces)")]
+    BadInterface(String),
+    /// The vhost-user socket path cannot be used.
+    #[error("vhost-user socket {path:?}: {reason}")]
+    BadSocket {
+        /// The path given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The name exists with another kind or endpoint.
+    #[error("port {name:?} already exists as {existing}")]
+    Conflict {
+        /// Port name.
+        name: String,
+        /// What it is.
+        existing: String,
+    },
+    /// Another port uses the same socket or interface.
+    #[error("{endpoint} is already used by port {other:?}")]
+    EndpointInUse {
+        /// Socket path or interface.
+        endpoint: String,
+        /// The port using it.
+        other: String,
+    },
+    /// Every port index is taken.
+    #[error("no free port index (all {MAX_PORTS} are in use)")]
+    Full,
+    /// The device could not be created or set up.
+    #[error("{0}")]
+    Device(#[from] crate::dpdk::PortError),
+    /// The device has fewer tx queues than there are workers.
+    #[error("port {name:?}: the device has {got} tx queue(s) but {need} workers need one each")]
+    TxQueues {
+        /// Port name.
+        name: String,
+        /// Queues the device has.
+        got: u16,
+        /// Workers.
+        need: u16,
+    },
+    /// A configured port cannot be removed at run time.
+    #[error("port {0:?} is configured, not a run-time port; it cannot be removed")]
+    Configured(String),
+    /// A worker did not acknowledge in time; the device is left as is.
+    #[error("lcore {lcore} did not acknowledge the change of port {name:?}; the device is kept")]
+    NoAck {
+        /// Port name.
+        name: String,
+        /// The lcore.
+        lcore: u32,
+    },
+}
+
+fn valid_iface(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b',' | b'=' | b':'))
+}
+
+/// The DPDK devargs of a run-time port at `index`, after checking its
+/// parameters.
+pub fn runtime_devargs(
+    index: usize,
+    kind: &RuntimePortKind,
+    queues: u16,
+) -> Result<String, PortRequestError> {
+    match kind {
+        RuntimePortKind::VhostUser { socket, client } => {
+            let bad = |reason: &str| PortRequestError::BadSocket {
+                path: socket.clone(),
+                reason: reason.into(),
+            };
+            if socket.is_empty() || socket.contains(',') || socket.chars().any(char::is_control) {
+                return Err(bad("empty, or has a comma or control character"));
+            }
+            let path = std::path::Path::new(socket);
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(bad(&format!("directory {} does not exist", dir.display())));
+            }
+            if path.file_name().is_none() {
+                return Err(bad("no file name"));
+            }
+            Ok(format!(
+                "net_vhost_fp{index},iface={socket},client={},queues={queues}",
+                u8::from(*client)
+            ))
+        }
+        RuntimePortKind::Tap { iface } => {
+            if !valid_iface(iface) {
+                return Err(PortRequestError::BadInterface(iface.clone()));
+            }
+            Ok(format!("net_tap_fp{index},iface={iface}"))
+        }
+        RuntimePortKind::AfPacket { iface } => {
+            if !valid_iface(iface) {
+                return Err(PortRequestError::BadInterface(iface.clone()));
+            }
+            Ok(format!(
+                "net_af_packet_fp{index},iface={iface},qpairs={queues}"
+            ))
+        }
+    }
+}
+
+/// The socket path or interface of a run-time port.
+fn endpoint(kind: &RuntimePortKind) -> &str {
+    match kind {
+        RuntimePortKind::VhostUser { socket, .. } => socket,
+        RuntimePortKind::Tap { iface } | RuntimePortKind::AfPacket { iface } => iface,
+    }
+}
+
 /// What the control thread reads.
 struct State {
-    ports: Arc<Vec<EthPort>>,
+    /// Ports by fastpath index (`MAX_PORTS` slots).
+    ports: Mutex<Vec<Option<PortSlot>>>,
+    /// The packet pool run-time ports take their rx buffers from.
+    pool: Arc<Mempool>,
+    /// Port-set channels of the workers, in worker order.
+    port_commands: Vec<(u32, Sender<PortCommand>)>,
     lcores: Vec<Arc<LcoreStats>>,
     pipeline: &'static str,
     started: Instant,
@@ -65,35 +226,59 @@ impl State {
             .collect()
     }
 
-    fn port_counters(&self, snaps: &[LcoreSnapshot]) -> Vec<PortCounters> {
-        let mut out: Vec<PortCounters> = vec![PortCounters::default(); self.ports.len()];
-        for s in snaps {
-            for (i, p) in s.ports.iter().enumerate() {
-                if let Some(o) = out.get_mut(i) {
-                    o.rx_packets += p[0];
-                    o.rx_bytes += p[1];
-                    o.tx_packets += p[2];
-                    o.tx_bytes += p[3];
-                    o.tx_dropped += p[4];
+    /// Counters of every present port, by index.
+    fn port_counters(
+        &self,
+        ports: &[Option<PortSlot>],
+        snaps: &[LcoreSnapshot],
+    ) -> Vec<(usize, PortCounters)> {
+        ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let slot = slot.as_ref()?;
+                let mut o = PortCounters::default();
+                for s in snaps {
+                    if let Some(p) = s.ports.get(i) {
+                        o.rx_packets += p[0];
+                        o.rx_bytes += p[1];
+                        o.tx_packets += p[2];
+                        o.tx_bytes += p[3];
+                        o.tx_dropped += p[4];
+                    }
                 }
-            }
-        }
-        for (i, port) in self.ports.iter().enumerate() {
-            let hw = port.stats();
-            out[i].rx_missed = hw.imissed + hw.rx_nombuf;
-        }
-        out
+                let hw = slot.port.stats();
+                o.rx_missed = hw.imissed + hw.rx_nombuf;
+                Some((i, o))
+            })
+            .collect()
+    }
+
+    /// The rx queues of run-time ports worker `w` polls, as `name:queue`.
+    fn runtime_queues(&self, w: usize) -> Vec<String> {
+        self.ports
+            .lock()
+            .iter()
+            .flatten()
+            .filter_map(|slot| {
+                let q = slot.polled.get(w).copied().flatten()?;
+                Some(format!("{}:{q}", slot.port.name()))
+            })
+            .collect()
     }
 
     fn lcore_infos(&self, snaps: &[LcoreSnapshot]) -> Vec<LcoreInfo> {
         self.lcores
             .iter()
             .zip(snaps)
-            .map(|(l, s)| {
+            .enumerate()
+            .map(|(w, (l, s))| {
                 let total = s.busy_cycles + s.idle_cycles;
+                let mut queues = l.queues.clone();
+                queues.extend(self.runtime_queues(w));
                 LcoreInfo {
                     lcore_id: l.lcore,
-                    queues: l.queues.clone(),
+                    queues,
                     packets: s.packets,
                     busy_cycles: s.busy_cycles,
                     idle_cycles: s.idle_cycles,
@@ -379,6 +564,161 @@ impl State {
     }
 }
 
+impl State {
+    /// Sends `make(done)` to every worker and waits for each answer.
+    fn tell_workers(
+        &self,
+        name: &str,
+        make: impl Fn(usize, Sender<()>) -> PortCommand,
+    ) -> Result<(), PortRequestError> {
+        let mut waits = Vec::new();
+        for (w, (lcore, tx)) in self.port_commands.iter().enumerate() {
+            let (done, ack) = crossbeam::channel::bounded(1);
+            if tx.send_timeout(make(w, done), WORKER_ACK).is_err() {
+                return Err(PortRequestError::NoAck {
+                    name: name.to_string(),
+                    lcore: *lcore,
+                });
+            }
+            waits.push((*lcore, ack));
+        }
+        for (lcore, ack) in waits {
+            if ack.recv_timeout(WORKER_ACK).is_err() {
+                return Err(PortRequestError::NoAck {
+                    name: name.to_string(),
+                    lcore,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn add_port(
+        &self,
+        name: &str,
+        kind: RuntimePortKind,
+        preferred: Option<u16>,
+    ) -> Result<AddedPort, PortRequestError> {
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(PortRequestError::BadName(name.to_string()));
+        }
+        let mut slots = self.ports.lock();
+        for (i, slot) in slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            if slot.port.name() == name {
+                return match &slot.runtime {
+                    Some(k) if *k == kind => Ok(AddedPort {
+                        port_id: i as u16,
+                        devargs: slot.port.devargs().to_string(),
+                        created: false,
+                    }),
+                    Some(k) => Err(PortRequestError::Conflict {
+                        name: name.to_string(),
+                        existing: format!("{k:?}"),
+                    }),
+                    None => Err(PortRequestError::Conflict {
+                        name: name.to_string(),
+                        existing: format!("configured port {}", slot.port.devargs()),
+                    }),
+                };
+            }
+            if let Some(k) = &slot.runtime {
+                if endpoint(k) == endpoint(&kind)
+                    && std::mem::discriminant(k) == std::mem::discriminant(&kind)
+                {
+                    return Err(PortRequestError::EndpointInUse {
+                        endpoint: endpoint(&kind).to_string(),
+                        other: slot.port.name().to_string(),
+                    });
+                }
+            }
+        }
+        let index = match preferred.map(usize::from) {
+            Some(p) if p < slots.len() && slots[p].is_none() => p,
+            _ => slots
+                .iter()
+                .position(Option::is_none)
+                .ok_or(PortRequestError::Full)?,
+        };
+        let nworkers = self.port_commands.len().max(1) as u16;
+        let devargs = runtime_devargs(index, &kind, nworkers)?;
+        let port = EthPort::create(
+            &PortConfig {
+                name: name.to_string(),
+                devargs: devargs.clone(),
+                rx_queues: nworkers,
+                tx_queues: nworkers,
+                rx_desc: RUNTIME_DESC,
+                tx_desc: RUNTIME_DESC,
+                mtu: None,
+                promiscuous: true,
+            },
+            &self.pool,
+        )?;
+        if port.tx_queues() < nworkers {
+            return Err(PortRequestError::TxQueues {
+                name: name.to_string(),
+                got: port.tx_queues(),
+                need: nworkers,
+            });
+        }
+        let polled: Vec<Option<u16>> = (0..nworkers)
+            .map(|w| (w < port.rx_queues()).then_some(w))
+            .collect();
+        let port_id = port.id();
+        log::info!(
+            "run-time port {name} (index {index}, dpdk {port_id}, driver {}) from {devargs}",
+            port.driver()
+        );
+        slots[index] = Some(PortSlot {
+            port,
+            runtime: Some(kind),
+            polled: polled.clone(),
+        });
+        drop(slots);
+        self.tell_workers(name, |w, done| PortCommand::Attach {
+            index,
+            port_id,
+            rx_queue: polled.get(w).copied().flatten(),
+            done,
+        })?;
+        Ok(AddedPort {
+            port_id: index as u16,
+            devargs,
+            created: true,
+        })
+    }
+
+    fn remove_port(&self, name: &str) -> Result<RemovedPort, PortRequestError> {
+        let index = {
+            let slots = self.ports.lock();
+            let found = slots.iter().enumerate().find_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| s.port.name() == name)
+                    .map(|s| (i, s.runtime.is_some()))
+            });
+            match found {
+                None => return Ok(RemovedPort { port_id: None }),
+                Some((_, false)) => return Err(PortRequestError::Configured(name.to_string())),
+                Some((i, true)) => i,
+            }
+        };
+        // Every worker lets go of the device before it is freed.
+        self.tell_workers(name, |_, done| PortCommand::Detach { index, done })?;
+        let slot = self.ports.lock()[index].take();
+        if let Some(slot) = slot {
+            log::info!(
+                "run-time port {name} (index {index}) removed: {}",
+                slot.port.devargs()
+            );
+            drop(slot);
+        }
+        Ok(RemovedPort {
+            port_id: Some(index as u16),
+        })
+    }
+}
+
 impl Handler for State {
     fn handle(&self, req: Request) -> Response {
         match req {
@@ -389,16 +729,19 @@ impl Handler for State {
             }),
             Request::Ports => {
                 let snaps = self.snapshots();
-                let counters = self.port_counters(&snaps);
-                let ports: Vec<PortInfo> = self
-                    .ports
-                    .iter()
-                    .zip(counters)
-                    .map(|(p, c)| {
+                let slots = self.ports.lock();
+                let counters = self.port_counters(&slots, &snaps);
+                let ports: Vec<PortInfo> = counters
+                    .into_iter()
+                    .filter_map(|(i, c)| Some((i, slots[i].as_ref()?, c)))
+                    .map(|(i, slot, c)| {
+                        let p = &slot.port;
                         let link = p.link();
                         let m = p.mac();
                         PortInfo {
-                            port_id: p.id(),
+                            port_id: i as u16,
+                            dpdk_port_id: p.id(),
+                            runtime: slot.runtime.is_some(),
                             name: p.name().to_string(),
                             devargs: p.devargs().to_string(),
                             driver: p.driver().to_string(),
@@ -420,7 +763,13 @@ impl Handler for State {
             }
             Request::Stats => {
                 let snaps = self.snapshots();
-                let counters = self.port_counters(&snaps);
+                let port_counters: BTreeMap<String, PortCounters> = {
+                    let slots = self.ports.lock();
+                    self.port_counters(&slots, &snaps)
+                        .into_iter()
+                        .filter_map(|(i, c)| Some((slots[i].as_ref()?.port.name().to_string(), c)))
+                        .collect()
+                };
                 let mut drops = BTreeMap::new();
                 for s in &snaps {
                     for (name, v) in &s.drops {
@@ -432,12 +781,7 @@ impl Handler for State {
                 Response::ok(&Stats {
                     tsc_hz: self.tsc_hz,
                     uptime_secs: self.started.elapsed().as_secs_f64(),
-                    ports: self
-                        .ports
-                        .iter()
-                        .map(|p| p.name().to_string())
-                        .zip(counters)
-                        .collect(),
+                    ports: port_counters,
                     lcores: self.lcore_infos(&snaps),
                     drops,
                 })
@@ -455,6 +799,18 @@ impl Handler for State {
             },
             Request::Trace { inport, packet } => self.trace(&inport, &packet),
             Request::LearnedBindings => self.learned_bindings(),
+            Request::AddPort {
+                name,
+                kind,
+                preferred_id,
+            } => match self.add_port(&name, kind, preferred_id) {
+                Ok(a) => Response::ok(&a),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::RemovePort { name } => match self.remove_port(&name) {
+                Ok(r) => Response::ok(&r),
+                Err(e) => Response::error(e.to_string()),
+            },
             Request::ClearStats => {
                 *self.baseline.lock() = self.lcores.iter().map(|l| l.snapshot()).collect();
                 Response::ok(&serde_json::json!({"cleared": true}))
@@ -522,7 +878,9 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         );
         ports.push(port);
     }
-    let ports = Arc::new(ports);
+    if ports.len() > MAX_PORTS {
+        bail!("{} ports configured; at most {MAX_PORTS}", ports.len());
+    }
     let port_ids: Vec<u16> = ports.iter().map(|p| p.id()).collect();
     let pipeline = Pipeline::from_config(&cfg);
 
@@ -545,6 +903,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     let tsc_hz = dpdk::tsc_hz();
     let learned_queue = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
     let mut commands = Vec::new();
+    let mut port_commands = Vec::new();
     let mut workers = Vec::new();
     let mut lcore_stats = Vec::new();
     for (i, w) in cfg.workers.iter().enumerate() {
@@ -559,7 +918,9 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
             });
             names.push(format!("{}:{}", cfg.ports[r.port].name, r.queue));
         }
-        let stats = Arc::new(LcoreStats::new(w.lcore, names, ports.len()));
+        let stats = Arc::new(LcoreStats::new(w.lcore, names, MAX_PORTS));
+        let (port_tx, port_rx) = crossbeam::channel::bounded(4);
+        port_commands.push((w.lcore, port_tx));
         lcore_stats.push(stats.clone());
         let ovn = match &pipeline {
             Pipeline::Ovn { cache_entries } => {
@@ -588,12 +949,24 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
                     .as_ref()
                     .map(|t| WorkerTables::new(t.clone(), w.lcore, tsc_hz)),
                 ovn,
+                port_commands: port_rx,
             },
         ));
     }
+    let mut slots: Vec<Option<PortSlot>> = Vec::with_capacity(MAX_PORTS);
+    slots.extend(ports.into_iter().map(|port| {
+        Some(PortSlot {
+            port,
+            runtime: None,
+            polled: Vec::new(),
+        })
+    }));
+    slots.resize_with(MAX_PORTS, || None);
 
     let state = Arc::new(State {
-        ports: ports.clone(),
+        ports: Mutex::new(slots),
+        pool: pool.clone(),
+        port_commands,
         lcores: lcore_stats,
         pipeline: pipeline.name(),
         started: Instant::now(),
@@ -663,10 +1036,10 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     if let Some(w) = watcher_thread {
         let _ = w.join();
     }
-    drop(state);
-    match Arc::try_unwrap(ports) {
-        Ok(ports) => drop(ports),
-        Err(_) => log::warn!("ports still referenced at shutdown"),
+    // The workers have returned: the devices are freed here.
+    match Arc::try_unwrap(state) {
+        Ok(state) => drop(state),
+        Err(_) => log::warn!("port table still referenced at shutdown"),
     }
     match Arc::try_unwrap(pool) {
         Ok(pool) => drop(pool),

@@ -21,8 +21,9 @@ struct Cli {
     /// Add a port: NAME=DEVARGS (repeatable).
     #[arg(long = "port", value_name = "NAME=DEVARGS")]
     ports: Vec<String>,
-    /// Add a worker: LCORE=PORT[:QUEUE],... (repeatable).
-    #[arg(long = "worker", value_name = "LCORE=RXQ,...")]
+    /// Add a worker: LCORE=PORT[:QUEUE],... (repeatable). A bare LCORE is a
+    /// worker that starts with no queue and polls run-time ports.
+    #[arg(long = "worker", value_name = "LCORE[=RXQ,...]")]
     workers: Vec<String>,
     /// Pipeline kind: `xconnect` or `ovn`.
     #[arg(long)]
@@ -84,15 +85,17 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
         });
     }
     for w in &cli.workers {
-        let (lcore, rx) = w
-            .split_once('=')
-            .with_context(|| format!("--worker {w:?}: expected LCORE=PORT[:QUEUE],..."))?;
+        let (lcore, rx) = w.split_once('=').unwrap_or((w.as_str(), ""));
         let lcore: u32 = lcore
             .parse()
             .with_context(|| format!("--worker {w:?}: {lcore:?} is not an lcore id"))?;
         cfg.workers.push(WorkerSection {
             lcore,
-            rx: rx.split(',').map(str::to_string).collect(),
+            rx: rx
+                .split(',')
+                .filter(|q| !q.trim().is_empty())
+                .map(str::to_string)
+                .collect(),
         });
     }
     for x in &cli.xconnect {

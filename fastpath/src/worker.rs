@@ -8,6 +8,13 @@
 //! including their processing and transmission, are busy; the cycles of an
 //! empty poll and of the idle sleep are idle. Busy cycles per packet is the
 //! figure every pipeline is compared on.
+//!
+//! The set of ports changes at run time only through [`PortCommand`]s,
+//! taken at the burst boundary: a worker attaches a new port (its tx queue,
+//! and an rx queue when it is given one) or detaches one (stops polling it,
+//! frees what it had queued for it, forgets its DPDK id) and acknowledges.
+//! The control thread frees a device only after every worker acknowledged
+//! its detach; this module never creates or frees a device itself.
 
 use crate::config::IdleSection;
 use crate::dpdk::{rdtsc, Mbuf, Mempool, RxBurst, TxBuffer};
@@ -32,6 +39,37 @@ pub struct RxQueue {
     pub port_id: u16,
     /// Queue number.
     pub queue: u16,
+}
+
+/// The DPDK id of a port slot that has no device (a port index the tables
+/// name but that does not exist, or a removed run-time port).
+pub const NO_PORT: u16 = u16::MAX;
+
+/// A change of the port set, sent by the control thread and applied by
+/// every worker at a burst boundary; `done` is answered once applied (it
+/// is a bounded channel with room for the answer, so answering never
+/// blocks).
+pub enum PortCommand {
+    /// Start using a port: transmit to it on the worker's tx queue, and
+    /// poll `rx_queue` when given.
+    Attach {
+        /// Fastpath port index.
+        index: PortIndex,
+        /// DPDK port id.
+        port_id: u16,
+        /// The rx queue this worker polls, if any.
+        rx_queue: Option<u16>,
+        /// Acknowledgement.
+        done: Sender<()>,
+    },
+    /// Stop using a port entirely: after the acknowledgement the worker
+    /// never touches the device again.
+    Detach {
+        /// Fastpath port index.
+        index: PortIndex,
+        /// Acknowledgement.
+        done: Sender<()>,
+    },
 }
 
 /// A request from the control thread to a worker, served at a burst
@@ -89,14 +127,16 @@ pub struct Worker {
     pub tables: Option<WorkerTables>,
     /// OVN state (pipeline `ovn`).
     pub ovn: Option<OvnWorker>,
+    /// Port set changes from the control thread.
+    pub port_commands: Receiver<PortCommand>,
 }
 
 impl Worker {
     /// Runs until `stop` is set. Returns 0.
     pub fn run(self) -> i32 {
         let Worker {
-            rx,
-            port_ids,
+            mut rx,
+            mut port_ids,
             tx_queue,
             pipeline,
             stats,
@@ -104,6 +144,7 @@ impl Worker {
             idle,
             mut tables,
             mut ovn,
+            port_commands,
         } = self;
         let mut burst = RxBurst::new();
         let mut tx: Vec<TxBuffer> = port_ids.iter().map(|_| TxBuffer::new()).collect();
@@ -131,6 +172,9 @@ impl Worker {
                 if let Ok(cmd) = o.commands.try_recv() {
                     serve_command(cmd, o, &stats);
                 }
+            }
+            if let Ok(cmd) = port_commands.try_recv() {
+                apply_port_command(cmd, &mut rx, &mut port_ids, &mut tx, &stats);
             }
             let mut round_packets = 0usize;
             for q in &rx {
@@ -209,6 +253,68 @@ impl Worker {
     }
 }
 
+/// Applies a port set change (see [`PortCommand`]).
+#[cold]
+fn apply_port_command(
+    cmd: PortCommand,
+    rx: &mut Vec<RxQueue>,
+    port_ids: &mut Vec<u16>,
+    tx: &mut Vec<TxBuffer>,
+    stats: &LcoreStats,
+) {
+    match cmd {
+        PortCommand::Attach {
+            index,
+            port_id,
+            rx_queue,
+            done,
+        } => {
+            if index < stats.ports.len() {
+                if port_ids.len() <= index {
+                    port_ids.resize(index + 1, NO_PORT);
+                }
+                while tx.len() <= index {
+                    tx.push(TxBuffer::new());
+                }
+                port_ids[index] = port_id;
+                rx.retain(|q| q.port != index);
+                if let Some(queue) = rx_queue {
+                    rx.push(RxQueue {
+                        port: index,
+                        port_id,
+                        queue,
+                    });
+                }
+                log::info!(
+                    "lcore {}: port {index} (dpdk {port_id}) attached{}",
+                    stats.lcore,
+                    rx_queue
+                        .map(|q| format!(", polling queue {q}"))
+                        .unwrap_or_default()
+                );
+            } else {
+                log::error!(
+                    "lcore {}: port {index} is beyond the {} port counters; not attached",
+                    stats.lcore,
+                    stats.ports.len()
+                );
+            }
+            let _ = done.try_send(());
+        }
+        PortCommand::Detach { index, done } => {
+            rx.retain(|q| q.port != index);
+            if let Some(b) = tx.get_mut(index) {
+                b.discard();
+            }
+            if let Some(id) = port_ids.get_mut(index) {
+                *id = NO_PORT;
+            }
+            log::info!("lcore {}: port {index} detached", stats.lcore);
+            let _ = done.try_send(());
+        }
+    }
+}
+
 #[cold]
 fn serve_command(cmd: LcoreCommand, o: &mut OvnWorker, stats: &LcoreStats) {
     match cmd {
@@ -264,6 +370,11 @@ fn enqueue(
         stats.drop_packets(DropReason::OvnRemoteOutport, 1);
         return;
     };
+    if port_ids.get(out).is_none_or(|id| *id == NO_PORT) {
+        // A port index the tables name but no device is attached at.
+        stats.drop_packets(DropReason::NoOutput, 1);
+        return;
+    }
     if let Err(m) = buf.push(m) {
         flush(buf, out, port_ids, queue, stats);
         let _ = buf.push(m);

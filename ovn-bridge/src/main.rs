@@ -81,6 +81,10 @@ enum Role {
         /// Directory of the node's state file.
         #[arg(long)]
         state_dir: PathBuf,
+        /// Control socket of the fastpath, which creates the pod ports.
+        /// Without it ports are only recorded (no data plane).
+        #[arg(long)]
+        fastpath_socket: Option<PathBuf>,
     },
 }
 
@@ -98,8 +102,15 @@ fn main() -> anyhow::Result<()> {
             tables,
             cni_socket,
             state_dir,
+            fastpath_socket,
         } => rt.block_on(run_node(
-            sb, chassis, encap_ip, tables, cni_socket, state_dir,
+            sb,
+            chassis,
+            encap_ip,
+            tables,
+            cni_socket,
+            state_dir,
+            fastpath_socket,
         )),
         Role::Compile {
             sb,
@@ -165,8 +176,11 @@ async fn run_node(
     tables: PathBuf,
     cni_socket: PathBuf,
     state_dir: PathBuf,
+    fastpath_socket: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use ovn_bridge::node::{ChassisConfig, Node, NodeConfig, RecordingPlumber, Shutdown};
+    use ovn_bridge::node::{
+        ChassisConfig, FastpathPlumber, Node, NodeConfig, PortPlumber, RecordingPlumber, Shutdown,
+    };
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| chassis.clone());
@@ -182,9 +196,14 @@ async fn run_node(
         tables,
         state_dir,
     );
-    let mut node = Node::start(cfg, std::sync::Arc::new(RecordingPlumber::default()))
-        .await
-        .context("start the node")?;
+    let plumber: std::sync::Arc<dyn PortPlumber> = match fastpath_socket {
+        Some(p) => std::sync::Arc::new(FastpathPlumber::new(p.display().to_string())),
+        None => {
+            log::warn!("no --fastpath-socket: pod ports are recorded, not created");
+            std::sync::Arc::new(RecordingPlumber::default())
+        }
+    };
+    let mut node = Node::start(cfg, plumber).await.context("start the node")?;
     let listener = fastpath_cni::bind(&cni_socket)
         .with_context(|| format!("bind {}", cni_socket.display()))?;
     let handler = std::sync::Arc::new(node.cni_handler());

@@ -50,6 +50,68 @@ pub enum Request {
     /// MAC bindings learned by `put_arp`/`put_nd` since start (most recent
     /// last, bounded).
     LearnedBindings,
+    /// Creates a port at run time (DPDK hotplug) and hands it to the
+    /// workers; answered with [`AddedPort`]. Adding a port that exists with
+    /// the same kind answers its id again.
+    AddPort {
+        /// Port name (for instance the logical port `<pod>.<namespace>`).
+        name: String,
+        /// What device to create.
+        kind: RuntimePortKind,
+        /// The port id wanted (the id the tables map the logical port to);
+        /// another free id is chosen when it is taken.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preferred_id: Option<u16>,
+    },
+    /// Removes a run-time port: the workers stop using it, then the device
+    /// is stopped, closed and detached. Removing a missing port succeeds.
+    RemovePort {
+        /// Port name.
+        name: String,
+    },
+}
+
+/// The device behind a run-time port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum RuntimePortKind {
+    /// A vhost-user socket (DPDK `net_vhost`).
+    VhostUser {
+        /// Socket path; its directory must exist.
+        socket: String,
+        /// Client mode: the fastpath connects to a socket the peer listens
+        /// on (the peer may come later). Server mode when false.
+        #[serde(default)]
+        client: bool,
+    },
+    /// A kernel tap interface the fastpath creates (DPDK `net_tap`).
+    Tap {
+        /// Interface name (at most 15 bytes).
+        iface: String,
+    },
+    /// An existing kernel interface polled through `AF_PACKET`.
+    AfPacket {
+        /// Interface name (at most 15 bytes).
+        iface: String,
+    },
+}
+
+/// Answer to [`Request::AddPort`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedPort {
+    /// The fastpath port id (the index the tables' port map uses).
+    pub port_id: u16,
+    /// The DPDK devargs the device was created from.
+    pub devargs: String,
+    /// False when the port already existed (nothing was created).
+    pub created: bool,
+}
+
+/// Answer to [`Request::RemovePort`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedPort {
+    /// The id the port had; None when there was no such port.
+    pub port_id: Option<u16>,
 }
 
 /// One lcore's flow cache, answer to [`Request::Flows`].
@@ -165,8 +227,14 @@ pub struct Pong {
 /// One port as the fastpath sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortInfo {
-    /// DPDK port id.
+    /// Fastpath port id: the index the tables' port map uses.
     pub port_id: u16,
+    /// DPDK ethdev port id.
+    #[serde(default)]
+    pub dpdk_port_id: u16,
+    /// Created at run time ([`Request::AddPort`]) rather than configured.
+    #[serde(default)]
+    pub runtime: bool,
     /// Configured name.
     pub name: String,
     /// DPDK devargs the port was created from (PCI address or vdev string).
@@ -433,6 +501,42 @@ mod tests {
         let r: Request = serde_json::from_str(r#"{"cmd":"ports"}"#).unwrap();
         assert_eq!(r, Request::Ports);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn port_requests_wire_shape() {
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"add-port","name":"p.ns","kind":{"type":"vhost-user","socket":"/s/a.sock","client":true},"preferred_id":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::AddPort {
+                name: "p.ns".into(),
+                kind: RuntimePortKind::VhostUser {
+                    socket: "/s/a.sock".into(),
+                    client: true
+                },
+                preferred_id: Some(3)
+            }
+        );
+        let t = Request::AddPort {
+            name: "x".into(),
+            kind: RuntimePortKind::Tap {
+                iface: "fp1".into(),
+            },
+            preferred_id: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"cmd":"add-port","name":"x","kind":{"type":"tap","iface":"fp1"}}"#
+        );
+        assert!(serde_json::from_str::<Request>(
+            r#"{"cmd":"add-port","name":"x","kind":{"type":"floppy"}}"#
+        )
+        .is_err());
+        let d: Request = serde_json::from_str(r#"{"cmd":"remove-port","name":"x"}"#).unwrap();
+        assert_eq!(d, Request::RemovePort { name: "x".into() });
     }
 
     #[test]

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use ovsdb::{sb, Database, Uuid};
 
 use super::daemon::Shared;
+use super::netns::KernelInterface;
 use super::state::{LocalPort, PortKind};
 
 /// Serves CNI requests for a running node (see [`super::Node::cni_handler`]).
@@ -230,6 +231,19 @@ impl Handler for CniHandler {
         }
         let addrs = port_addresses(&self.shared.sb.borrow(), &name)
             .ok_or_else(|| internal(format!("port binding {name} lost its addresses")))?;
+        if let (PortKind::Kernel, Some(netns)) = (kind, &attachment.netns) {
+            let iface = KernelInterface {
+                ifname: attachment.ifname.clone(),
+                mac: addrs.mac.clone(),
+                mtu: config.mtu,
+                ips: addrs.ips.clone(),
+                gateway: addrs.gateway,
+            };
+            self.shared
+                .plumber
+                .attach_kernel(&endpoint, netns, &iface)
+                .map_err(internal)?;
+        }
 
         let mut result = CniResult::new(config.cni_version.clone());
         result.interfaces.push(Interface {

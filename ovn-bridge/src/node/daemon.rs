@@ -4,9 +4,17 @@
 //! zones, and compile and publish the fastpath tables after every change
 //! (debounced).
 //!
+//! A local port is claimed (`chassis`) as soon as the CNI plugin asked for
+//! it, and marked `up` only once its fastpath port exists and tables that
+//! map it were published. After publishing the tables of a Southbound
+//! snapshot the node copies SB_Global `nb_cfg` to its Chassis_Private row
+//! (so `ovn-nbctl --wait=hv` works), and it writes the MAC bindings the
+//! fastpath learned as MAC_Binding rows, as ovn-controller does.
+//!
 //! Owns the Southbound session of the node and the table file's writer. It
 //! must not write Northbound rows nor Southbound rows other than the
-//! chassis' own and the `chassis`/`up` columns of local Port_Bindings.
+//! chassis' own, the `chassis`/`up` columns of local Port_Bindings and
+//! MAC_Binding rows of local ports.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -23,7 +31,7 @@ use super::chassis::{self, ChassisConfig};
 use super::plumber::PortPlumber;
 use super::state::{NodeState, STATE_FILE};
 use super::NodeError;
-use crate::compile::{compile, run::open_tables, CompileOptions, CompileStats};
+use crate::compile::{compile_with_zones, run::open_tables, CompileOptions, CompileStats};
 
 /// Configuration of the node role.
 #[derive(Debug, Clone)]
@@ -92,6 +100,8 @@ pub struct WriteCounts {
     pub claims: u64,
     /// Port_Binding releases.
     pub releases: u64,
+    /// MAC_Binding inserts and updates.
+    pub mac_bindings: u64,
 }
 
 pub(crate) struct Shared {
@@ -140,6 +150,7 @@ fn monitored_tables(conds: &Conditions) -> Vec<MonitorTable> {
             }
         })
         .collect();
+    t.push(MonitorTable::all(sb::SbGlobal::TABLE));
     t.push(
         MonitorTable::all(sb::ChassisPrivate::TABLE).with_conditions(
             conds
@@ -249,25 +260,32 @@ pub fn conditions(
     c
 }
 
-/// Claims and releases for the snapshot: local ports not bound here (or
-/// not up) are claimed; VIF ports bound here that are no longer local are
-/// released.
+/// Claims and releases for the snapshot: local ports not bound here are
+/// claimed; a local port is marked `up` only when it is in `ready` (its
+/// fastpath port exists and published tables map it), and marked down
+/// again when it leaves `ready`; VIF ports bound here that are no longer
+/// local are released.
 pub fn binding_ops(
     db: &Database,
     own: Uuid,
     local: &BTreeSet<String>,
+    ready: &BTreeSet<String>,
 ) -> (Vec<Operation>, u64, u64) {
     let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
     let (mut ops, mut claims, mut releases) = (Vec::new(), 0, 0);
     for p in pbs {
         let is_local = local.contains(&p.logical_port);
         let here = p.chassis == Some(own);
-        let row: Option<ovsdb::ops::Columns> = if is_local && (!here || p.up != Some(true)) {
-            claims += 1;
+        let up = ready.contains(&p.logical_port);
+        let row: Option<ovsdb::ops::Columns> = if is_local && (!here || (p.up == Some(true)) != up)
+        {
+            if !here {
+                claims += 1;
+            }
             Some(
                 [
                     ("chassis".to_string(), Datum::set([own])),
-                    ("up".to_string(), Datum::set([true])),
+                    ("up".to_string(), Datum::set([up])),
                 ]
                 .into(),
             )
@@ -293,6 +311,91 @@ pub fn binding_ops(
     }
     (ops, claims, releases)
 }
+
+/// The update of our Chassis_Private row that acknowledges SB_Global
+/// `nb_cfg` of `db` (call it once the tables compiled from `db` are
+/// published); None when it is acknowledged already or a row is missing.
+pub fn nb_cfg_op(db: &Database, chassis_name: &str, now_ms: i64) -> Option<Operation> {
+    let global: Vec<sb::SbGlobal> = db.rows().ok()?;
+    let nb_cfg = global.first()?.nb_cfg;
+    let privates: Vec<sb::ChassisPrivate> = db.rows().ok()?;
+    let own = privates.iter().find(|p| p.name == chassis_name)?;
+    (own.nb_cfg != nb_cfg).then(|| Operation::Update {
+        table: sb::ChassisPrivate::TABLE.into(),
+        conditions: vec![Condition::uuid(own.uuid)],
+        row: [
+            ("nb_cfg".to_string(), Datum::from(nb_cfg)),
+            ("nb_cfg_timestamp".to_string(), Datum::from(now_ms)),
+        ]
+        .into(),
+    })
+}
+
+/// MAC_Binding writes for bindings the fastpath learned (oldest first):
+/// the latest MAC of each (port, IP) is inserted, or updates the row that
+/// has another MAC; a row that already says so is left alone. Bindings
+/// without an IP (FDB entries) or a port this snapshot does not know are
+/// skipped.
+pub fn mac_binding_ops(
+    db: &Database,
+    learned: &[fastpath_api::LearnedBinding],
+    now_ms: i64,
+) -> Vec<Operation> {
+    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
+    let rows: Vec<sb::MacBinding> = db.rows().unwrap_or_default();
+    let mut latest: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for l in learned {
+        if l.ip.is_empty() || l.port.is_empty() || l.mac.is_empty() {
+            continue;
+        }
+        latest.insert((l.port.as_str(), l.ip.as_str()), l.mac.as_str());
+    }
+    let mut ops = Vec::new();
+    for ((port, ip), mac) in latest {
+        let Some(pb) = pbs.iter().find(|p| p.logical_port == port) else {
+            continue;
+        };
+        match rows
+            .iter()
+            .find(|r| r.logical_port == port && r.ip == ip && r.datapath == pb.datapath)
+        {
+            Some(r) if r.mac.eq_ignore_ascii_case(mac) => {}
+            Some(r) => ops.push(Operation::Update {
+                table: sb::MacBinding::TABLE.into(),
+                conditions: vec![Condition::uuid(r.uuid)],
+                row: [
+                    ("mac".to_string(), Datum::from(mac.to_string())),
+                    ("timestamp".to_string(), Datum::from(now_ms)),
+                ]
+                .into(),
+            }),
+            None => ops.push(Operation::insert(
+                sb::MacBinding::TABLE,
+                sb::MacBinding {
+                    datapath: pb.datapath,
+                    ip: ip.to_string(),
+                    logical_port: port.to_string(),
+                    mac: mac.to_string(),
+                    timestamp: now_ms,
+                    ..Default::default()
+                }
+                .to_columns(),
+                None,
+            )),
+        }
+    }
+    ops
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How often the node asks the fastpath for learned MAC bindings.
+const LEARNED_POLL: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Connects, registers the chassis and starts following the
@@ -370,7 +473,7 @@ impl Node {
             // `chassis` but leave `up` true), then remove the chassis.
             let db = self.shared.sb.borrow().clone();
             let mut ops = match chassis::chassis_uuid(&db, &self.shared.cfg.chassis.name) {
-                Some(own) => binding_ops(&db, own, &BTreeSet::new()).0,
+                Some(own) => binding_ops(&db, own, &BTreeSet::new(), &BTreeSet::new()).0,
                 None => Vec::new(),
             };
             ops.extend(chassis::unregister_ops(&self.shared.cfg.chassis.name));
@@ -401,6 +504,32 @@ async fn register(shared: &Shared, replica: &mut ovsdb::Replica) -> Result<(), N
     Ok(())
 }
 
+/// Writes the MAC bindings the fastpath learned (a fastpath that does not
+/// answer is logged, not fatal).
+async fn write_learned(shared: &Shared, replica: &mut ovsdb::Replica) -> Result<(), NodeError> {
+    let learned = match shared.plumber.learned() {
+        Ok(l) => l,
+        Err(e) => {
+            log::debug!("learned bindings: {e}");
+            return Ok(());
+        }
+    };
+    let db = replica.snapshot();
+    let ops = mac_binding_ops(&db, &learned, now_ms());
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let n = ops.len();
+    shared.client.transact(ops).await?;
+    shared.writes.lock().mac_bindings += n as u64;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        replica.wait_for(|db| mac_binding_ops(db, &learned, 0).is_empty()),
+    )
+    .await;
+    Ok(())
+}
+
 async fn run(
     shared: Arc<Shared>,
     mut replica: ovsdb::Replica,
@@ -410,6 +539,10 @@ async fn run(
     let mut writer =
         open_tables(&shared.cfg.tables).map_err(|e| NodeError::Tables(format!("{e:#}")))?;
     let mut last: Option<(u64, HashMap<String, u16>)> = None;
+    // Ports mapped by the tables last published.
+    let mut published_ports: BTreeSet<String> = BTreeSet::new();
+    let mut learned_tick = tokio::time::interval(LEARNED_POLL);
+    learned_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pb_changed_at: Option<Instant> = None;
     let mut prev_db: Option<Arc<Database>> = None;
     loop {
@@ -442,9 +575,29 @@ async fn run(
         }
         sent = wanted;
 
-        // Claims and releases.
+        // Claims and releases; `up` for ports that exist and are published.
+        // A port already up here (a restart) stays up while it exists.
+        let up_here: BTreeSet<String> = db
+            .rows::<sb::PortBinding>()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| own.is_some() && p.chassis == own && p.up == Some(true))
+            .map(|p| p.logical_port)
+            .collect();
+        let ready: BTreeSet<String> = local
+            .iter()
+            .filter(|n| published_ports.contains(*n) || up_here.contains(*n))
+            .filter(|n| match shared.plumber.has_port(n) {
+                Ok(there) => there,
+                Err(e) => {
+                    log::warn!("cannot tell whether fastpath port {n} exists: {e}");
+                    false
+                }
+            })
+            .cloned()
+            .collect();
         if let Some(own) = own {
-            let (ops, claims, releases) = binding_ops(&db, own, &local);
+            let (ops, claims, releases) = binding_ops(&db, own, &local, &ready);
             if !ops.is_empty() {
                 shared.client.transact(ops).await?;
                 {
@@ -454,7 +607,7 @@ async fn run(
                 }
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
-                    replica.wait_for(|db| binding_ops(db, own, &local).0.is_empty()),
+                    replica.wait_for(|db| binding_ops(db, own, &local, &ready).0.is_empty()),
                 )
                 .await;
                 continue;
@@ -499,7 +652,8 @@ async fn run(
                 chassis: shared.cfg.chassis.name.clone(),
                 port_map,
             };
-            let compiled = compile(&db, &opts)?;
+            let zones = shared.state.lock().ct_zones.clone();
+            let compiled = compile_with_zones(&db, &opts, Some(&zones))?;
             let generation = writer
                 .publish(compiled.builder)
                 .map_err(|e| NodeError::Tables(e.to_string()))?;
@@ -516,13 +670,34 @@ async fn run(
                 port_binding_latency: latency,
                 stats: compiled.stats,
             });
+            let now_published: BTreeSet<String> = key.1.keys().cloned().collect();
             last = Some(key);
+            if now_published != published_ports {
+                // Ports that became mappable may go up now.
+                published_ports = now_published;
+                continue;
+            }
+        }
+
+        // The tables of this snapshot are out: acknowledge its nb_cfg.
+        if let Some(op) = nb_cfg_op(&db, &shared.cfg.chassis.name, now_ms()) {
+            shared.client.transact(vec![op]).await?;
+            let name = shared.cfg.chassis.name.clone();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                replica.wait_for(|db| nb_cfg_op(db, &name, 0).is_none()),
+            )
+            .await;
+            continue;
         }
 
         // Wait for a change, then let a burst settle.
         tokio::select! {
             r = replica.changed() => { r?; }
             _ = shared.wake.notified() => {}
+            _ = learned_tick.tick() => {
+                write_learned(&shared, &mut replica).await?;
+            }
             _ = stop.notified() => return Ok(()),
         }
         tokio::time::sleep(shared.cfg.debounce).await;

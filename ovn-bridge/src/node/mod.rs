@@ -13,13 +13,15 @@
 pub mod chassis;
 pub mod cni;
 pub mod daemon;
+pub mod netns;
 pub mod plumber;
 pub mod state;
 
 pub use chassis::{ChassisConfig, FEATURES};
 pub use cni::CniHandler;
 pub use daemon::{Node, NodeConfig, PublishReport, Shutdown, WriteCounts};
-pub use plumber::{PlumbError, PortPlumber, RecordingPlumber};
+pub use netns::{KernelInterface, NetnsError};
+pub use plumber::{FastpathPlumber, PlumbError, PortPlumber, RecordingPlumber};
 pub use state::{LocalPort, NodeState, PortKind, StateError};
 
 /// Failures of the node role.

@@ -1,15 +1,19 @@
 //! The hook through which the node asks the fastpath to create and remove
-//! pod ports. The fastpath's run-time port control is not wired yet; the
-//! [`RecordingPlumber`] only records what was asked and hands out ids.
+//! pod ports. [`FastpathPlumber`] talks to the fastpath's control socket
+//! (`AddPort`/`RemovePort`, `Ports`, `LearnedBindings`) and, for kernel
+//! ports, moves the tap into the pod's namespace ([`super::netns`]). The
+//! [`RecordingPlumber`] creates nothing: it records what was asked and hands
+//! out ids, for a node run without a fastpath.
 //!
-//! Owns the port-id bookkeeping of that stand-in. It must not touch the
-//! Southbound database or the state file (the node does both).
+//! Owns no Southbound or state-file access (the node does both).
 
 use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
 
+use super::netns::{self, KernelInterface};
 use super::state::PortKind;
+use fastpath_api::{AddedPort, Client, LearnedBinding, PortInfo, Request, RuntimePortKind};
 
 /// Failures of the fastpath port hook.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,108 @@ pub trait PortPlumber: Send + Sync {
     ) -> Result<u16, PlumbError>;
     /// Removes port `name`; success when it is already gone.
     fn remove_port(&self, name: &str) -> Result<(), PlumbError>;
+    /// Whether port `name` exists in the fastpath now.
+    fn has_port(&self, name: &str) -> Result<bool, PlumbError>;
+    /// Moves the kernel side of kernel port `endpoint` into the pod's
+    /// namespace `netns` and configures it as `iface`.
+    fn attach_kernel(
+        &self,
+        endpoint: &str,
+        netns: &str,
+        iface: &KernelInterface,
+    ) -> Result<(), PlumbError>;
+    /// MAC bindings the fastpath learned (`put_arp`/`put_nd`).
+    fn learned(&self) -> Result<Vec<LearnedBinding>, PlumbError>;
+}
+
+/// The fastpath's control socket.
+#[derive(Debug, Clone)]
+pub struct FastpathPlumber {
+    socket: String,
+}
+
+impl FastpathPlumber {
+    /// A plumber talking to the control socket at `socket`.
+    pub fn new(socket: impl Into<String>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        req: &Request,
+    ) -> Result<T, PlumbError> {
+        let refused = |e: fastpath_api::ClientError| PlumbError::Refused {
+            name: name.to_string(),
+            reason: e.to_string(),
+        };
+        Client::connect(&self.socket)
+            .map_err(refused)?
+            .call_as(req)
+            .map_err(refused)
+    }
+}
+
+impl PortPlumber for FastpathPlumber {
+    fn add_port(
+        &self,
+        name: &str,
+        kind: PortKind,
+        endpoint: &str,
+        preferred: Option<u16>,
+    ) -> Result<u16, PlumbError> {
+        let kind = match kind {
+            PortKind::Kernel => RuntimePortKind::Tap {
+                iface: endpoint.to_string(),
+            },
+            PortKind::VhostUser => RuntimePortKind::VhostUser {
+                socket: endpoint.to_string(),
+                client: false,
+            },
+        };
+        let added: AddedPort = self.call(
+            name,
+            &Request::AddPort {
+                name: name.to_string(),
+                kind,
+                preferred_id: preferred,
+            },
+        )?;
+        Ok(added.port_id)
+    }
+
+    fn remove_port(&self, name: &str) -> Result<(), PlumbError> {
+        let _: serde_json::Value = self.call(
+            name,
+            &Request::RemovePort {
+                name: name.to_string(),
+            },
+        )?;
+        Ok(())
+    }
+
+    fn has_port(&self, name: &str) -> Result<bool, PlumbError> {
+        let ports: Vec<PortInfo> = self.call(name, &Request::Ports)?;
+        Ok(ports.iter().any(|p| p.name == name))
+    }
+
+    fn attach_kernel(
+        &self,
+        endpoint: &str,
+        netns: &str,
+        iface: &KernelInterface,
+    ) -> Result<(), PlumbError> {
+        netns::attach(endpoint, netns, iface).map_err(|e| PlumbError::Refused {
+            name: endpoint.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn learned(&self) -> Result<Vec<LearnedBinding>, PlumbError> {
+        self.call("(learned bindings)", &Request::LearnedBindings)
+    }
 }
 
 /// A port the [`RecordingPlumber`] was asked for.
@@ -101,6 +207,20 @@ impl PortPlumber for RecordingPlumber {
         self.ports.lock().remove(name);
         Ok(())
     }
+
+    fn has_port(&self, name: &str) -> Result<bool, PlumbError> {
+        Ok(self.ports.lock().contains_key(name))
+    }
+
+    /// Nothing was created, so there is nothing to move.
+    fn attach_kernel(&self, _: &str, _: &str, _: &KernelInterface) -> Result<(), PlumbError> {
+        Ok(())
+    }
+
+    /// Nothing forwards, so nothing is learned.
+    fn learned(&self) -> Result<Vec<LearnedBinding>, PlumbError> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]
@@ -118,8 +238,17 @@ mod tests {
         assert_eq!(b, 7);
         let c = p.add_port("c", PortKind::Kernel, "fpc", Some(7)).unwrap();
         assert!(c != a && c != b);
+        assert!(p.has_port("a").unwrap());
         p.remove_port("a").unwrap();
         p.remove_port("a").unwrap();
         assert!(!p.ports().contains_key("a"));
+        assert!(!p.has_port("a").unwrap());
+    }
+
+    #[test]
+    fn fastpath_plumber_reports_a_missing_fastpath() {
+        let p = FastpathPlumber::new("/nonexistent/fastpath.sock");
+        let e = p.add_port("a", PortKind::Kernel, "fpa", None).unwrap_err();
+        assert!(e.to_string().contains("fastpath is not running"), "{e}");
     }
 }
