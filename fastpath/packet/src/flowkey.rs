@@ -496,8 +496,97 @@ pub const MAX_VLAN_TAGS: u8 = 2;
 /// ICMP parse successfully with only the fields they have. A later fragment
 /// has no L4 fields; a first fragment must hold its whole L4 header. Every
 /// malformed or truncated header is a [`ParseError`]; nothing panics.
+///
+/// The commonest frame — untagged IPv4 without options, not a fragment,
+/// carrying a whole TCP or UDP header — is read by a straight-line path
+/// ([`extract_ipv4_tcp_udp`]) that gives exactly what the general parser
+/// gives; every other frame, and every frame that path is unsure of, goes
+/// through the general parser.
 #[inline]
 pub fn extract(frame: &[u8], in_port: u16) -> Result<(FlowKey, Layout), ParseError> {
+    let mut key = FlowKey::zeroed();
+    if let Some(layout) = extract_ipv4_tcp_udp(frame, in_port, &mut key) {
+        return Ok((key, layout));
+    }
+    extract_general(frame, in_port)
+}
+
+/// The straight-line parse of an untagged Ethernet/IPv4 frame with a
+/// 20-byte header, neither fragment flag nor offset set, and a TCP or UDP
+/// header that the datagram holds whole (with the lengths the general
+/// parser checks). `None` for anything else, including every frame the
+/// general parser would refuse; when it answers, the key and layout are
+/// those [`extract`]'s general parser gives for the same frame. `key` must
+/// be zeroed; it is filled (in place: no copy of the key on the way out)
+/// only when the answer is `Some`.
+#[inline(always)]
+fn extract_ipv4_tcp_udp(frame: &[u8], in_port: u16, key: &mut FlowKey) -> Option<Layout> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::HEADER_LEN;
+    let h: &[u8; L4] = frame.first_chunk()?;
+    if frame.len() > u16::MAX as usize
+        || h[12] != 0x08
+        || h[13] != 0x00
+        || h[L3] != 0x45
+        || u16::from_be_bytes([h[L3 + 6], h[L3 + 7]]) & (ipv4::FLAG_MF | ipv4::FRAG_OFFSET_MASK)
+            != 0
+    {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]));
+    if L3 + total > frame.len() {
+        return None;
+    }
+    let proto = h[L3 + 9];
+    // The L4 header, bounded by the datagram as the general parser bounds it.
+    let upper = frame.get(L4..L3 + total)?;
+    let (hlen, tcp_flags) = match proto {
+        ip_proto::UDP => {
+            let u: &[u8; udp::HEADER_LEN] = upper.first_chunk()?;
+            let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
+            if len < udp::HEADER_LEN || len > upper.len() {
+                return None;
+            }
+            (udp::HEADER_LEN, 0)
+        }
+        ip_proto::TCP => {
+            let t: &[u8; tcp::HEADER_LEN] = upper.first_chunk()?;
+            let hlen = usize::from(t[12] >> 4) * 4;
+            if hlen < tcp::HEADER_LEN || hlen > upper.len() {
+                return None;
+            }
+            (hlen, u16::from_be_bytes([t[12], t[13]]) & tcp::flags::MASK)
+        }
+        _ => return None,
+    };
+    let b = &mut key.bytes;
+    b[field::IN_PORT].copy_from_slice(&in_port.to_be_bytes());
+    b[field::ETH_TYPE].copy_from_slice(&[0x08, 0x00]);
+    b[field::FLAGS] = flags::IPV4 | flags::L4;
+    b[field::ETH_DST].copy_from_slice(&h[0..6]);
+    b[field::ETH_SRC].copy_from_slice(&h[6..12]);
+    b[field::IP_PROTO] = proto;
+    b[field::TTL] = h[L3 + 8];
+    b[field::TOS] = h[L3 + 1];
+    b[field::TCP_FLAGS].copy_from_slice(&tcp_flags.to_be_bytes());
+    b[field::SRC.start + 10..field::SRC.start + 12].copy_from_slice(&[0xff, 0xff]);
+    b[field::SRC.start + 12..field::SRC.end].copy_from_slice(&h[L3 + 12..L3 + 16]);
+    b[field::DST.start + 10..field::DST.start + 12].copy_from_slice(&[0xff, 0xff]);
+    b[field::DST.start + 12..field::DST.end].copy_from_slice(&h[L3 + 16..L3 + 20]);
+    b[field::TP_SRC.start..field::TP_DST.end].copy_from_slice(&upper[0..4]);
+    let layout = Layout {
+        vlan_tags: 0,
+        l3: L3 as u16,
+        l4: L4 as u16,
+        payload: (L4 + hlen) as u16,
+        end: (L3 + total) as u16,
+    };
+    Some(layout)
+}
+
+/// The general parser behind [`extract`]: every EtherType, VLAN tags, IPv4
+/// options and fragments, IPv6 extension headers, ICMP and ND, ARP.
+pub fn extract_general(frame: &[u8], in_port: u16) -> Result<(FlowKey, Layout), ParseError> {
     if frame.len() > u16::MAX as usize {
         return Err(ParseError::FrameTooLong);
     }
@@ -1172,5 +1261,46 @@ mod tests {
             }
             other => panic!("smoltcp parsed {other:?}"),
         }
+    }
+
+    /// The straight-line IPv4 TCP/UDP path answers exactly as the general
+    /// parser does, for valid frames, every truncation and single-byte
+    /// changes anywhere in the headers (including the ones that make the
+    /// general parser refuse the frame or take another branch).
+    #[test]
+    fn ipv4_tcp_udp_path_matches_general_parser() {
+        let bases: [&[u8]; 5] = [
+            &TCP_SYN_V4,
+            &GENEVE_OVN,
+            &IPV4_LATER_FRAG,
+            &ARP_REQUEST,
+            &QINQ_UDP,
+        ];
+        let mut fast_answers = 0;
+        let mut check = |f: &[u8]| {
+            let general = extract_general(f, 7);
+            if extract_ipv4_tcp_udp(f, 7, &mut FlowKey::zeroed()).is_some() {
+                fast_answers += 1;
+            }
+            assert_eq!(extract(f, 7), general, "frame {f:02x?}");
+        };
+        for base in bases {
+            for cut in 0..=base.len() {
+                check(&base[..cut]);
+            }
+            for at in 0..base.len().min(64) {
+                for v in [0u8, 1, 4, 5, 6, 0x11, 0x20, 0x40, 0x45, 0x46, 0x50, 0xff] {
+                    let mut f = base.to_vec();
+                    f[at] = v;
+                    check(&f);
+                    f[at] = base[at] ^ 0x80;
+                    check(&f);
+                }
+            }
+        }
+        assert!(
+            fast_answers > 100,
+            "the fast path answered {fast_answers} times"
+        );
     }
 }
