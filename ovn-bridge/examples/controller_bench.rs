@@ -1,11 +1,11 @@
 //! Controller benchmark, run by hand:
-//! `cargo run --release -p ovn-bridge --example controller_bench [pods services policies namespaces max-ops-per-txn]`.
+//! `cargo run --release -p ovn-bridge --example controller_bench [pods services policies namespaces max-ops-per-txn repeat]`.
 //!
 //! Starts a real Northbound ovsdb-server in a temporary directory and prints:
 //! cold start until NB is complete (in bounded transactions), a restart with
 //! nothing changed (and the operations it wrote), then on the incremental
-//! path one pod added, deleted, and one policy edited until committed and
-//! seen, and one pod added through a full pass for comparison.
+//! path one pod added and deleted (`repeat` times: median and worst), and
+//! one policy edited until committed and seen, and one pod added through a full pass for comparison.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -32,10 +32,28 @@ fn arg(i: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Median and worst of (milliseconds, operations) samples.
+fn figures(samples: &[(f64, usize)]) -> String {
+    let mut ms: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let ops = samples.first().map_or(0, |s| s.1);
+    match (ms.get(ms.len() / 2), ms.last()) {
+        (Some(median), Some(worst)) if ms.len() > 1 => {
+            format!(
+                "median {median:.1} ms, worst {worst:.1} ms over {} runs, {ops} operations",
+                ms.len()
+            )
+        }
+        (Some(one), _) => format!("{one:.1} ms, {ops} operations"),
+        _ => "no runs".to_string(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let (pods, services, policies, namespaces) =
         (arg(1, 10_000), arg(2, 1_000), arg(3, 500), arg(4, 50));
     let max_ops_per_txn = arg(5, DEFAULT_MAX_OPS_PER_TXN);
+    let repeat = arg(6, 20).max(1);
     let mut y = String::new();
     for n in 0..namespaces {
         writeln!(
@@ -97,14 +115,22 @@ fn main() -> anyhow::Result<()> {
         });
 
         let extra = one("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: ns0, labels: {app: app1}}\nspec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}")?;
-        let t = Instant::now();
+        let (mut added, mut deleted) = (Vec::new(), Vec::new());
+        for _ in 0..repeat {
+            let t = Instant::now();
+            let r = ctl.apply(std::slice::from_ref(&extra), &[]).await?;
+            anyhow::ensure!(!r.full, "one pod took the full path");
+            added.push((t.elapsed().as_secs_f64() * 1e3, r.operations));
+            let t = Instant::now();
+            let r = ctl.apply(&[], &[extra.object_ref()]).await?;
+            deleted.push((t.elapsed().as_secs_f64() * 1e3, r.operations));
+        }
+        let (a, d) = (figures(&added), figures(&deleted));
+        println!("one pod added (incremental) until committed and seen: {a}");
+        println!("that pod deleted (incremental): {d}");
         let r = ctl.apply(std::slice::from_ref(&extra), &[]).await?;
-        anyhow::ensure!(!r.full, "one pod took the full path");
-        println!("one pod added (incremental) until committed and seen: {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
-
-        let t = Instant::now();
-        let r = ctl.apply(&[], &[extra.object_ref()]).await?;
-        println!("that pod deleted (incremental): {:.1} ms, {} operations", t.elapsed().as_secs_f64() * 1e3, r.operations);
+        let r2 = ctl.apply(&[], &[extra.object_ref()]).await?;
+        anyhow::ensure!(r.operations > 0 && r2.operations > 0, "the pod was written and removed");
 
         let np = one("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np0, namespace: ns0}\nspec:\n  podSelector: {matchLabels: {app: app0}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: app2}}}]\n    ports: [{port: 9090}]")?;
         let t = Instant::now();

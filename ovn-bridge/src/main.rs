@@ -40,6 +40,13 @@ enum Role {
         /// Namespace of the leader-election Lease.
         #[arg(long, default_value = "kube-system")]
         lease_namespace: String,
+        /// Most operations in one Northbound transaction (a larger pass is split).
+        #[arg(long, default_value_t = ovn_bridge::controller::batch::DEFAULT_MAX_OPS_PER_TXN)]
+        max_ops_per_txn: usize,
+        /// Seconds between full passes under the incremental ones (0: only at
+        /// start and when the database changes under us).
+        #[arg(long, default_value_t = 300)]
+        resync_period: u64,
     },
     /// Compile the Southbound logical flows into the fastpath's table file
     /// and republish on every Southbound change.
@@ -133,6 +140,8 @@ fn main() -> anyhow::Result<()> {
             default_cidr,
             join_cidr,
             lease_namespace,
+            max_ops_per_txn,
+            resync_period,
         } => rt.block_on(async move {
             let config = Config {
                 default_cidr,
@@ -142,6 +151,10 @@ fn main() -> anyhow::Result<()> {
             let mut ctl = run::Controller::connect(&nb, config, state_file)
                 .await
                 .context("connect to northbound")?;
+            ctl.set_options(run::Options {
+                max_ops_per_txn,
+                full_resync: (resync_period > 0).then(|| Duration::from_secs(resync_period)),
+            });
             if let Some(dir) = manifests {
                 run::run_manifests(&dir, &mut ctl, Duration::from_millis(500)).await?;
                 return Ok(());

@@ -136,6 +136,17 @@ metadata: {name: late, namespace: alpha}
 spec: {containers: [{name: c}]}
 "#;
 
+/// Asks for the address the static pod holds.
+const THIEF_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: thief
+  namespace: alpha
+  annotations: {ovn.kubernetes.io/ip_address: 10.10.0.50}
+spec: {containers: [{name: c}]}
+"#;
+
 /// The tables the controller writes.
 const TABLES: [&str; 9] = [
     "Address_Set",
@@ -157,12 +168,17 @@ struct Binary {
 
 impl Binary {
     fn start(nb: &str, manifests: &Path, state: &Path, log: PathBuf) -> Self {
+        Self::start_with(nb, manifests, state, log, &[])
+    }
+
+    fn start_with(nb: &str, manifests: &Path, state: &Path, log: PathBuf, extra: &[&str]) -> Self {
         let err = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ovn-bridge"))
             .args(["controller", "--nb", nb, "--manifests"])
             .arg(manifests)
             .arg("--state-file")
             .arg(state)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -444,6 +460,32 @@ fn binary_syncs_manifests_edits_and_restarts_without_writes() {
         "the others stay"
     );
 
+    // A static address already held is refused with a clear log line:
+    // the holder keeps it and the newcomer gets no port.
+    write(&man, "42-thief.yaml", THIEF_POD);
+    let start = Instant::now();
+    let line = loop {
+        let log = bin.log();
+        if let Some(l) = log.lines().find(|l| l.contains("Pod alpha/thief")) {
+            break l.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "conflict not reported:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        line.contains("AddressConflict")
+            && line.contains("address 10.10.0.50 is already used by pod alpha/fixed"),
+        "{line}"
+    );
+    assert!(uuid_of(&ovn, "Logical_Switch_Port", "name=thief.alpha").is_empty());
+    assert_eq!(
+        field(&ovn, "Logical_Switch_Port", "name=fixed.alpha", "addresses"),
+        "00:00:00:aa:bb:cc 10.10.0.50"
+    );
+
     // Restart: nothing is written.
     let before = settled(&ovn);
     bin.stop();
@@ -470,5 +512,59 @@ fn binary_syncs_manifests_edits_and_restarts_without_writes() {
             .iter()
             .all(|l| l.contains("pass done: 0 operations written; 0 transactions")),
         "{passes:?}"
+    );
+}
+
+#[test]
+fn max_ops_per_txn_flag_splits_the_first_pass() {
+    let ovn = Ovn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("manifests");
+    std::fs::create_dir(&man).unwrap();
+    write(&man, "00-subnets.yaml", SUBNETS);
+    write(&man, "20-beta.yaml", BETA_PODS);
+    let bin = Binary::start_with(
+        &ovn.nb.remote,
+        &man,
+        &dir.path().join("state.json"),
+        dir.path().join("run.log"),
+        &["--max-ops-per-txn", "4", "--resync-period", "0"],
+    );
+    let start = Instant::now();
+    let first = loop {
+        if let Some(l) = bin.passes().first() {
+            break l.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no pass:\n{}",
+            bin.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // "pass done: N operations written; ... (full pass, M transaction(s))"
+    let number_before = |marker: &str| -> usize {
+        let head = &first[..first.find(marker).unwrap_or_else(|| panic!("{first}"))];
+        let digits: String = head
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        digits.parse().unwrap_or_else(|_| panic!("{first}"))
+    };
+    let ops = number_before("operations written");
+    let txns = number_before("transaction(s)");
+    assert!(ops > 8, "{first}");
+    assert!(
+        txns >= ops.div_ceil(4),
+        "at most 4 operations each: {first}"
+    );
+    assert!(
+        !uuid_of(&ovn, "Logical_Switch_Port", "name=web1.beta").is_empty(),
+        "the split pass is complete"
     );
 }

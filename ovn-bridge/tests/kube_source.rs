@@ -202,3 +202,73 @@ async fn lease_is_created_when_absent_and_respected_when_held() {
     );
     server.await.unwrap();
 }
+
+/// Two pods ask for one static address: the loser gets a Warning Event
+/// (events.k8s.io/v1) naming the address and the holder, published once.
+#[tokio::test]
+async fn address_conflict_becomes_a_kubernetes_event_on_the_pod() {
+    use ovn_bridge::controller::ipam::Ipam;
+    use ovn_bridge::controller::kube_source::{EventPublisher, EVENT_REPORTER};
+    use ovn_bridge::controller::{sync_ipam, Config};
+
+    let mut state = ClusterState::default();
+    for (name, uid) in [("first", "uid-1"), ("second", "uid-2")] {
+        let p: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "a", "uid": uid, "resourceVersion": "7",
+                         "annotations": {"ovn.kubernetes.io/ip_address": "10.16.0.9"}},
+            "spec": {"containers": [{"name": "c"}]}}))
+        .unwrap();
+        state.apply(Object::Pod(Box::new(p)));
+    }
+    let mut ipam = Ipam::new();
+    let events = sync_ipam(&state, &Config::default(), &mut ipam, &Default::default());
+    assert_eq!(
+        ipam.holder(&"10.16.0.9".parse().unwrap()),
+        Some("pod:a/first"),
+        "one holder"
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let mut publisher = EventPublisher::new(client, "controller-0");
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), "POST");
+        assert_eq!(
+            req.uri().path(),
+            "/apis/events.k8s.io/v1/namespaces/a/events"
+        );
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let ev: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        send.send_response(
+            Response::builder()
+                .status(201)
+                .body(Body::from(body.to_vec()))
+                .unwrap(),
+        );
+        // Nothing else is sent: the same problem is published once.
+        let more = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await;
+        assert!(more.is_err(), "a second request was sent");
+        ev
+    });
+    let sent = publisher.publish(&state, &events, true).await.unwrap();
+    assert_eq!(sent, 1);
+    let again = publisher.publish(&state, &events, true).await.unwrap();
+    assert_eq!(again, 0, "already published");
+    let ev = server.await.unwrap();
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["reason"], "AddressConflict");
+    assert_eq!(ev["reportingController"], EVENT_REPORTER);
+    assert_eq!(ev["regarding"]["kind"], "Pod");
+    assert_eq!(ev["regarding"]["name"], "second");
+    assert_eq!(ev["regarding"]["uid"], "uid-2");
+    let note = ev["note"].as_str().unwrap();
+    assert!(
+        note.contains("10.16.0.9") && note.contains("pod a/first"),
+        "{note}"
+    );
+}

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use ovsdb::{Atom, Datum};
 
 use super::ipam::{derived_mac, Allocation, Ipam};
-use super::model::{annotation, keys, selector_matches, ClusterState, ObjectKey};
+use super::model::{annotation, keys, selector_matches, ClusterState, ObjectKey, ObjectRef};
 use super::Config;
 
 /// The `external_ids` key that marks a row as written by this controller;
@@ -70,7 +70,7 @@ pub struct DesiredRow {
 }
 
 /// Something the user should know (a Kubernetes event, or a log line).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Event {
     /// `Kind ns/name` of the object concerned.
     pub object: String,
@@ -78,6 +78,28 @@ pub struct Event {
     pub reason: &'static str,
     /// The message.
     pub message: String,
+}
+
+impl Event {
+    /// The object concerned, from [`Event::object`] (`Kind ns/name` or
+    /// `Kind name`), when it is one the controller observes.
+    pub fn regarding(&self) -> Option<ObjectRef> {
+        let (kind, name) = self.object.split_once(' ')?;
+        let key = || {
+            name.split_once('/')
+                .map(|(ns, n)| (ns.to_string(), n.to_string()))
+        };
+        Some(match kind {
+            "Pod" => ObjectRef::Pod(key()?),
+            "Service" => ObjectRef::Service(key()?),
+            "EndpointSlice" => ObjectRef::EndpointSlice(key()?),
+            "NetworkPolicy" => ObjectRef::NetworkPolicy(key()?),
+            "Namespace" => ObjectRef::Namespace(name.to_string()),
+            "Node" => ObjectRef::Node(name.to_string()),
+            "Subnet" => ObjectRef::Subnet(name.to_string()),
+            _ => return None,
+        })
+    }
 }
 
 /// The desired Northbound rows by table and key.
@@ -809,10 +831,40 @@ pub struct PolicyContext<'a> {
 
 impl<'a> PolicyContext<'a> {
     /// Indexes the pods that have a port (an allocation in an existing subnet).
-    pub fn new(state: &'a ClusterState, ipam: &Ipam, _config: &Config, ctx: &Context) -> Self {
+    pub fn new(state: &'a ClusterState, ipam: &Ipam, config: &Config, ctx: &Context) -> Self {
+        Self::indexed(state, ipam, config, ctx, None)
+    }
+
+    /// [`PolicyContext::new`] over the pods of `namespaces` only: enough
+    /// for policies that do not select peers by namespace
+    /// ([`policy_crosses_namespaces`] is false) in those namespaces.
+    pub fn scoped(
+        state: &'a ClusterState,
+        ipam: &Ipam,
+        config: &Config,
+        ctx: &Context,
+        namespaces: &BTreeSet<&str>,
+    ) -> Self {
+        Self::indexed(state, ipam, config, ctx, Some(namespaces))
+    }
+
+    fn indexed(
+        state: &'a ClusterState,
+        ipam: &Ipam,
+        _config: &Config,
+        ctx: &Context,
+        namespaces: Option<&BTreeSet<&str>>,
+    ) -> Self {
         let mut by_ns: BTreeMap<&str, Vec<(&ObjectKey, Vec<IpAddr>)>> = BTreeMap::new();
         let mut named_by_ns: BTreeMap<&str, BTreeMap<String, i32>> = BTreeMap::new();
-        for (k, pod) in &state.pods {
+        let pods: Box<dyn Iterator<Item = (&'a ObjectKey, &'a Pod)>> = match namespaces {
+            None => Box::new(state.pods.iter()),
+            Some(set) => Box::new(set.iter().flat_map(move |ns| {
+                let lo = (ns.to_string(), String::new());
+                state.pods.range(lo..).take_while(move |(k, _)| k.0 == *ns)
+            })),
+        };
+        for (k, pod) in pods {
             if !pod_wants_port(pod) {
                 continue;
             }

@@ -2,6 +2,10 @@
 //! kept per [`Unit`], an event recomputes only the units it touches, and
 //! the merged rows are patched in place. [`desired_nb`] stays the
 //! reference: the merged rows always equal its output for the same inputs.
+//! A row that changed only through references other units hold on it (a
+//! pod's port in its subnet's switch) is reported with those reference
+//! changes ([`DesiredCache::ref_deltas`]), so neither the cache nor the
+//! planner walks a column that holds every port of the subnet.
 //!
 //! Owns the per-unit cache and the mapping from changed objects to units.
 //! It must not read or write the database.
@@ -29,7 +33,42 @@ pub struct DesiredCache {
     merged: DesiredNb,
     foreign: BTreeMap<RowRef, ForeignRefs>,
     row_owner: BTreeMap<RowRef, Unit>,
+    ref_deltas: RefDeltas,
 }
+
+/// References added to and removed from one column of a row.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RefDelta {
+    /// References the row gained.
+    pub added: BTreeSet<RowRef>,
+    /// References the row lost.
+    pub removed: BTreeSet<RowRef>,
+}
+
+impl RefDelta {
+    fn add(&mut self, r: &RowRef) {
+        if !self.removed.remove(r) {
+            self.added.insert(r.clone());
+        }
+    }
+
+    fn remove(&mut self, r: &RowRef) {
+        if !self.added.remove(r) {
+            self.removed.insert(r.clone());
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Per row and column, the reference changes of rows whose only change
+/// was references held on them by other units (a pod's port in its
+/// switch): the planner mutates just these instead of comparing a column
+/// that may hold every port of the subnet.
+pub type RefDeltas = BTreeMap<RowRef, BTreeMap<&'static str, RefDelta>>;
 
 /// The units an object change touches; `None` when every unit must be
 /// recomputed (subnets and namespaces move pods between switches).
@@ -113,6 +152,13 @@ impl DesiredCache {
         &self.merged
     }
 
+    /// The rows of the last [`DesiredCache::update`] that changed only by
+    /// references other units hold on them, with those changes. Every such
+    /// row is also among the rows `update` returned.
+    pub fn ref_deltas(&self) -> &RefDeltas {
+        &self.ref_deltas
+    }
+
     /// Recomputes `units` (present or gone) and patches the merged rows.
     /// Returns the rows whose desired contents changed (added, removed or
     /// different).
@@ -124,14 +170,24 @@ impl DesiredCache {
         config: &Config,
     ) -> BTreeSet<RowRef> {
         let ctx = Context::new(state, ipam, config);
-        let needs_policies = units.iter().any(|u| matches!(u, Unit::Policy(_)));
-        let empty = ClusterState::default();
-        let pctx = PolicyContext::new(
-            if needs_policies { state } else { &empty },
-            ipam,
-            config,
-            &ctx,
-        );
+        // Policies are evaluated over the pods of their own namespace
+        // unless one of them selects peers by namespace.
+        let mut policy_namespaces: BTreeSet<&str> = BTreeSet::new();
+        let mut crossing = false;
+        for u in units {
+            if let Unit::Policy(k) = u {
+                policy_namespaces.insert(k.0.as_str());
+                crossing |= state
+                    .network_policies
+                    .get(k)
+                    .is_some_and(policy_crosses_namespaces);
+            }
+        }
+        let pctx = if crossing {
+            PolicyContext::new(state, ipam, config, &ctx)
+        } else {
+            PolicyContext::scoped(state, ipam, config, &ctx, &policy_namespaces)
+        };
         let mut touched: BTreeSet<RowRef> = BTreeSet::new();
         let mut before: BTreeMap<RowRef, Option<super::desired::DesiredRow>> = BTreeMap::new();
         let mut remember = |merged: &DesiredNb, r: &RowRef| {
@@ -140,6 +196,7 @@ impl DesiredCache {
                 .or_insert_with(|| merged.row(r.table, &r.key).cloned());
         };
         self.merged.events.clear();
+        let mut deltas: RefDeltas = BTreeMap::new();
         for unit in units {
             let mut frag = DesiredNb::default();
             unit_rows_into(&mut frag, unit, state, ipam, config, &ctx, &pctx);
@@ -150,9 +207,14 @@ impl DesiredCache {
                         table,
                         key: key.clone(),
                     };
-                    remember(&self.merged, &parent);
-                    touched.insert(parent.clone());
-                    self.drop_foreign(&parent, col, target);
+                    if self.drop_foreign(&parent, col, target) {
+                        deltas
+                            .entry(parent)
+                            .or_default()
+                            .entry(col)
+                            .or_default()
+                            .remove(target);
+                    }
                 }
                 for (table, rows) in &old.tables {
                     for key in rows.keys() {
@@ -201,8 +263,6 @@ impl DesiredCache {
                     table,
                     key: key.clone(),
                 };
-                remember(&self.merged, &parent);
-                touched.insert(parent.clone());
                 *self
                     .foreign
                     .entry(parent.clone())
@@ -217,7 +277,14 @@ impl DesiredCache {
                     .get_mut(table)
                     .and_then(|t| t.get_mut(key))
                 {
-                    row.refs.entry(col).or_default().insert(target.clone());
+                    if row.refs.entry(col).or_default().insert(target.clone()) {
+                        deltas
+                            .entry(parent)
+                            .or_default()
+                            .entry(col)
+                            .or_default()
+                            .add(target);
+                    }
                 }
             }
             self.merged.events.extend(frag.events.iter().cloned());
@@ -225,15 +292,33 @@ impl DesiredCache {
                 self.fragments.insert(unit.clone(), frag);
             }
         }
-        touched
+        let mut changed: BTreeSet<RowRef> = touched
             .into_iter()
             .filter(|r| {
                 before.get(r).cloned().flatten().as_ref() != self.merged.row(r.table, &r.key)
             })
-            .collect()
+            .collect();
+        self.ref_deltas.clear();
+        for (r, mut cols) in deltas {
+            cols.retain(|_, d| !d.is_empty());
+            if cols.is_empty() {
+                continue;
+            }
+            if before.contains_key(&r) {
+                // Also recomputed by its own unit, and possibly remembered
+                // after a reference changed: compare it whole.
+                changed.insert(r);
+            } else {
+                changed.insert(r.clone());
+                self.ref_deltas.insert(r, cols);
+            }
+        }
+        changed
     }
 
-    fn drop_foreign(&mut self, parent: &RowRef, col: &'static str, target: &RowRef) {
+    /// Drops one counted reference held on `parent`; true when the merged
+    /// row lost it.
+    fn drop_foreign(&mut self, parent: &RowRef, col: &'static str, target: &RowRef) -> bool {
         let mut gone = false;
         if let Some(n) = self
             .foreign
@@ -245,7 +330,7 @@ impl DesiredCache {
             gone = *n == 0;
         }
         if !gone {
-            return;
+            return false;
         }
         if let Some(m) = self.foreign.get_mut(parent) {
             if let Some(c) = m.get_mut(col) {
@@ -266,7 +351,7 @@ impl DesiredCache {
             .and_then(|f| f.row(parent.table, &parent.key))
             .is_some_and(|r| r.refs.get(col).is_some_and(|s| s.contains(target)));
         if own {
-            return;
+            return false;
         }
         if let Some(row) = self
             .merged
@@ -275,12 +360,14 @@ impl DesiredCache {
             .and_then(|t| t.get_mut(&parent.key))
         {
             if let Some(s) = row.refs.get_mut(col) {
-                s.remove(target);
+                let removed = s.remove(target);
                 if s.is_empty() {
                     row.refs.remove(col);
                 }
+                return removed;
             }
         }
+        false
     }
 }
 
@@ -385,6 +472,7 @@ mod tests {
             let mut cache = DesiredCache::build(&state, &ipam, &config);
             let mut prev_full = desired_nb(&state, &ipam, &config);
             let mut partial = 0;
+            let mut deltas = 0;
             for step in 0..150 {
                 let (obj, r) = random_change(&mut g);
                 match obj {
@@ -427,6 +515,33 @@ mod tests {
                     full.tables,
                     "seed {seed} step {step} after {r:?}"
                 );
+                // A row changed only by references of other units is
+                // exactly the previous row with its delta applied.
+                for (r, cols) in cache.ref_deltas() {
+                    let (Some(was), Some(now)) =
+                        (prev_full.row(r.table, &r.key), full.row(r.table, &r.key))
+                    else {
+                        panic!("seed {seed} step {step}: delta on a row added or removed: {r:?}");
+                    };
+                    let mut patched = was.clone();
+                    for (col, d) in cols {
+                        let set = patched.refs.entry(col).or_default();
+                        for t in &d.removed {
+                            assert!(set.remove(t), "seed {seed} step {step}: {t:?} was not held");
+                        }
+                        for t in &d.added {
+                            assert!(
+                                set.insert(t.clone()),
+                                "seed {seed} step {step}: {t:?} was held"
+                            );
+                        }
+                    }
+                    patched.refs.retain(|_, s| !s.is_empty());
+                    let mut now = now.clone();
+                    now.refs.retain(|_, s| !s.is_empty());
+                    assert_eq!(patched, now, "seed {seed} step {step}: delta of {r:?}");
+                    deltas += 1;
+                }
                 // Every row that differs from the previous step is reported.
                 let mut keys: BTreeSet<RowRef> = BTreeSet::new();
                 for nb in [&prev_full, &full] {
@@ -448,6 +563,7 @@ mod tests {
                 prev_full = full;
             }
             assert!(partial > 100, "most steps took the incremental path");
+            assert!(deltas > 10, "switch ports were patched by delta ({deltas})");
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `first..last` ranges), dynamic allocation, static addresses and MACs,
 //! pools, and conflict detection so no two owners ever hold one address.
 //!
-//! Owns the allocation table and its JSON state file. It must not know
+//! Owns the allocation table and its JSON state file (with its journal). It must not know
 //! where requests come from (pod annotations, node objects) nor about OVN.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -398,17 +398,44 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// Reads the file; a missing file is an empty state.
+    /// Reads the file, then replays its journal ([`StateJournal`]); a
+    /// missing file is an empty state. A journal line cut short by a crash
+    /// (the last one) is skipped with a warning; any other bad line is an
+    /// error.
     pub fn load(path: &Path) -> Result<Self, IpamError> {
-        let err = |e: String| IpamError::StateFile {
-            path: path.display().to_string(),
+        let err = |p: &Path, e: String| IpamError::StateFile {
+            path: p.display().to_string(),
             error: e,
         };
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| err(e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(err(e.to_string())),
+        let mut state: StateFile = match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| err(path, e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(e) => return Err(err(path, e.to_string())),
+        };
+        let jpath = journal_path(path);
+        let text = match std::fs::read_to_string(&jpath) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(e) => return Err(err(&jpath, e.to_string())),
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<JournalEntry>(line) {
+                Ok(JournalEntry { owner, allocation }) => match allocation {
+                    Some(a) => {
+                        state.allocations.insert(owner, a);
+                    }
+                    None => {
+                        state.allocations.remove(&owner);
+                    }
+                },
+                Err(e) if i + 1 == lines.len() && !text.ends_with('\n') => {
+                    log::warn!("{}: last line cut short, skipped: {e}", jpath.display());
+                }
+                Err(e) => return Err(err(&jpath, format!("line {}: {e}", i + 1))),
+            }
         }
+        Ok(state)
     }
 
     /// Writes the file atomically (temp file and rename).
@@ -420,7 +447,115 @@ impl StateFile {
         let text = serde_json::to_vec_pretty(self).map_err(|e| err(e.to_string()))?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+        // The file now holds every journalled change.
+        match std::fs::remove_file(journal_path(path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+}
+
+/// The journal of a state file: `<file>.journal` next to it.
+pub fn journal_path(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".journal");
+    p.into()
+}
+
+/// One journal line: an owner's allocation set (`Some`) or released (`None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct JournalEntry {
+    owner: String,
+    allocation: Option<Allocation>,
+}
+
+/// Changes to a state file appended one line each, so that one pod's
+/// allocation costs one short write instead of rewriting every allocation.
+/// [`StateFile::load`] replays the journal over the file; the journal is
+/// folded into the file ([`StateJournal::compact`]) once it grows past a
+/// bound or on a full pass.
+#[derive(Debug)]
+pub struct StateJournal {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    entries: usize,
+}
+
+impl StateJournal {
+    /// The journal of state file `path` (opened on the first change).
+    pub fn new(path: &Path) -> Self {
+        StateJournal {
+            path: path.to_path_buf(),
+            file: None,
+            entries: 0,
+        }
+    }
+
+    /// The state file this journal belongs to.
+    pub fn state_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lines written since the last compaction.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Appends the changes (owner, new allocation or `None` when released)
+    /// in one write.
+    pub fn append<'a>(
+        &mut self,
+        changes: impl IntoIterator<Item = (&'a str, Option<&'a Allocation>)>,
+    ) -> Result<(), IpamError> {
+        use std::io::Write;
+        let jpath = journal_path(&self.path);
+        let err = |e: String| IpamError::StateFile {
+            path: jpath.display().to_string(),
+            error: e,
+        };
+        let mut buf = Vec::new();
+        let mut n = 0;
+        for (owner, allocation) in changes {
+            let entry = JournalEntry {
+                owner: owner.to_string(),
+                allocation: allocation.cloned(),
+            };
+            serde_json::to_writer(&mut buf, &entry).map_err(|e| err(e.to_string()))?;
+            buf.push(b'\n');
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&jpath)
+                .map_err(|e| err(e.to_string()))?;
+            self.file = Some(f);
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&buf).map_err(|e| err(e.to_string()))?;
+        }
+        self.entries += n;
+        Ok(())
+    }
+
+    /// Whether the journal is long enough to fold into the file, given the
+    /// number of allocations the file holds.
+    pub fn wants_compaction(&self, allocations: usize) -> bool {
+        self.entries > 1024.max(allocations / 4)
+    }
+
+    /// Rewrites the state file with `state` and empties the journal.
+    pub fn compact(&mut self, state: &StateFile) -> Result<(), IpamError> {
+        self.file = None;
+        state.save(&self.path)?;
+        self.entries = 0;
+        Ok(())
     }
 }
 
@@ -732,6 +867,83 @@ impl Ipam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn alloc(subnet: &str, ip: &str, mac: &str) -> Allocation {
+        Allocation {
+            subnet: subnet.into(),
+            ips: vec![ip.parse().unwrap()],
+            mac: mac.into(),
+        }
+    }
+
+    #[test]
+    fn state_journal_replays_over_the_file_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let a = alloc("ovn-default", "10.16.0.2", "00:00:00:00:00:02");
+        let b = alloc("ovn-default", "10.16.0.3", "00:00:00:00:00:03");
+        let c = alloc("ovn-default", "10.16.0.4", "00:00:00:00:00:04");
+        let base = StateFile {
+            allocations: BTreeMap::from([("pod:a/x".to_string(), a.clone())]),
+        };
+        base.save(&path).unwrap();
+        let mut j = StateJournal::new(&path);
+        j.append([("pod:a/y", Some(&b))]).unwrap();
+        j.append([("pod:a/x", None), ("pod:a/z", Some(&c))])
+            .unwrap();
+        assert_eq!(j.entries(), 3);
+        let file_before = std::fs::read(&path).unwrap();
+        let loaded = StateFile::load(&path).unwrap();
+        assert_eq!(
+            loaded.allocations,
+            BTreeMap::from([
+                ("pod:a/y".to_string(), b.clone()),
+                ("pod:a/z".to_string(), c.clone())
+            ])
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            file_before,
+            "appending never rewrites the file"
+        );
+
+        // A last line cut short by a crash is skipped; the rest replays.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path(&path))
+            .unwrap();
+        f.write_all(b"{\"owner\":\"pod:a/w\",\"alloc").unwrap();
+        drop(f);
+        assert_eq!(StateFile::load(&path).unwrap(), loaded);
+
+        // A bad line in the middle is an error naming the journal and line.
+        std::fs::write(
+            journal_path(&path),
+            "garbage\n{\"owner\":\"pod:a/q\",\"allocation\":null}\n",
+        )
+        .unwrap();
+        let e = StateFile::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("state.json.journal") && e.contains("line 1"),
+            "{e}"
+        );
+
+        // Compaction folds everything into the file and drops the journal.
+        let mut j = StateJournal::new(&path);
+        j.compact(&loaded).unwrap();
+        assert!(!journal_path(&path).exists());
+        assert_eq!(j.entries(), 0);
+        assert_eq!(StateFile::load(&path).unwrap(), loaded);
+        assert!(!j.wants_compaction(10_000));
+        for i in 0..2600 {
+            j.append([("pod:a/y", Some(&b))]).unwrap();
+            if i == 1000 {
+                assert!(!j.wants_compaction(10_000), "a quarter of the file first");
+            }
+        }
+        assert!(j.wants_compaction(10_000));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

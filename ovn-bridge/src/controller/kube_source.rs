@@ -1,26 +1,29 @@
 //! The Kubernetes source: kube-rs watchers on Namespaces, Pods, Services,
 //! EndpointSlices, NetworkPolicies, Nodes and Kube-OVN Subnets feeding the
 //! same observed state as the manifest source; a coordination.k8s.io Lease
-//! so that only one controller writes; pod annotations written back.
+//! so that only one controller writes; pod annotations written back; the
+//! problems a pass finds published as Kubernetes Events on their objects.
 //!
 //! Owns the API conversation. It must not compute addresses or rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use super::desired::Event as DesiredEvent;
 use super::model::{ClusterState, Object, ObjectRef, Subnet};
 use super::run::{log_events, Controller};
 
@@ -278,6 +281,124 @@ pub async fn patch_pod_annotations(
     Ok(())
 }
 
+/// The identity the controller's Kubernetes Events are reported under.
+pub const EVENT_REPORTER: &str = "ovn-bridge-controller";
+
+/// Publishes the problems a pass found (an address conflict, a bad
+/// annotation, an invalid Subnet) as Kubernetes Events (`events.k8s.io/v1`,
+/// type Warning) on the objects concerned, each once: a problem reported
+/// again by a later pass is not published again, and one that a full pass
+/// no longer reports is forgotten, so it is published if it comes back.
+pub struct EventPublisher {
+    recorder: Recorder,
+    published: BTreeSet<DesiredEvent>,
+}
+
+impl EventPublisher {
+    /// A publisher reporting as [`EVENT_REPORTER`] from `instance`.
+    pub fn new(client: Client, instance: &str) -> Self {
+        EventPublisher {
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: EVENT_REPORTER.into(),
+                    instance: Some(instance.into()),
+                },
+            ),
+            published: BTreeSet::new(),
+        }
+    }
+
+    /// Publishes the events not published yet; `full`: the events are all
+    /// the problems that exist (a full pass). Returns how many were sent.
+    pub async fn publish(
+        &mut self,
+        state: &ClusterState,
+        events: &[DesiredEvent],
+        full: bool,
+    ) -> Result<usize, KubeSourceError> {
+        if full {
+            self.published.retain(|e| events.contains(e));
+        }
+        let mut sent = 0;
+        for e in events {
+            if self.published.contains(e) {
+                continue;
+            }
+            let Some(reference) = e.regarding().map(|r| object_reference(state, &r)) else {
+                continue;
+            };
+            let ev = KubeEvent {
+                type_: EventType::Warning,
+                reason: e.reason.to_string(),
+                note: Some(e.message.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            self.recorder.publish(&ev, &reference).await?;
+            self.published.insert(e.clone());
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+/// The reference of an observed object (with its uid when known).
+pub fn object_reference(state: &ClusterState, r: &ObjectRef) -> ObjectReference {
+    fn with_meta(m: &ObjectMeta, kind: &str, api_version: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+            name: m.name.clone(),
+            namespace: m.namespace.clone(),
+            uid: m.uid.clone(),
+            resource_version: m.resource_version.clone(),
+            ..Default::default()
+        }
+    }
+    let (kind, api_version, ns, name) = match r {
+        ObjectRef::Pod(k) => {
+            if let Some(p) = state.pods.get(k) {
+                return with_meta(&p.metadata, "Pod", "v1");
+            }
+            ("Pod", "v1", Some(k.0.clone()), k.1.clone())
+        }
+        ObjectRef::Service(k) => ("Service", "v1", Some(k.0.clone()), k.1.clone()),
+        ObjectRef::EndpointSlice(k) => (
+            "EndpointSlice",
+            "discovery.k8s.io/v1",
+            Some(k.0.clone()),
+            k.1.clone(),
+        ),
+        ObjectRef::NetworkPolicy(k) => {
+            if let Some(p) = state.network_policies.get(k) {
+                return with_meta(&p.metadata, "NetworkPolicy", "networking.k8s.io/v1");
+            }
+            (
+                "NetworkPolicy",
+                "networking.k8s.io/v1",
+                Some(k.0.clone()),
+                k.1.clone(),
+            )
+        }
+        ObjectRef::Namespace(n) => ("Namespace", "v1", None, n.clone()),
+        ObjectRef::Node(n) => ("Node", "v1", None, n.clone()),
+        ObjectRef::Subnet(n) => {
+            if let Some(s) = state.subnets.get(n) {
+                return with_meta(&s.metadata, "Subnet", "kubeovn.io/v1");
+            }
+            ("Subnet", "kubeovn.io/v1", None, n.clone())
+        }
+    };
+    ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        name: Some(name),
+        namespace: ns,
+        ..Default::default()
+    }
+}
+
 /// Changes gathered from the watchers between two passes: the last word
 /// on each object, or a relist that replaces the observed state.
 #[derive(Debug, Default)]
@@ -333,6 +454,7 @@ pub async fn run_kube(
     lock: LeaseLock,
 ) -> Result<(), KubeSourceError> {
     let mut rx = spawn_watchers(&client);
+    let mut publisher = EventPublisher::new(client.clone(), &lock.identity);
     let mut pending = Pending::default();
     let mut full = true;
     let mut renew = tokio::time::interval(lock.duration / 3);
@@ -392,6 +514,9 @@ pub async fn run_kube(
         match result {
             Ok(r) => {
                 log_events(&r.events);
+                if let Err(e) = publisher.publish(ctl.state(), &r.events, r.full).await {
+                    log::warn!("publish events: {e}");
+                }
                 for (owner, a) in &r.new_allocations {
                     if let Some((ns, name)) =
                         owner.strip_prefix("pod:").and_then(|k| k.split_once('/'))

@@ -246,11 +246,7 @@ fn place<'a>(
         if let Some(a) = recorded.get(owner).filter(|a| &a.subnet == subnet) {
             if let Err(e) = ipam.restore(owner, a.clone()) {
                 failed.insert(owner.clone());
-                events.push(Event {
-                    object: obj.clone(),
-                    reason: "AddressConflict",
-                    message: e.to_string(),
-                });
+                events.push(allocation_event(obj, &e));
             }
         }
     }
@@ -262,12 +258,43 @@ fn place<'a>(
         let (subnet, req, obj) = &wanted[owner];
         if let Err(e) = ipam.allocate(owner, subnet, req) {
             failed.insert(owner.clone());
-            events.push(Event {
-                object: obj.clone(),
-                reason: "AllocationFailed",
-                message: e.to_string(),
-            });
+            events.push(allocation_event(obj, &e));
         }
+    }
+}
+
+/// The event of an owner that did not get its addresses: a static IP or
+/// MAC held by another owner is an `AddressConflict` (the object gets no
+/// port until the address is free, so no two ever share one); anything
+/// else is an `AllocationFailed`.
+fn allocation_event(object: &str, e: &ipam::IpamError) -> Event {
+    let holder = |owner: &str| match owner_ref(owner) {
+        Some(ObjectRef::Pod((ns, name))) => format!("pod {ns}/{name}"),
+        Some(ObjectRef::Node(n)) => format!("node {n}"),
+        _ => owner.to_string(),
+    };
+    match e {
+        ipam::IpamError::AddressInUse { ip, owner } => Event {
+            object: object.to_string(),
+            reason: "AddressConflict",
+            message: format!(
+                "address {ip} is already used by {}; no port until it is free",
+                holder(owner)
+            ),
+        },
+        ipam::IpamError::MacInUse { mac, owner } => Event {
+            object: object.to_string(),
+            reason: "AddressConflict",
+            message: format!(
+                "MAC {mac} is already used by {}; no port until it is free",
+                holder(owner)
+            ),
+        },
+        e => Event {
+            object: object.to_string(),
+            reason: "AllocationFailed",
+            message: e.to_string(),
+        },
     }
 }
 

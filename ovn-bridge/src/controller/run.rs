@@ -17,10 +17,10 @@ use ovsdb::{Client, ClientOptions, MonitorTable, Replica};
 use super::batch::{batches, resolve_names, DEFAULT_MAX_OPS_PER_TXN};
 use super::desired::{Event, TABLES};
 use super::incremental::{units_touched, DesiredCache};
-use super::ipam::{Allocation, Ipam, IpamError, StateFile};
+use super::ipam::{journal_path, Allocation, Ipam, IpamError, StateFile, StateJournal};
 use super::manifest::{load_dir, DirStamp};
 use super::model::{annotation, keys, ClusterState, Object, ObjectRef};
-use super::reconcile::{plan_changed, plan_with, RowIndex};
+use super::reconcile::{plan_changed_deltas, plan_with, RowIndex};
 use super::{owner_of, owner_ref, sync_ipam_objects, sync_ipam_placed, Config};
 
 /// Why a reconcile pass failed.
@@ -93,7 +93,8 @@ pub struct Controller {
     ipam: Ipam,
     client: Client,
     replica: Replica,
-    state_file: Option<PathBuf>,
+    /// The state file's journal (manifest source), when there is a file.
+    journal: Option<StateJournal>,
     recorded: BTreeMap<String, Allocation>,
     state: ClusterState,
     cache: Option<DesiredCache>,
@@ -158,16 +159,24 @@ impl Controller {
             .monitor(TABLES.iter().map(|t| MonitorTable::all(t)).collect())
             .await?;
         let recorded = match &state_file {
-            Some(p) => StateFile::load(p)?.allocations,
+            Some(p) => {
+                let state = StateFile::load(p)?;
+                // Fold a journal left by an earlier run into the file.
+                if journal_path(p).exists() {
+                    state.save(p)?;
+                }
+                state.allocations
+            }
             None => BTreeMap::new(),
         };
+        let journal = state_file.as_deref().map(StateJournal::new);
         Ok(Controller {
             config,
             options: Options::default(),
             ipam: Ipam::new(),
             client,
             replica,
-            state_file,
+            journal,
             recorded,
             state: ClusterState::default(),
             cache: None,
@@ -243,9 +252,9 @@ impl Controller {
                 report.new_allocations.insert(o.clone(), a.clone());
             }
         }
-        if let Some(path) = &self.state_file {
-            if self.ipam.allocations() != &self.recorded {
-                self.ipam.to_state().save(path)?;
+        if let Some(journal) = self.journal.as_mut() {
+            if self.ipam.allocations() != &self.recorded || journal.entries() > 0 {
+                journal.compact(&self.ipam.to_state())?;
             }
         }
         self.recorded = self.ipam.allocations().clone();
@@ -334,7 +343,7 @@ impl Controller {
             events: placed.events,
             ..Default::default()
         };
-        let mut state_changed = false;
+        let mut journal_lines: Vec<(String, Option<Allocation>)> = Vec::new();
         for (r, was) in owners_refs.iter().zip(before) {
             let Some(owner) = owner_of(r) else { continue };
             let now = self.ipam.get(&owner).cloned();
@@ -352,14 +361,17 @@ impl Controller {
                 }
             }
             let prev = match &now {
-                Some(a) => self.recorded.insert(owner, a.clone()),
+                Some(a) => self.recorded.insert(owner.clone(), a.clone()),
                 None => self.recorded.remove(&owner),
             };
-            state_changed |= prev != now;
+            if prev != now {
+                journal_lines.push((owner, now));
+            }
         }
-        if state_changed {
-            if let Some(path) = &self.state_file {
-                self.ipam.to_state().save(path)?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.append(journal_lines.iter().map(|(o, a)| (o.as_str(), a.as_ref())))?;
+            if journal.wants_compaction(self.recorded.len()) {
+                journal.compact(&self.ipam.to_state())?;
             }
         }
         let Some(units) = units_touched(&self.state, &refs) else {
@@ -372,7 +384,7 @@ impl Controller {
         report.events.extend(cache.desired().events.iter().cloned());
         let db = self.replica.snapshot();
         self.index.refresh(&db);
-        let ops = plan_changed(cache.desired(), &db, &self.index, &rows);
+        let ops = plan_changed_deltas(cache.desired(), &db, &self.index, &rows, cache.ref_deltas());
         self.stats.incremental_passes += 1;
         self.commit(ops, &mut report).await?;
         Ok(report)

@@ -8,7 +8,7 @@ use ovsdb::{Atom, Datum};
 use super::desired::{desired_nb, RowRef};
 use super::ipam::Ipam;
 use super::manifest::{parse_str, Loaded};
-use super::model::ClusterState;
+use super::model::{ClusterState, ObjectRef};
 use super::{sync_ipam, Config};
 
 fn state(yaml: &str) -> ClusterState {
@@ -97,7 +97,17 @@ fn addresses_follow_namespace_binding_and_detect_conflicts() {
     assert!(ipam.get("pod:b/host").is_none());
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].object, "Pod b/p4");
-    assert!(events[0].message.contains("already used by pod:b/p3"));
+    assert_eq!(events[0].reason, "AddressConflict");
+    assert!(
+        events[0]
+            .message
+            .contains("10.16.0.7 is already used by pod b/p3"),
+        "{events:?}"
+    );
+    assert_eq!(
+        events[0].regarding(),
+        Some(ObjectRef::Pod(("b".into(), "p4".into())))
+    );
 }
 
 #[test]
