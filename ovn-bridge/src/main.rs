@@ -227,10 +227,18 @@ async fn run_node(
                 log::error!("CNI socket: {e}");
             }
         })?;
+    // SIGTERM is what systemd and the kubelet send: a clean exit removes
+    // the chassis, as on SIGINT.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
     tokio::select! {
         r = node.wait() => r.context("node loop")?,
         _ = tokio::signal::ctrl_c() => {
             log::info!("interrupted: removing the chassis");
+            node.shutdown(Shutdown::Exit).await.context("shutdown")?;
+        }
+        _ = terminate.recv() => {
+            log::info!("terminated: removing the chassis");
             node.shutdown(Shutdown::Exit).await.context("shutdown")?;
         }
     }
