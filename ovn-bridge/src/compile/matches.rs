@@ -118,7 +118,13 @@ pub(crate) fn compile_dnf(dnf: &[Conjunction], ports: &PortIndex) -> Vec<Vec<Ovn
                     name,
                     negated,
                 } => {
-                    let key = ports.keys.get(name).map(|k| k.1);
+                    // `"none"` is port key 0 (no port), as ovn-controller
+                    // resolves it: `outport == "none"` after `get_fdb` misses.
+                    let key = if name == "none" {
+                        Some(0)
+                    } else {
+                        ports.keys.get(name).map(|k| k.1)
+                    };
                     let offset = port_slot(field);
                     match (key, negated) {
                         (None, false) => continue 'conj,
@@ -196,6 +202,20 @@ mod tests {
         assert!(compile("is_chassis_resident(\"lrp\")").is_empty());
         assert_eq!(compile("is_chassis_resident(\"p1\")").len(), 1);
         assert_eq!(compile("!is_chassis_resident(\"lrp\")").len(), 1);
+    }
+
+    #[test]
+    fn port_none_is_key_zero() {
+        // `outport == "none"`: what `get_fdb` leaves when it misses.
+        let r = compile("outport == \"none\"");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].len(), 1);
+        let t = r[0][0];
+        assert_eq!(usize::from(t.offset), vector::OUTPORT.start);
+        assert_eq!(
+            (t.bytes, &t.value[..4], &t.mask[..4]),
+            (4, &[0u8; 4][..], &[0xffu8; 4][..])
+        );
     }
 
     #[test]
