@@ -77,6 +77,71 @@ enum Cmd {
     },
     /// MAC bindings the pipeline learned (put_arp, put_nd).
     Learned,
+    /// The connection table (ct_next, ct_commit, ct_lb_mark, NAT).
+    Conntrack {
+        #[command(subcommand)]
+        what: ConntrackCmd,
+    },
+}
+
+/// Filters of `conntrack list` and `conntrack flush`.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct CtFilterArgs {
+    /// Only connections in this zone.
+    #[arg(long)]
+    zone: Option<u16>,
+    /// Only connections with this address in either direction.
+    #[arg(long)]
+    addr: Option<std::net::IpAddr>,
+    /// Only connections with this TCP/UDP/SCTP port in either direction.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Only this IP protocol (number, or tcp, udp, icmp, icmp6, sctp).
+    #[arg(long, value_parser = parse_proto)]
+    proto: Option<u8>,
+}
+
+impl CtFilterArgs {
+    fn filter(&self) -> fastpath_api::ConntrackFilter {
+        fastpath_api::ConntrackFilter {
+            zone: self.zone,
+            addr: self.addr.map(|a| a.to_string()),
+            port: self.port,
+            proto: self.proto,
+        }
+    }
+}
+
+fn parse_proto(s: &str) -> Result<u8, String> {
+    Ok(match s {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmp6" => 58,
+        "sctp" => 132,
+        n => n
+            .parse()
+            .map_err(|_| format!("{n:?} is no protocol name or number"))?,
+    })
+}
+
+#[derive(Subcommand, Debug)]
+enum ConntrackCmd {
+    /// The tracked connections: zone, both directions, state, mark.
+    List {
+        #[command(flatten)]
+        filter: CtFilterArgs,
+        /// Most entries printed.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// How many connections are tracked.
+    Count,
+    /// Remove connections (all of them without a filter).
+    Flush {
+        #[command(flatten)]
+        filter: CtFilterArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -383,6 +448,40 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 let l: Vec<fastpath_api::LearnedBinding> = serde_json::from_value(v)?;
                 print!("{}", render::learned(&l));
+            }
+        }
+        Cmd::Conntrack { what } => {
+            let req = match what {
+                ConntrackCmd::List { filter, limit } => Request::ConntrackList {
+                    filter: filter.filter(),
+                    limit: *limit,
+                },
+                ConntrackCmd::Count => Request::ConntrackCount,
+                ConntrackCmd::Flush { filter } => Request::ConntrackFlush {
+                    filter: filter.filter(),
+                },
+            };
+            let v = client.call(&req)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                match what {
+                    ConntrackCmd::List { .. } => {
+                        let l: fastpath_api::ConntrackList = serde_json::from_value(v)?;
+                        print!("{}", render::conntrack(&l));
+                    }
+                    ConntrackCmd::Count => {
+                        let c: fastpath_api::ConntrackCount = serde_json::from_value(v)?;
+                        println!(
+                            "{} connections (capacity {}), {} affinity bindings",
+                            c.connections, c.capacity, c.affinity
+                        );
+                    }
+                    ConntrackCmd::Flush { .. } => {
+                        let f: fastpath_api::ConntrackFlushed = serde_json::from_value(v)?;
+                        println!("flushed {} connections", f.flushed);
+                    }
+                }
             }
         }
         Cmd::ClearStats => {

@@ -235,6 +235,36 @@ pub fn learned(l: &[LearnedBinding]) -> String {
     table(&["DATAPATH", "PORT", "IP", "MAC"], &rows)
 }
 
+/// `conntrack list`.
+pub fn conntrack(l: &fastpath_api::ConntrackList) -> String {
+    let rows: Vec<Vec<String>> = l
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.zone.to_string(),
+                e.original.clone(),
+                e.reply.clone(),
+                e.state.clone(),
+                e.status.join(","),
+                format!("{:#x}", e.mark),
+                format!("{}/{}", e.packets[0], e.packets[1]),
+                format!("{:.0}", e.expires_in_secs),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "ZONE", "ORIGINAL", "REPLY", "STATE", "STATUS", "MARK", "PACKETS", "EXPIRES",
+        ],
+        &rows,
+    );
+    if l.truncated {
+        out.push_str("(more connections: raise --limit or filter)\n");
+    }
+    out
+}
+
 /// `stats`.
 pub fn stats(s: &Stats) -> String {
     let rows: Vec<Vec<String>> = s
@@ -427,6 +457,31 @@ pub fn rates_table(r: &Rates) -> String {
 mod tests {
     use super::*;
     use fastpath_api::PortCounters;
+
+    #[test]
+    fn conntrack_rows_show_both_directions_and_truncation() {
+        let l = fastpath_api::ConntrackList {
+            entries: vec![fastpath_api::ConntrackEntry {
+                zone: 3,
+                original: "tcp 10.0.0.11:40000 -> 10.0.0.100:80".into(),
+                reply: "tcp 10.0.0.12:8080 -> 10.0.0.11:40000".into(),
+                state: "ESTABLISHED".into(),
+                status: vec!["est".into(), "dnat".into()],
+                mark: 2,
+                packets: [5, 4],
+                expires_in_secs: 86399.0,
+                ..Default::default()
+            }],
+            truncated: true,
+        };
+        let t = conntrack(&l);
+        assert!(t.contains("10.0.0.100:80"));
+        assert!(t.contains("10.0.0.12:8080"));
+        assert!(t.contains("est,dnat"));
+        assert!(t.contains("0x2"));
+        assert!(t.contains("5/4"));
+        assert!(t.contains("--limit"));
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -58,9 +58,100 @@ pub struct Config {
     /// Compiled tables in shared memory.
     #[serde(default)]
     pub tables: TablesSection,
+    /// Connection tracking, load-balancer affinity and expiry.
+    #[serde(default)]
+    pub conntrack: ConntrackSection,
 }
 
 /// Where the compiled tables come from.
+/// `[conntrack]`: the one connection table of the process, shared by all
+/// workers. Timeouts are idle times in seconds; unset ones keep the
+/// defaults of `crate::conntrack::CtTimeouts` (Linux's).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackSection {
+    /// Most connections.
+    #[serde(default = "default_ct_capacity")]
+    pub capacity: usize,
+    /// Shards (locks) of the table, rounded up to a power of two.
+    #[serde(default = "default_ct_shards")]
+    pub shards: usize,
+    /// Most load-balancer affinity bindings (`commit_lb_aff`).
+    #[serde(default = "default_ct_affinity")]
+    pub affinity_capacity: usize,
+    /// Most table slots one expiry pass visits (bounds the time an idle
+    /// worker or the control thread spends in it).
+    #[serde(default = "default_ct_expire_budget")]
+    pub expire_budget: usize,
+    /// TCP established.
+    pub tcp_established_s: Option<u64>,
+    /// TCP before the handshake completes (SYN sent / received).
+    pub tcp_syn_s: Option<u64>,
+    /// TCP closing (FIN seen, TIME-WAIT, reset).
+    pub tcp_closing_s: Option<u64>,
+    /// UDP seen both ways.
+    pub udp_s: Option<u64>,
+    /// UDP seen one way.
+    pub udp_single_s: Option<u64>,
+    /// ICMP echo.
+    pub icmp_s: Option<u64>,
+}
+
+fn default_ct_capacity() -> usize {
+    1 << 18
+}
+fn default_ct_shards() -> usize {
+    64
+}
+fn default_ct_affinity() -> usize {
+    1 << 16
+}
+fn default_ct_expire_budget() -> usize {
+    4096
+}
+
+impl Default for ConntrackSection {
+    fn default() -> Self {
+        ConntrackSection {
+            capacity: default_ct_capacity(),
+            shards: default_ct_shards(),
+            affinity_capacity: default_ct_affinity(),
+            expire_budget: default_ct_expire_budget(),
+            tcp_established_s: None,
+            tcp_syn_s: None,
+            tcp_closing_s: None,
+            udp_s: None,
+            udp_single_s: None,
+            icmp_s: None,
+        }
+    }
+}
+
+impl ConntrackSection {
+    /// The engine's configuration.
+    pub fn engine_config(&self) -> crate::conntrack::ConntrackConfig {
+        use std::time::Duration;
+        let mut t = crate::conntrack::CtTimeouts::default();
+        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        t.tcp_established = secs(self.tcp_established_s, t.tcp_established);
+        t.tcp_syn_sent = secs(self.tcp_syn_s, t.tcp_syn_sent);
+        t.tcp_syn_recv = secs(self.tcp_syn_s, t.tcp_syn_recv);
+        t.tcp_fin_wait = secs(self.tcp_closing_s, t.tcp_fin_wait);
+        t.tcp_closing = secs(self.tcp_closing_s, t.tcp_closing);
+        t.tcp_time_wait = secs(self.tcp_closing_s, t.tcp_time_wait);
+        t.tcp_closed = secs(self.tcp_closing_s, t.tcp_closed);
+        t.udp_multiple = secs(self.udp_s, t.udp_multiple);
+        t.udp_single = secs(self.udp_single_s, t.udp_single);
+        t.icmp = secs(self.icmp_s, t.icmp);
+        crate::conntrack::ConntrackConfig {
+            capacity: self.capacity,
+            shards: self.shards,
+            timeouts: t,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TablesSection {
@@ -394,6 +485,11 @@ impl Config {
 
     /// Checks cross-references and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.conntrack.capacity == 0 || self.conntrack.expire_budget == 0 {
+            return Err(ConfigError::Invalid(
+                "[conntrack] capacity and expire_budget must be positive".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &self.ports {
             if p.name.is_empty() {
@@ -591,5 +687,25 @@ devargs = "net_null1"
                 "--vdev=net_null0"
             ]
         );
+    }
+
+    #[test]
+    fn conntrack_section_sets_capacity_and_timeouts() {
+        let c = Config::from_toml(
+            "[conntrack]\ncapacity = 1000\nshards = 4\ntcp_established_s = 60\nudp_s = 5\n",
+            "t",
+        )
+        .unwrap();
+        let e = c.conntrack.engine_config();
+        assert_eq!((e.capacity, e.shards), (1000, 4));
+        assert_eq!(
+            e.timeouts.tcp_established,
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(e.timeouts.udp_multiple, std::time::Duration::from_secs(5));
+        let d = crate::conntrack::CtTimeouts::default();
+        assert_eq!(e.timeouts.icmp, d.icmp, "unset timeouts keep the defaults");
+        assert!(Config::from_toml("[conntrack]\ncapacity = 0\n", "t").is_err());
+        assert!(Config::from_toml("[conntrack]\nbogus = 1\n", "t").is_err());
     }
 }

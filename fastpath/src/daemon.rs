@@ -8,10 +8,20 @@
 //! control thread creates and frees devices; workers only learn of them
 //! through `worker::PortCommand`s, and a device is freed only after every
 //! worker acknowledged it no longer uses it.
+//!
+//! And the node's shared OVN state: one connection table ([`Conntrack`],
+//! sized by `[conntrack]`) with its load-balancer affinity table, expired
+//! by a housekeeping thread off the lcores with a bounded budget per pass,
+//! and one QoS [`MeterBank`] the table watcher keeps in step with the
+//! program's `set_meter`s. The control socket lists, counts and flushes
+//! connections; traces classify against the live table read-only.
 
 use crate::config::Config;
+use crate::conntrack::{ct_state, format_tuple, Conntrack, CtFilter};
 use crate::control::{ControlServer, Handler};
 use crate::dpdk::{self, Eal, EthPort, Mempool, MempoolConfig, PortConfig};
+use crate::meter::MeterBank;
+use crate::ovn::ct_engine::{self, ConntrackEngine, LbAffinity, Mode};
 use crate::ovn::lcore::OvnLcore;
 use crate::ovn::{Interpreter, Learned};
 use crate::pipeline::Pipeline;
@@ -22,9 +32,10 @@ use anyhow::{bail, Context, Result};
 use crossbeam::channel::Sender;
 use crossbeam::queue::ArrayQueue;
 use fastpath_api::{
-    AddedPort, FlowInfo, LcoreFlows, LcoreInfo, LearnedBinding, PortCounters, PortInfo,
-    RemovedPort, Request, Response, RuntimePortKind, SectionInfo, Stats, TableReaderInfo,
-    TablesInfo, TraceOutput, TraceResult,
+    AddedPort, ConntrackCount, ConntrackEntry, ConntrackFilter, ConntrackFlushed, ConntrackList,
+    FlowInfo, LcoreFlows, LcoreInfo, LearnedBinding, PortCounters, PortInfo, RemovedPort, Request,
+    Response, RuntimePortKind, SectionInfo, Stats, TableReaderInfo, TablesInfo, TraceOutput,
+    TraceResult,
 };
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -203,6 +214,37 @@ struct State {
     learned_queue: Arc<ArrayQueue<Learned>>,
     /// The most recent learned bindings.
     learned: Mutex<VecDeque<Learned>>,
+    /// The connection table of the process.
+    conntrack: Arc<Conntrack>,
+    /// Load-balancer affinity bindings.
+    affinity: Arc<LbAffinity>,
+}
+
+/// Entries `conntrack list` returns when the request names no limit.
+const CT_LIST_DEFAULT: usize = 1000;
+/// How often the housekeeping thread runs an expiry pass.
+const CT_EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The conntrack clock: nanoseconds of the TSC (the same on every lcore
+/// and on the control thread).
+pub fn ct_now(tsc_hz: u64) -> u64 {
+    ct_engine::tsc_to_ns(dpdk::rdtsc(), tsc_hz)
+}
+
+fn ct_filter(f: &ConntrackFilter) -> Result<CtFilter, String> {
+    let addr = match &f.addr {
+        None => None,
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| format!("{a:?} is not an IPv4 or IPv6 address"))?,
+        ),
+    };
+    Ok(CtFilter {
+        zone: f.zone,
+        addr,
+        port: f.port,
+        proto: f.proto,
+    })
 }
 
 /// Learned bindings kept for `LearnedBindings`.
@@ -482,7 +524,7 @@ impl State {
             Err(e) => return Response::error(e.to_string()),
         };
         let fp = program.ports[index as usize].fastpath_port.unwrap_or(0);
-        let (key, _) = match fastpath_packet::extract(&frame, fp) {
+        let (key, layout) = match fastpath_packet::extract(&frame, fp) {
             Ok(x) => x,
             Err(e) => {
                 return Response::error(format!("the packet does not parse: {}", e.description()))
@@ -490,7 +532,19 @@ impl State {
         };
         let mut it = Interpreter::new();
         it.tracing = true;
-        it.run(&program, index, &key, frame.len() as u32);
+        // Classified against the live table, read-only: the trace shows
+        // the state and NAT each ct action sees and creates nothing.
+        let mut ct = ConntrackEngine::new(
+            self.conntrack.clone(),
+            self.affinity.clone(),
+            Mode::ReadOnly,
+        );
+        ct.begin(
+            ct_now(self.tsc_hz),
+            u32::from(layout.end.saturating_sub(layout.l3)),
+            Some(ct_engine::received_packet(&key, &layout, &frame)),
+        );
+        it.run_with(&program, index, &key, frame.len() as u32, &mut ct);
         let text = crate::ovn::trace::render(&program, index, &key, &it);
         let v = &it.verdict;
         let outputs = v
@@ -517,6 +571,50 @@ impl State {
                 .drop_cause()
                 .map(|c| crate::ovn::cache::EntryDrop::Pipeline(c).name()),
         })
+    }
+
+    fn conntrack_list(&self, filter: &ConntrackFilter, limit: usize) -> Response {
+        let filter = match ct_filter(filter) {
+            Ok(f) => f,
+            Err(e) => return Response::error(e),
+        };
+        let limit = if limit == 0 { CT_LIST_DEFAULT } else { limit };
+        let now = ct_now(self.tsc_hz);
+        let mut views = self.conntrack.list(&filter, limit.saturating_add(1));
+        let truncated = views.len() > limit;
+        views.truncate(limit);
+        let secs = |ns: u64| ns as f64 / 1e9;
+        let entries = views
+            .into_iter()
+            .map(|e| {
+                let mut status = vec![if e.status & ct_state::EST != 0 {
+                    "est"
+                } else {
+                    "new"
+                }
+                .to_string()];
+                if e.status & ct_state::SNAT != 0 {
+                    status.push("snat".into());
+                }
+                if e.status & ct_state::DNAT != 0 {
+                    status.push("dnat".into());
+                }
+                ConntrackEntry {
+                    zone: e.zone,
+                    original: format_tuple(&e.original),
+                    reply: format_tuple(&e.reply),
+                    state: e.state.to_string(),
+                    status,
+                    mark: e.mark,
+                    label: format!("{:#x}", e.label),
+                    idle_secs: secs(now.saturating_sub(e.last_seen)),
+                    expires_in_secs: secs(e.expires_at.saturating_sub(now)),
+                    packets: e.packets,
+                    bytes: e.bytes,
+                }
+            })
+            .collect();
+        Response::ok(&ConntrackList { entries, truncated })
     }
 
     fn learned_bindings(&self) -> Response {
@@ -799,6 +897,18 @@ impl Handler for State {
             },
             Request::Trace { inport, packet } => self.trace(&inport, &packet),
             Request::LearnedBindings => self.learned_bindings(),
+            Request::ConntrackList { filter, limit } => self.conntrack_list(&filter, limit),
+            Request::ConntrackCount => Response::ok(&ConntrackCount {
+                connections: self.conntrack.len(),
+                capacity: self.conntrack.capacity(),
+                affinity: self.affinity.len(),
+            }),
+            Request::ConntrackFlush { filter } => match ct_filter(&filter) {
+                Ok(f) => Response::ok(&ConntrackFlushed {
+                    flushed: self.conntrack.flush(&f),
+                }),
+                Err(e) => Response::error(e),
+            },
             Request::AddPort {
                 name,
                 kind,
@@ -815,6 +925,22 @@ impl Handler for State {
                 *self.baseline.lock() = self.lcores.iter().map(|l| l.snapshot()).collect();
                 Response::ok(&serde_json::json!({"cleared": true}))
             }
+        }
+    }
+}
+
+/// Housekeeping off the lcores: every [`CT_EXPIRE_EVERY`], one expiry pass
+/// over at most `budget` connection slots (the table resumes where the
+/// last pass stopped), and once a second the expired affinity bindings.
+fn expire_loop(ct: &Conntrack, aff: &LbAffinity, budget: usize, tsc_hz: u64, stop: &AtomicBool) {
+    let mut passes: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(CT_EXPIRE_EVERY);
+        let now = ct_now(tsc_hz);
+        ct.expire(now, budget);
+        passes += 1;
+        if passes.is_multiple_of(20) {
+            aff.expire(now);
         }
     }
 }
@@ -884,12 +1010,22 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     let port_ids: Vec<u16> = ports.iter().map(|p| p.id()).collect();
     let pipeline = Pipeline::from_config(&cfg);
 
+    let tsc_hz = dpdk::tsc_hz();
+    let conntrack = Arc::new(Conntrack::new(&cfg.conntrack.engine_config()));
+    let affinity = Arc::new(LbAffinity::new(cfg.conntrack.affinity_capacity));
+    let meters = Arc::new(MeterBank::new(tsc_hz).context("QoS meters")?);
+    log::info!(
+        "conntrack: {} connections in {} shards",
+        conntrack.capacity(),
+        cfg.conntrack.shards
+    );
+
     let worker_lcores: Vec<u32> = cfg.workers.iter().map(|w| w.lcore).collect();
-    let tables = cfg
-        .tables
-        .path
-        .as_ref()
-        .map(|p| TablesShared::new(p, &worker_lcores));
+    let tables = cfg.tables.path.as_ref().map(|p| {
+        let t = TablesShared::new(p, &worker_lcores);
+        t.meters.store(Some(meters.clone()));
+        t
+    });
     let mut watcher = tables.as_ref().map(|t| {
         Watcher::new(
             t.clone(),
@@ -900,7 +1036,6 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         // A restarted fastpath forwards with the last published tables at once.
         w.try_load();
     }
-    let tsc_hz = dpdk::tsc_hz();
     let learned_queue = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
     let mut commands = Vec::new();
     let mut port_commands = Vec::new();
@@ -928,6 +1063,14 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
                 commands.push((w.lcore, tx));
                 Some(OvnWorker {
                     lcore: OvnLcore::new(*cache_entries, learned_queue.clone()),
+                    conntrack: ConntrackEngine::new(
+                        conntrack.clone(),
+                        affinity.clone(),
+                        Mode::Live,
+                    ),
+                    meters: meters.clone(),
+                    tsc_hz,
+                    meter_view: None,
                     pool: pool.clone(),
                     commands: rx,
                     frame: Vec::with_capacity(2048),
@@ -976,7 +1119,19 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         commands,
         learned_queue,
         learned: Mutex::new(VecDeque::new()),
+        conntrack: conntrack.clone(),
+        affinity: affinity.clone(),
     });
+    let expiry_stop = Arc::new(AtomicBool::new(false));
+    let expiry = {
+        let stop = expiry_stop.clone();
+        let ct = conntrack.clone();
+        let aff = affinity.clone();
+        let budget = cfg.conntrack.expire_budget;
+        std::thread::Builder::new()
+            .name("fp-ct-expire".into())
+            .spawn(move || expire_loop(&ct, &aff, budget, tsc_hz, &stop))?
+    };
     let watcher_thread = match watcher {
         Some(w) => Some(
             std::thread::Builder::new()
@@ -1030,6 +1185,8 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     }
     control_stop.store(true, Ordering::Relaxed);
     let _ = control.join();
+    expiry_stop.store(true, Ordering::Relaxed);
+    let _ = expiry.join();
     if let Some(t) = &tables {
         t.stop.store(true, Ordering::Relaxed);
     }

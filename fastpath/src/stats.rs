@@ -93,6 +93,34 @@ drop_reasons! {
     OvnGenerate = "ovn_generate_failed",
     /// OVN: no mbuf for a copy or a generated packet.
     NoMbuf = "no_mbuf",
+    /// Conntrack: the connection's shard is full.
+    CtTableFull = "ct_table_full",
+    /// Conntrack: no free NAT address/port in the range.
+    CtNatExhausted = "ct_nat_exhausted",
+    /// Conntrack: the reply tuple is taken by another (NATed) connection.
+    CtTupleConflict = "ct_tuple_conflict",
+    /// Conntrack: the NAT address family differs from the packet's.
+    CtNatFamily = "ct_nat_family",
+    /// Conntrack: concurrent commits of one tuple kept racing.
+    CtContended = "ct_contended",
+    /// Conntrack: a NAT translation could not be written into the frame.
+    CtNatRewrite = "ct_nat_rewrite",
+    /// QoS: a `set_meter` policer dropped the packet above its rate.
+    QosMeterDrop = "qos_meter_drop",
+}
+
+impl DropReason {
+    /// The counter of a conntrack engine refusal.
+    pub fn of_ct_error(e: crate::conntrack::CtError) -> DropReason {
+        use crate::conntrack::CtError;
+        match e {
+            CtError::TableFull => DropReason::CtTableFull,
+            CtError::NatExhausted => DropReason::CtNatExhausted,
+            CtError::TupleConflict => DropReason::CtTupleConflict,
+            CtError::NatFamily => DropReason::CtNatFamily,
+            CtError::Contended => DropReason::CtContended,
+        }
+    }
 }
 
 /// Counter names of the drops at an unsupported OVN action:

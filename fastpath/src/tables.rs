@@ -10,7 +10,14 @@
 //! last good one. Workers take up the program with the snapshot. Anything
 //! derived from the tables (flow cache entries) records the generation it
 //! came from ([`WorkerTables::generation`]).
+//!
+//! When a program loads, the watcher also brings the node's shared
+//! [`MeterBank`] (if one is attached: [`TablesShared::meters`]) to the
+//! program's `set_meter` policers ([`Program::meters`]): keys are stable
+//! across generations, so a rate change applies to the live meter and the
+//! other meters are undisturbed.
 
+use crate::meter::MeterBank;
 use crate::ovn::Program;
 use arc_swap::ArcSwapOption;
 use fastpath_tables::{Reader, ReaderHandle, RefusalReason, Snapshot};
@@ -47,6 +54,11 @@ pub struct TablesShared {
     workers: Vec<u32>,
     /// Set when the watcher should stop.
     pub stop: AtomicBool,
+    /// The node's QoS policers, synced with each program loaded (ticks of
+    /// the TSC), when attached.
+    pub meters: ArcSwapOption<MeterBank>,
+    /// Programs whose meters the bank refused (the previous meters stay).
+    pub meters_refused: AtomicU64,
 }
 
 impl TablesShared {
@@ -66,6 +78,8 @@ impl TablesShared {
             handles: Mutex::new(Vec::new()),
             workers: workers.to_vec(),
             stop: AtomicBool::new(false),
+            meters: ArcSwapOption::empty(),
+            meters_refused: AtomicU64::new(0),
         })
     }
 
@@ -78,6 +92,10 @@ impl TablesShared {
             .chain(std::iter::once((
                 "program_load",
                 self.program_refused.load(Ordering::Relaxed),
+            )))
+            .chain(std::iter::once((
+                "meters",
+                self.meters_refused.load(Ordering::Relaxed),
             )))
             .filter(|(_, v)| *v > 0)
             .collect()
@@ -101,6 +119,27 @@ impl Watcher {
             handle: None,
             poll,
             last_refused: 0,
+        }
+    }
+
+    /// Brings the attached meter bank to the program's policers.
+    fn sync_meters(&self, program: &Program) {
+        let Some(bank) = self.shared.meters.load_full() else {
+            return;
+        };
+        let wanted = program.meters();
+        if let Err(e) = bank.sync(&wanted, crate::dpdk::rdtsc()) {
+            self.shared.meters_refused.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "tables: generation {}: meters refused ({e}); the previous meters stay",
+                program.generation
+            );
+        } else if !wanted.is_empty() {
+            log::info!(
+                "tables: generation {}: {} QoS meter(s)",
+                program.generation,
+                wanted.len()
+            );
         }
     }
 
@@ -171,6 +210,7 @@ impl Watcher {
                 if let Err(e) = handle.ack(generation) {
                     log::warn!("tables: acknowledging generation {generation}: {e}");
                 }
+                self.sync_meters(&program);
                 self.shared.program.store(Some(Arc::new(program)));
                 self.shared.snapshot.store(Some(Arc::new(snap)));
                 // Release: a worker that sees the new number finds the new

@@ -105,6 +105,14 @@ pub struct OvnWorker {
     pub commands: Receiver<LcoreCommand>,
     /// Scratch buffer for generated frames.
     pub frame: Vec<u8>,
+    /// The conntrack hook over the process's connection table.
+    pub conntrack: crate::ovn::ct_engine::ConntrackEngine,
+    /// The node's QoS policers (TSC ticks).
+    pub meters: Arc<crate::meter::MeterBank>,
+    /// TSC ticks per second (the conntrack clock is in ns).
+    pub tsc_hz: u64,
+    /// The meters as of this burst (taken at each burst boundary).
+    pub meter_view: Option<crate::meter::MeterView>,
 }
 
 /// Everything one worker needs; moved onto its lcore.
@@ -169,6 +177,7 @@ impl Worker {
                 }
             }
             if let Some(o) = ovn.as_mut() {
+                o.meter_view = Some(o.meters.view());
                 if let Ok(cmd) = o.commands.try_recv() {
                     serve_command(cmd, o, &stats);
                 }
@@ -351,6 +360,7 @@ fn count_entry_drop(d: EntryDrop, stats: &LcoreStats) {
             DropCause::TtlExpired => DropReason::OvnTtlExpired,
             DropCause::DepthLimit => DropReason::OvnDepthLimit,
             DropCause::UnknownInport => DropReason::OvnUnknownInport,
+            DropCause::Conntrack(e) => DropReason::of_ct_error(e),
         },
     };
     stats.drop_packets(reason, 1);
@@ -409,12 +419,42 @@ fn ovn_packet(
     };
     let pkt_len = m.pkt_len();
     let OvnWorker {
-        lcore, pool, frame, ..
+        lcore,
+        pool,
+        frame,
+        conntrack,
+        meter_view,
+        tsc_hz,
+        ..
     } = o;
-    let Some(d) = lcore.decide(&key, pkt_len, now, &stats.cache) else {
+    // ICMP needs the frame (echo identifier, quoted header of an error);
+    // other packets are summarised from the key alone.
+    let received = crate::ovn::ct_engine::frame_summary(&key, &layout, m.data());
+    let ct = crate::ovn::lcore::CtInput {
+        engine: conntrack,
+        now_ns: crate::ovn::ct_engine::tsc_to_ns(now, *tsc_hz),
+        received,
+        ip_len: u32::from(layout.end.saturating_sub(layout.l3)),
+    };
+    let Some(d) = lcore.decide_tracked(&key, pkt_len, now, &stats.cache, ct) else {
         stats.drop_packets(DropReason::OvnNoProgram, 1);
         return;
     };
+    // QoS: every meter of the decision polices the packet (hits too).
+    if let Some(view) = meter_view.as_ref() {
+        for key in &d.entry.meters {
+            if view.police(*key, pkt_len, now) == Some(crate::meter::Verdict::Drop) {
+                stats.drop_packets(DropReason::QosMeterDrop, 1);
+                return;
+            }
+        }
+    }
+    for t in d.frame_nat {
+        if crate::conntrack::apply_translation(m.data_mut(), &layout, t).is_err() {
+            stats.drop_packets(DropReason::CtNatRewrite, 1);
+            return;
+        }
+    }
     for g in d.generated {
         match crate::ovn::generate::build(g.kind, &g.vector, m.data(), &layout, frame) {
             Ok(()) => match Mbuf::from_bytes(pool, frame) {

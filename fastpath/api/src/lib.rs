@@ -69,6 +69,97 @@ pub enum Request {
         /// Port name.
         name: String,
     },
+    /// The tracked connections matching a filter (at most `limit`);
+    /// answered with [`ConntrackList`].
+    ConntrackList {
+        /// Which connections.
+        #[serde(default)]
+        filter: ConntrackFilter,
+        /// Most entries returned (0: the daemon's default).
+        #[serde(default)]
+        limit: usize,
+    },
+    /// How many connections are tracked; answered with [`ConntrackCount`].
+    ConntrackCount,
+    /// Removes the connections matching a filter (all without one);
+    /// answered with [`ConntrackFlushed`].
+    ConntrackFlush {
+        /// Which connections.
+        #[serde(default)]
+        filter: ConntrackFilter,
+    },
+}
+
+/// Which connections a conntrack request covers; an unset field matches
+/// every connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackFilter {
+    /// Zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<u16>,
+    /// An address of the original or reply tuple (IPv4 or IPv6 text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// A TCP/UDP/SCTP port of the original or reply tuple.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// IP protocol number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<u8>,
+}
+
+/// One tracked connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackEntry {
+    /// Zone.
+    pub zone: u16,
+    /// Original direction, `proto src:port -> dst:port`.
+    pub original: String,
+    /// Reply direction (translated).
+    pub reply: String,
+    /// Protocol state (`ESTABLISHED`, `UDP`, ...).
+    pub state: String,
+    /// Status flags: `new` or `est`, `snat`, `dnat`.
+    pub status: Vec<String>,
+    /// `ct_mark`.
+    pub mark: u32,
+    /// `ct_label`, hex.
+    pub label: String,
+    /// Seconds since the last packet.
+    pub idle_secs: f64,
+    /// Seconds until it expires unless refreshed.
+    pub expires_in_secs: f64,
+    /// Packets [original, reply].
+    pub packets: [u64; 2],
+    /// Bytes [original, reply].
+    pub bytes: [u64; 2],
+}
+
+/// Answer to [`Request::ConntrackList`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackList {
+    /// Entries.
+    pub entries: Vec<ConntrackEntry>,
+    /// Whether the limit cut the list short.
+    pub truncated: bool,
+}
+
+/// Answer to [`Request::ConntrackCount`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackCount {
+    /// Connections tracked.
+    pub connections: usize,
+    /// Capacity of the table.
+    pub capacity: usize,
+    /// Load-balancer affinity bindings.
+    pub affinity: usize,
+}
+
+/// Answer to [`Request::ConntrackFlush`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackFlushed {
+    /// Connections removed.
+    pub flushed: usize,
 }
 
 /// The device behind a run-time port.
@@ -537,6 +628,40 @@ mod tests {
         .is_err());
         let d: Request = serde_json::from_str(r#"{"cmd":"remove-port","name":"x"}"#).unwrap();
         assert_eq!(d, Request::RemovePort { name: "x".into() });
+    }
+
+    #[test]
+    fn conntrack_requests_wire_shape() {
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"conntrack-list","filter":{"zone":3,"addr":"10.0.0.5"},"limit":10}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::ConntrackList {
+                filter: ConntrackFilter {
+                    zone: Some(3),
+                    addr: Some("10.0.0.5".into()),
+                    ..Default::default()
+                },
+                limit: 10
+            }
+        );
+        let f: Request = serde_json::from_str(r#"{"cmd":"conntrack-flush"}"#).unwrap();
+        assert_eq!(
+            f,
+            Request::ConntrackFlush {
+                filter: ConntrackFilter::default()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::ConntrackCount).unwrap(),
+            r#"{"cmd":"conntrack-count"}"#
+        );
+        assert!(serde_json::from_str::<Request>(
+            r#"{"cmd":"conntrack-list","filter":{"zone":"x"}}"#
+        )
+        .is_err());
     }
 
     #[test]

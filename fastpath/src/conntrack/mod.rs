@@ -32,8 +32,10 @@
 //! `new` until the first reply, then `est`; replies are `est|rpl`; ICMP errors
 //! quoting a packet of a connection are `rel` (plus `rpl` when they travel in
 //! the reply direction); connections with NAT add `snat` / `dnat`. TCP has a
-//! state machine without window tracking: only a plain SYN opens a connection
-//! (like OVS, no mid-stream pickup: any other first packet is `inv`), invalid
+//! state machine without window tracking: a plain SYN opens a connection, and
+//! so does a mid-stream packet (picked up in ESTABLISHED, as OVS's userspace
+//! conntrack does: OVN tracks some zones without committing them, where
+//! every packet must be `new`), but not a SYN-ACK or a RST (`inv`); invalid
 //! flag combinations are `inv`, FIN and RST move to closing states with short
 //! timeouts, and a SYN on a closed or TIME-WAIT connection replaces it. UDP,
 //! ICMP/ICMPv6 echo and other IP protocols are pseudo-connections; later IP

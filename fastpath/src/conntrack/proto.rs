@@ -176,11 +176,27 @@ pub(crate) fn tcp_flags_invalid(f: u16) -> bool {
         || f & (tcpf::SYN | tcpf::ACK | tcpf::RST) == 0
 }
 
-/// True if a TCP packet with flags `f` may open a connection: a plain SYN
-/// (documented choice, as OVS by default: no mid-stream pickup).
+/// True if a TCP packet with flags `f` may open a connection: a plain SYN,
+/// or a mid-stream packet (picked up as OVS's userspace conntrack and
+/// Linux's loose mode do: OVN tracks some zones without ever committing
+/// them, so every packet there must classify as `new`, never `inv`); not a
+/// SYN-ACK (a half-open connection), a RST, or an invalid combination.
 #[inline]
 pub(crate) fn tcp_can_open(f: u16) -> bool {
-    f & (tcpf::SYN | tcpf::ACK | tcpf::RST | tcpf::FIN) == tcpf::SYN
+    !tcp_flags_invalid(f)
+        && f & (tcpf::SYN | tcpf::ACK) != (tcpf::SYN | tcpf::ACK)
+        && f & tcpf::RST == 0
+}
+
+/// The state a connection opened by a packet with flags `f` starts in:
+/// SYN-sent for a SYN, established for a mid-stream pickup.
+#[inline]
+pub(crate) fn tcp_open_state(f: u16) -> TcpState {
+    if f & tcpf::SYN != 0 {
+        TcpState::SynSent
+    } else {
+        TcpState::Established
+    }
 }
 
 /// The TCP transition for a packet with flags `f` going `dir`.
@@ -200,7 +216,15 @@ pub(crate) fn tcp_next(st: TcpState, dir: Dir, f: u16) -> Verdict {
     }
     let next = match (st, dir) {
         (SynSent, Dir::Original) if syn && !ack => SynSent,
-        (SynSent, Dir::Original) => return Verdict::Invalid,
+        // The originator goes on before any answer came through this zone
+        // (the answer may take another path: OVN tracks a load-balanced
+        // flow in the zone of the router port it leaves by, while the
+        // backend answers the client directly). Without window tracking,
+        // as OVS's userspace conntrack, this is no error; the connection
+        // stays unanswered (`new`).
+        (SynSent, Dir::Original) if syn => return Verdict::Invalid,
+        (SynSent, Dir::Original) if fin => FinOriginal,
+        (SynSent, Dir::Original) => SynSent,
         (SynSent, Dir::Reply) if syn => SynRecv,
         (SynSent, Dir::Reply) => return Verdict::Invalid,
         (SynRecv, _) if syn => SynRecv,

@@ -2,7 +2,9 @@
 //! expiry, flush and listing. See the parent module for the locking scheme.
 
 use super::nat::{NatRange, Rewrite, Translation};
-use super::proto::{tcp_can_open, tcp_next, Dir, L4State, TcpState, TimeoutsNs, Verdict};
+use super::proto::{
+    tcp_can_open, tcp_next, tcp_open_state, Dir, L4State, TcpState, TimeoutsNs, Verdict,
+};
 use super::tuple::{addr_from_bytes, addr_to_bytes, icmp4, icmp6, CtPacket, PacketClass, Tuple};
 use super::{ct_state, ConntrackConfig, CtCommit, CtEntryView, CtError, CtFilter, CtResult};
 use fastpath_packet::ip_proto;
@@ -354,6 +356,33 @@ impl Conntrack {
         }
     }
 
+    /// The connection a packet was already tracked to in this pass of the
+    /// pipeline (OVS keeps it with the packet: a second `ct` in the same
+    /// zone, after NAT rewrote the headers, acts on the same connection
+    /// rather than looking the new headers up). With `commit`, its mark
+    /// and label bits are set. No refresh and no state change (the first
+    /// `ct` of the pass did that). `None` when the connection is gone.
+    pub fn by_id(
+        &self,
+        id: ConnId,
+        dir: Dir,
+        commit: Option<&CtCommit>,
+        now: u64,
+    ) -> Option<CtResult> {
+        let shard = (id.slot as usize) & (self.shards.len() - 1);
+        let slot = (id.slot >> self.shard_bits) as usize;
+        let mut g = self.shards.get(shard)?.lock.lock();
+        let e = g.entries.get_mut(slot)?;
+        if !e.live || e.incarnation != id.incarnation || e.expires_at <= now {
+            return None;
+        }
+        if let Some(c) = commit {
+            e.mark = (e.mark & !c.mark_mask) | (c.mark & c.mark_mask);
+            e.label = (e.label & !c.label_mask) | (c.label & c.label_mask);
+        }
+        Some(e.result(dir, id))
+    }
+
     /// [`Conntrack::lookup`] without side effects: the same classification,
     /// but no refresh, no state change and no counters (for traces).
     pub fn peek(&self, zone: u16, packet: &CtPacket, now: u64) -> CtResult {
@@ -700,7 +729,7 @@ impl Conntrack {
         };
         let incarnation = self.shards[s].incarnation[slot as usize].load(Ordering::Acquire);
         let l4 = match p.tuple.proto {
-            ip_proto::TCP => L4State::Tcp(TcpState::SynSent),
+            ip_proto::TCP => L4State::Tcp(tcp_open_state(p.tcp_flags)),
             ip_proto::UDP => L4State::Udp,
             _ if p.tuple.is_icmp() => L4State::Icmp,
             _ => L4State::Other,

@@ -166,16 +166,9 @@ fn tcp_handshake_new_est_reply() {
 }
 
 #[test]
-fn non_syn_first_packet_is_invalid_and_not_committed() {
+fn half_open_reset_and_invalid_first_packets_are_invalid_and_not_committed() {
     let ct = table();
-    for flags in [
-        tf::ACK,
-        tf::SYN | tf::ACK,
-        tf::FIN | tf::ACK,
-        tf::RST,
-        0,
-        tf::SYN | tf::FIN,
-    ] {
+    for flags in [tf::SYN | tf::ACK, tf::RST, 0, tf::SYN | tf::FIN, tf::FIN] {
         let p = pkt(&tcp4("10.0.0.1", 1, "10.0.0.2", 2, flags));
         assert_eq!(ct.lookup(0, &p, SEC).state, INV, "flags {flags:#x}");
         let r = ct.commit(0, &p, &commit_plain(), SEC).unwrap();
@@ -192,6 +185,27 @@ fn non_syn_first_packet_is_invalid_and_not_committed() {
     assert_eq!(ct.lookup(0, &ack, SEC).state, EST);
     let bad = pkt(&tcp4("10.0.0.2", 2, "10.0.0.1", 1, tf::SYN));
     assert_eq!(ct.lookup(0, &bad, SEC).state, INV);
+}
+
+#[test]
+fn mid_stream_packet_is_picked_up_as_new_and_committed_established() {
+    let ct = table();
+    for (port, flags) in [
+        (1u16, tf::ACK),
+        (2, tf::FIN | tf::ACK),
+        (3, tf::PSH | tf::ACK),
+    ] {
+        let p = pkt(&tcp4("10.0.0.1", port, "10.0.0.2", 80, flags));
+        assert_eq!(ct.lookup(0, &p, SEC).state, NEW, "flags {flags:#x}");
+        assert_eq!(ct.len(), usize::from(port) - 1, "a lookup creates nothing");
+        let r = ct.commit(0, &p, &commit_plain(), SEC).unwrap();
+        assert!(r.conn.is_some(), "flags {flags:#x}");
+    }
+    let v = ct.list(&CtFilter::default(), 8);
+    assert!(v.iter().any(|e| e.state == "ESTABLISHED"), "{v:?}");
+    // The answer makes the picked-up connection established.
+    let reply = pkt(&tcp4("10.0.0.2", 80, "10.0.0.1", 1, tf::ACK));
+    assert_eq!(ct.lookup(0, &reply, SEC).state, EST_RPL);
 }
 
 fn established(ct: &Conntrack, zone: u16, now: u64) -> (CtPacket, CtPacket) {
@@ -761,5 +775,19 @@ fn fuzz_frames_from_seeds_and_mutations() {
             data.extend(f);
             fuzzing::fuzz_conntrack(&data);
         }
+    }
+}
+
+#[test]
+fn commits_without_nat_never_conflict_in_an_empty_zone() {
+    let ct = Conntrack::new(&ConntrackConfig {
+        capacity: 1 << 12,
+        shards: 64,
+        ..Default::default()
+    });
+    for port in 30000..31000u16 {
+        let syn = pkt(&tcp4("10.0.0.11", port, "10.0.0.13", 8080, tf::SYN));
+        let r = ct.commit(4, &syn, &commit_plain(), SEC);
+        assert!(r.is_ok(), "port {port}: {r:?}");
     }
 }

@@ -16,26 +16,60 @@
 //! reports it as [`Lookup::Stale`]), so a table change takes effect on the
 //! next packet of every flow.
 //!
-//! # Conntrack (part 2)
+//! # Conntrack
 //!
-//! Entries are keyed by the packet's headers alone because part 1 runs no
-//! `ct_*` action (a flow reaching one is dropped as unsupported). Part 2
-//! adds conntrack by splitting a cached flow at its recirculations: the
-//! first entry (keyed as now) holds the rewrites up to `ct_next`/`ct_lb`
-//! and the conntrack zone; the packet is then looked up in the per-lcore
-//! connection table, and a second entry keyed by (flow key, `ct_state`,
-//! `ct_mark`/`ct_label` bits the pipeline matched, zone) holds the rest of
-//! the pipeline after the recirculation. For established connections the
-//! two lookups can be fused into a per-connection entry that points at the
-//! conntrack entry directly (its NAT rewrite included), so a hit stays one
-//! hash lookup plus the conntrack state update. Entries of both kinds carry
-//! the generation and are revalidated the same way.
+//! A verdict that went through `ct_*` actions is cached as one fused entry
+//! per established connection: the entry records, for each conntrack
+//! operation of the verdict, the connection and direction the engine found
+//! and the result the pipeline saw ([`CachedCt`]: `ct_state`, `ct_mark`,
+//! `ct_label`). The lcore ([`super::lcore::OvnLcore::decide_tracked`])
+//! uses a hit only after it has `touch`ed each connection of the entry
+//! (once per connection and direction: the refresh, the TCP state machine
+//! and the counters of the connection) and every result came back
+//! unchanged (same connection, same state, mark and label); otherwise the
+//! packet goes through the interpreter and the entry is replaced, and it
+//! counts as a miss. An established connection thus costs one cache hit
+//! plus one `touch` per packet and per connection it crosses (a ClusterIP
+//! packet: the client's zone and the backend's zone). A verdict with an
+//! invalid conntrack step is not cached, nor is one whose NAT needs the
+//! frame (the quoted header of an ICMP error, an ICMP echo identifier):
+//! those go through the interpreter every time. One kind of step without a
+//! connection is cached: a zone OVN tracks without ever committing (the
+//! egress zone of a router port on a switch with a load balancer), where
+//! every packet of an established flow is an uncommitted `trk|new`; a hit
+//! re-classifies such a step by a lookup of the tuple it saw (no state is
+//! created), so a connection committed there later invalidates the entry. The NAT of a connection is part of
+//! the entry's rewrites (addresses and ports of the header), so a hit
+//! translates like the connection would. Entries also record the stable
+//! keys of the QoS meters (`set_meter`) their packets are policed by.
 
 use fastpath_packet::FlowKey;
 use hashbrown::HashTable;
 
+use super::ct::CtResult;
 use super::interpreter::DropCause;
 use super::rewrite::Rewrite;
+use crate::conntrack::{ConnId, Dir, Tuple};
+use crate::meter::MeterKey;
+
+/// One conntrack operation a cached entry depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedCt {
+    /// Zone.
+    pub zone: u16,
+    /// The connection and the packet's direction in it; `None` for a zone
+    /// the pipeline tracks without committing (every packet `trk|new`),
+    /// re-classified by a lookup of `tuple` on each hit.
+    pub conn: Option<(ConnId, Dir)>,
+    /// The packet's tuple at this operation.
+    pub tuple: Tuple,
+    /// What the pipeline saw (a hit is valid while `touch` reports the
+    /// same).
+    pub result: CtResult,
+}
+
+/// Most conntrack operations a cacheable verdict may have.
+pub const MAX_CACHED_CT: usize = 8;
 
 /// Why an entry drops its packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +124,11 @@ pub struct FlowEntry {
     pub hits: u64,
     /// When it was (re)built, in the caller's time unit (TSC cycles).
     pub built_at: u64,
+    /// The conntrack operations it depends on, in verdict order (empty:
+    /// the pipeline tracked nothing).
+    pub ct: Vec<CachedCt>,
+    /// QoS meters every packet is policed by, in order.
+    pub meters: Vec<MeterKey>,
 }
 
 /// Result of a lookup.

@@ -192,6 +192,22 @@ pub enum CtRefusal {
     /// The engine's table is full (the packet cannot be tracked).
     #[error("conntrack table full")]
     TableFull,
+    /// The engine refused a commit (table full, NAT exhausted, ...): the
+    /// packet is dropped under [`crate::conntrack::CtError::drop_reason`].
+    #[error("conntrack: {0}")]
+    Engine(crate::conntrack::CtError),
+}
+
+impl CtRefusal {
+    /// The drop reason of an engine refusal (`None`: no engine, the packet
+    /// is dropped under the action's unsupported name).
+    pub fn drop_reason(&self) -> Option<&'static str> {
+        match self {
+            CtRefusal::NoEngine => None,
+            CtRefusal::TableFull => Some("ct_table_full"),
+            CtRefusal::Engine(e) => Some(e.drop_reason()),
+        }
+    }
 }
 
 /// What the interpreter asks of connection tracking.
@@ -275,8 +291,9 @@ pub trait ConntrackHook {
     ) -> Result<(), CtRefusal>;
 }
 
-/// The default backend choice: a hash (FNV-1a) of the flow's 5-tuple, or of
-/// the `hash_fields`, modulo the backends of the packet's family.
+/// The default backend choice: a hash (FNV-1a, then a 64-bit mix) of the
+/// flow's 5-tuple, or of the `hash_fields`, modulo the backends of the
+/// packet's family.
 pub fn choose_backend(v: &FlowVector, lb: &LbRequest<'_>) -> Option<LbBackend> {
     let family = family_of(v)?;
     let usable: Vec<&LbBackend> = lb.backends.iter().filter(|b| b.family == family).collect();
@@ -319,6 +336,14 @@ pub fn choose_backend(v: &FlowVector, lb: &LbRequest<'_>) -> Option<LbBackend> {
             eat(bytes);
         }
     }
+    // FNV-1a's low bits are weak (the parity of its result is the parity
+    // of the bytes fed: Linux hands out even ephemeral ports to connect(),
+    // so `% 2` would send every client to one backend); mix them in.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
     Some(*usable[(h % usable.len() as u64) as usize])
 }
 
@@ -752,6 +777,14 @@ mod tests {
             seen.insert(first.map(|b| b.addr[15]));
         }
         assert_eq!(seen.len(), 2, "both backends are used");
+        // Even source ports only (what Linux gives connect()).
+        let mut even = std::collections::HashSet::new();
+        for port in (32768..32800u16).step_by(2) {
+            let mut v = tcp_vector([10, 0, 0, 100], 80);
+            v.bytes_mut()[field::TP_SRC].copy_from_slice(&port.to_be_bytes());
+            even.insert(choose_backend(&v, &lb).map(|b| b.addr[15]));
+        }
+        assert_eq!(even.len(), 2, "even source ports use both backends too");
         let only_src = LbRequest {
             hash_fields: hash_field::IP_SRC,
             ..lb

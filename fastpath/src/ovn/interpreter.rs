@@ -25,8 +25,8 @@ use fastpath_tables::ovn::{
 };
 
 use super::ct::{
-    ConntrackHook, CtCommit, CtOp, CtOpKind, CtResult, CtZone, LbBackend, LbRequest, NatDirection,
-    NatRequest, NatTarget, NoConntrack,
+    ConntrackHook, CtCommit, CtOp, CtOpKind, CtRefusal, CtResult, CtZone, LbBackend, LbRequest,
+    NatDirection, NatRequest, NatTarget, NoConntrack,
 };
 use super::program::Program;
 use super::vector::FlowVector;
@@ -104,6 +104,9 @@ pub enum DropCause {
     DepthLimit,
     /// The inport is not a port of the program.
     UnknownInport,
+    /// The conntrack engine refused the packet (table full, NAT
+    /// exhausted, ...).
+    Conntrack(crate::conntrack::CtError),
 }
 
 impl DropCause {
@@ -119,6 +122,7 @@ impl DropCause {
             DropCause::TtlExpired => "ovn_ttl_expired",
             DropCause::DepthLimit => "ovn_depth_limit",
             DropCause::UnknownInport => "ovn_unknown_inport",
+            DropCause::Conntrack(e) => e.drop_reason(),
         }
     }
 }
@@ -144,6 +148,10 @@ pub struct Learned {
 pub struct MeterEvent {
     /// The meter's identity: the first 32 bits of its logical flow's UUID.
     pub lflow: u32,
+    /// The meter's stable key (datapath, pipeline, table and match of its
+    /// flow: [`Program::meter_key`]), unchanged when northd rewrites the
+    /// flow with a new rate or UUID.
+    pub key: u32,
     /// Rate, kbps.
     pub rate: u64,
     /// Burst, kb (0: none).
@@ -542,8 +550,15 @@ impl Interpreter {
                     let n = (ins.count as usize).min(code.len() - i);
                     let operands = &code[i..i + n];
                     i += n;
-                    if let Err(name) = self.conntrack(ctx, ins, operands, v, ct) {
-                        self.drop(DropCause::Unsupported(unsupported_index(name)), depth);
+                    if let Err((name, refusal)) = self.conntrack(ctx, ins, operands, v, ct) {
+                        let cause = match refusal {
+                            CtRefusal::Engine(e) => DropCause::Conntrack(e),
+                            CtRefusal::TableFull => {
+                                DropCause::Conntrack(crate::conntrack::CtError::TableFull)
+                            }
+                            CtRefusal::NoEngine => DropCause::Unsupported(unsupported_index(name)),
+                        };
+                        self.drop(cause, depth);
                         return Outcome::Went;
                     }
                 }
@@ -605,6 +620,7 @@ impl Interpreter {
                     let imm = ins.imm_value();
                     self.verdict.meters.push(MeterEvent {
                         lflow: ctx.program.flows.get(flow as usize).map_or(0, |f| f.lflow),
+                        key: ctx.program.meter_key(flow),
                         rate: imm as u64,
                         burst: (imm >> 64) as u64,
                     });
@@ -671,7 +687,7 @@ impl Interpreter {
         operands: &[OvnInstruction],
         v: &mut FlowVector,
         hook: &mut dyn ConntrackHook,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), (&'static str, CtRefusal)> {
         let kind = ins.arg & 0xff;
         let flags = ins.arg >> 8;
         let zone = self.zone(ctx, v, kind);
@@ -679,7 +695,7 @@ impl Interpreter {
             ct::NEXT => hook
                 .track(zone, v)
                 .map(|r| (CtOpKind::Track, r))
-                .map_err(|_| "ct_next"),
+                .map_err(|e| ("ct_next", e)),
             ct::DNAT | ct::SNAT | ct::DNAT_IN_CZONE | ct::SNAT_IN_CZONE => {
                 let direction = if matches!(kind, ct::DNAT | ct::DNAT_IN_CZONE) {
                     NatDirection::Dnat
@@ -693,7 +709,7 @@ impl Interpreter {
                 });
                 hook.nat(zone, v, direction, target)
                     .map(|r| (CtOpKind::Nat(direction, target), r))
-                    .map_err(|_| "ct_nat")
+                    .map_err(|e| ("ct_nat", e))
             }
             ct::LB | ct::LB_MARK => {
                 let backends: Vec<LbBackend> = operands.iter().map(backend_of).collect();
@@ -706,13 +722,13 @@ impl Interpreter {
                 };
                 hook.load_balance(zone, v, &lb)
                     .map(|(r, b)| (CtOpKind::LoadBalance(b), r))
-                    .map_err(|_| "ct_lb")
+                    .map_err(|e| ("ct_lb", e))
             }
             ct::COMMIT => {
                 let commit = commit_of(operands, v);
                 hook.commit(zone, v, &commit)
                     .map(|r| (CtOpKind::Commit(commit), r))
-                    .map_err(|_| "ct_commit")
+                    .map_err(|e| ("ct_commit", e))
             }
             ct::COMMIT_NAT => {
                 let commit = CtCommit {
@@ -721,7 +737,7 @@ impl Interpreter {
                 };
                 hook.commit(zone, v, &commit)
                     .map(|r| (CtOpKind::Commit(commit), r))
-                    .map_err(|_| "ct_commit")
+                    .map_err(|e| ("ct_commit", e))
             }
             ct::SNAT_TO_VIP => {
                 let nat = match hook.original_tuple(zone, v) {
@@ -740,7 +756,7 @@ impl Interpreter {
                 };
                 hook.commit(zone, v, &commit)
                     .map(|r| (CtOpKind::Commit(commit), r))
-                    .map_err(|_| "ct_commit")
+                    .map_err(|e| ("ct_commit", e))
             }
             _ => Ok((CtOpKind::Clear, CtResult::default())),
         };
@@ -906,6 +922,13 @@ fn derive_generated(g: Generated, v: &mut FlowVector) {
         a.copy_from_slice(v.field(field::ND_TARGET));
         a
     };
+    let (tp_src, tp_dst) = {
+        let b = v.bytes();
+        (
+            [b[field::TP_SRC.start], b[field::TP_SRC.start + 1]],
+            [b[field::TP_DST.start], b[field::TP_DST.start + 1]],
+        )
+    };
     let vlan = v.bytes()[field::FLAGS] & (flags::VLAN | flags::INNER_VLAN);
     // Clear every L3/L4 field of the key, keep L2 and metadata.
     let b = v.bytes_mut();
@@ -983,6 +1006,10 @@ fn derive_generated(g: Generated, v: &mut FlowVector) {
             b[field::TCP_FLAGS].copy_from_slice(&0x0014u16.to_be_bytes());
             b[field::SRC].copy_from_slice(&src);
             b[field::DST].copy_from_slice(&dst);
+            // The reset answers the segment: its ports are the received
+            // ones swapped (the nested actions swap the addresses).
+            b[field::TP_SRC].copy_from_slice(&tp_dst);
+            b[field::TP_DST].copy_from_slice(&tp_src);
         }
     }
 }

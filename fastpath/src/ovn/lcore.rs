@@ -4,6 +4,13 @@
 //! [`FlowEntry`] (rewrites per local output port, or a drop reason) that is
 //! installed unless it depends on more than the flow key.
 //!
+//! With a conntrack engine ([`OvnLcore::decide_tracked`]) the `ct_*`
+//! actions go to the process's connection table, and a hit on an entry
+//! that depends on connections is used only once each of them was touched
+//! and reported the state the entry was built with (see the cache's
+//! `# Conntrack`). QoS meters met by the pipeline are recorded in the entry
+//! for the worker to police every packet with.
+//!
 //! Owns the per-packet decision; it must not touch mbufs or devices (the
 //! worker applies the decision to the frame) and must not be shared between
 //! lcores. Learned MAC bindings leave through a bounded lock-free queue that
@@ -14,11 +21,17 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 use fastpath_packet::FlowKey;
 
-use super::cache::{CachedOutput, EntryDrop, FlowCache, FlowEntry, Lookup};
+use super::cache::{
+    CachedCt, CachedOutput, EntryDrop, FlowCache, FlowEntry, Lookup, MAX_CACHED_CT,
+};
+use super::ct::{ConntrackHook, CtOpKind, CtResult, NoConntrack};
+use super::ct_engine::ConntrackEngine;
 use super::interpreter::{Generated, Interpreter, Learned};
 use super::program::Program;
 use super::rewrite::Rewrite;
 use super::vector::FlowVector;
+use crate::conntrack::{ct_state, CtPacket, PacketClass, Translation};
+use crate::meter::MeterKey;
 use crate::stats::CacheCounters;
 
 /// A packet an action generated, to be built and sent.
@@ -39,6 +52,25 @@ pub struct Decision<'a> {
     pub entry: &'a FlowEntry,
     /// Generated packets (never cached).
     pub generated: &'a [GeneratedPacket],
+    /// Conntrack translations to apply to the frame, in order, before the
+    /// entry's rewrites (which are relative to the translated headers):
+    /// only for packets whose NAT a header rewrite cannot express (ICMP
+    /// errors, ICMP echo identifiers), never for a cache hit.
+    pub frame_nat: &'a [Translation],
+}
+
+/// The conntrack side of one packet for [`OvnLcore::decide_tracked`].
+pub struct CtInput<'a> {
+    /// The lcore's hook over the process's connection table.
+    pub engine: &'a mut ConntrackEngine,
+    /// The conntrack clock (ns).
+    pub now_ns: u64,
+    /// The received packet's summary from its frame
+    /// (`ct_engine::received_packet`), for ICMP; `None` summarises from the
+    /// key.
+    pub received: Option<(FlowKey, CtPacket)>,
+    /// IP length of the packet (connection byte counters).
+    pub ip_len: u32,
 }
 
 /// Per-lcore OVN state.
@@ -49,6 +81,7 @@ pub struct OvnLcore {
     program: Option<Arc<Program>>,
     scratch: FlowEntry,
     generated: Vec<GeneratedPacket>,
+    frame_nat: Vec<Translation>,
     learned: Arc<ArrayQueue<Learned>>,
     /// Bindings lost because the queue was full.
     pub learned_lost: u64,
@@ -63,6 +96,7 @@ impl OvnLcore {
             program: None,
             scratch: FlowEntry::default(),
             generated: Vec::new(),
+            frame_nat: Vec::new(),
             learned,
             learned_lost: 0,
         }
@@ -81,7 +115,8 @@ impl OvnLcore {
 
     /// The decision for a packet with `key` (whose in-port is the fastpath
     /// port index) and frame length `pkt_len`; `None` when no program is
-    /// loaded. `now` stamps new entries.
+    /// loaded. `now` stamps new entries. Without a conntrack engine: a
+    /// packet reaching a `ct_*` action is dropped as unsupported.
     #[inline]
     pub fn decide(
         &mut self,
@@ -90,40 +125,80 @@ impl OvnLcore {
         now: u64,
         counters: &CacheCounters,
     ) -> Option<Decision<'_>> {
+        self.decide_inner(key, pkt_len, now, counters, None)
+    }
+
+    /// [`OvnLcore::decide`] with conntrack: the pipeline's `ct_*` actions
+    /// go to `ct.engine`, and a cached entry that depends on connections is
+    /// used only when touching them reports the state it was built with.
+    #[inline]
+    pub fn decide_tracked(
+        &mut self,
+        key: &FlowKey,
+        pkt_len: u32,
+        now: u64,
+        counters: &CacheCounters,
+        ct: CtInput<'_>,
+    ) -> Option<Decision<'_>> {
+        self.decide_inner(key, pkt_len, now, counters, Some(ct))
+    }
+
+    #[inline(always)]
+    fn decide_inner(
+        &mut self,
+        key: &FlowKey,
+        pkt_len: u32,
+        now: u64,
+        counters: &CacheCounters,
+        mut ct: Option<CtInput<'_>>,
+    ) -> Option<Decision<'_>> {
         let program = self.program.as_ref()?;
         let generation = program.generation;
+        // (slot, whether a generation change made it stale)
         let stale = match self.cache.lookup(key, generation) {
             Lookup::Hit(slot) => {
-                counters.hits.add(1);
-                let e = self.cache.entry_mut(slot);
-                e.hits += 1;
-                return Some(Decision {
-                    entry: self.cache.entry(slot),
-                    generated: &[],
-                });
+                let e = self.cache.entry(slot);
+                if e.ct.is_empty() || still_valid(&e.ct, key, ct.as_ref()) {
+                    counters.hits.add(1);
+                    let e = self.cache.entry_mut(slot);
+                    e.hits += 1;
+                    return Some(Decision {
+                        entry: self.cache.entry(slot),
+                        generated: &[],
+                        frame_nat: &[],
+                    });
+                }
+                Some((slot, false))
             }
-            Lookup::Stale(slot) => Some(slot),
+            Lookup::Stale(slot) => Some((slot, true)),
             Lookup::Miss => None,
         };
         let (mut entry, cacheable) = run(
             &mut self.interpreter,
             &mut self.generated,
+            &mut self.frame_nat,
             &self.learned,
             &mut self.learned_lost,
             program,
             key,
             pkt_len,
+            ct.as_mut(),
         );
         entry.built_at = now;
         entry.hits = 1;
         match stale {
-            Some(slot) => {
-                counters.revalidations.add(1);
+            Some((slot, by_generation)) => {
+                if by_generation {
+                    counters.revalidations.add(1);
+                } else {
+                    counters.misses.add(1);
+                }
                 if cacheable {
                     self.cache.replace(slot, entry);
                     return Some(Decision {
                         entry: self.cache.entry(slot),
                         generated: &self.generated,
+                        frame_nat: &self.frame_nat,
                     });
                 }
                 // Keep the stale entry out of use: the next packet re-runs.
@@ -140,6 +215,7 @@ impl OvnLcore {
                     return Some(Decision {
                         entry: self.cache.entry(slot),
                         generated: &self.generated,
+                        frame_nat: &self.frame_nat,
                     });
                 }
                 self.scratch = entry;
@@ -148,23 +224,79 @@ impl OvnLcore {
         Some(Decision {
             entry: &self.scratch,
             generated: &self.generated,
+            frame_nat: &self.frame_nat,
         })
     }
+}
+
+/// Touches each connection of a cached entry once (per direction) and
+/// tells whether every result is the one the entry was built with.
+#[inline]
+fn still_valid(cts: &[CachedCt], key: &FlowKey, ct: Option<&CtInput<'_>>) -> bool {
+    let Some(ct) = ct else {
+        return false;
+    };
+    let table = ct.engine.conntrack();
+    let flags = key.tcp_flags();
+    let mut seen: [Option<CtResult>; MAX_CACHED_CT] = [None; MAX_CACHED_CT];
+    for (i, c) in cts.iter().enumerate() {
+        let now = match c.conn {
+            Some((conn, dir)) => {
+                let earlier = cts[..i].iter().position(|d| d.conn == c.conn);
+                match earlier.and_then(|j| seen.get(j).copied().flatten()) {
+                    Some(r) => r,
+                    None => match table.touch(conn, dir, flags, ct.ip_len, ct.now_ns) {
+                        Some(r) => CtResult {
+                            state: r.state,
+                            mark: r.mark,
+                            label: r.label,
+                        },
+                        None => return false,
+                    },
+                }
+            }
+            None => {
+                let p = CtPacket {
+                    tuple: c.tuple,
+                    tcp_flags: flags,
+                    len: ct.ip_len,
+                    class: PacketClass::Trackable,
+                };
+                let r = table.lookup(c.zone, &p, ct.now_ns);
+                CtResult {
+                    state: r.state,
+                    mark: r.mark,
+                    label: r.label,
+                }
+            }
+        };
+        if i < MAX_CACHED_CT {
+            seen[i] = Some(now);
+        }
+        if now != c.result {
+            return false;
+        }
+    }
+    true
 }
 
 /// Runs the interpreter; returns the entry and whether it may be cached.
 /// (A function of the lcore's parts, so that the program stays borrowed
 /// from the lcore rather than cloned per miss.)
+#[allow(clippy::too_many_arguments)]
 fn run(
     interpreter: &mut Interpreter,
     generated: &mut Vec<GeneratedPacket>,
+    frame_nat: &mut Vec<Translation>,
     learned: &ArrayQueue<Learned>,
     learned_lost: &mut u64,
     program: &Program,
     key: &FlowKey,
     pkt_len: u32,
+    ct: Option<&mut CtInput<'_>>,
 ) -> (FlowEntry, bool) {
     generated.clear();
+    frame_nat.clear();
     let mut entry = FlowEntry {
         generation: program.generation,
         ..Default::default()
@@ -173,7 +305,61 @@ fn run(
         entry.drop = Some(EntryDrop::Pipeline(super::DropCause::UnknownInport));
         return (entry, true);
     };
-    let verdict = interpreter.run(program, inport, key, pkt_len);
+    let mut no_engine = NoConntrack;
+    let (verdict, engine) = match ct {
+        Some(ct) => {
+            ct.engine.begin(ct.now_ns, ct.ip_len, ct.received);
+            let hook: &mut dyn ConntrackHook = &mut *ct.engine;
+            let v = interpreter.run_with(program, inport, key, pkt_len, hook);
+            (v, Some(&*ct.engine))
+        }
+        None => (
+            interpreter.run_with(program, inport, key, pkt_len, &mut no_engine),
+            None,
+        ),
+    };
+    // The conntrack operations the entry depends on; a step that found no
+    // connection, or NAT that needs the frame, makes it uncacheable.
+    let mut ct_cacheable = true;
+    if let Some(engine) = engine {
+        let tracked = verdict
+            .ct_ops
+            .iter()
+            .filter(|op| !matches!(op.kind, CtOpKind::Clear));
+        for (op, found) in tracked.zip(engine.ops()) {
+            // Without a connection, only an uncommitted new packet of a
+            // trackable kind can be re-classified on a hit.
+            let uncommitted_new = op.result.state == ct_state::TRK | ct_state::NEW
+                && found.packet.class == PacketClass::Trackable;
+            if found.conn.is_none() && !uncommitted_new {
+                ct_cacheable = false;
+            }
+            entry.ct.push(CachedCt {
+                zone: found.zone,
+                conn: found.conn,
+                tuple: found.packet.tuple,
+                result: op.result,
+            });
+            if found.needs_frame {
+                ct_cacheable = false;
+            }
+        }
+        if engine.ops().iter().any(|o| o.needs_frame) {
+            frame_nat.extend(engine.ops().iter().filter_map(|o| o.translation));
+        }
+        if entry.ct.len() > MAX_CACHED_CT {
+            ct_cacheable = false;
+        }
+    }
+    entry
+        .meters
+        .extend(verdict.meters.iter().map(|m| MeterKey(m.key)));
+    // Rewrites are relative to the headers after the frame's own NAT.
+    let base = if frame_nat.is_empty() {
+        *key
+    } else {
+        super::ct_engine::translate_key(key, frame_nat)
+    };
     let mut remote = false;
     let mut unwritable = false;
     for em in &verdict.emissions {
@@ -193,7 +379,7 @@ fn run(
             });
             continue;
         }
-        match Rewrite::plan(key, &em.vector) {
+        match Rewrite::plan(&base, &em.vector) {
             Ok(rewrite) => entry.outputs.push(CachedOutput {
                 port,
                 logical_port: em.port,
@@ -218,6 +404,6 @@ fn run(
             EntryDrop::Pipeline(super::DropCause::Implicit)
         });
     }
-    let cacheable = !verdict.length_dependent && !verdict.generated;
+    let cacheable = !verdict.length_dependent && !verdict.generated && ct_cacheable;
     (entry, cacheable)
 }

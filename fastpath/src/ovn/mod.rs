@@ -8,7 +8,8 @@
 //! [`vector::FlowVector`], with patch ports, multicast groups and the
 //! packet-generating actions) and [`rewrite`] (turning a verdict back into
 //! header rewrites of a frame), [`cache`] (the per-lcore exact-match flow
-//! cache), [`lcore`] (one lcore's decision for a packet: cache hit, or the
+//! cache), [`ct_engine`] (the conntrack hook over the process's connection
+//! table, with load-balancer affinity), [`lcore`] (one lcore's decision for a packet: cache hit, or the
 //! interpreter on a miss), [`generate`] (frames of generated packets) and
 //! [`trace`] (a readable trace of one packet). Everything here is plain Rust over byte
 //! buffers: it needs no EAL and must never touch DPDK, so it is tested (and
@@ -18,6 +19,7 @@
 pub mod cache;
 pub mod classifier;
 pub mod ct;
+pub mod ct_engine;
 pub mod generate;
 pub mod interpreter;
 pub mod lcore;

@@ -19,6 +19,7 @@ use fastpath_tables::ovn::{
 use fastpath_tables::sections::SlotSections;
 
 use super::classifier::{Classifier, Rule};
+use crate::meter::{MeterConfig, MeterKey};
 
 /// Why a generation's OVN sections could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -384,5 +385,114 @@ impl Program {
     /// Number of classifier rules.
     pub fn rule_count(&self) -> usize {
         self.flows.len()
+    }
+
+    /// The stable key of the meter of flow `flow` (`set_meter`): a hash
+    /// (FNV-1a) of its datapath's tunnel key, pipeline, table, priority and
+    /// match, so the same QoS rule keeps its meter (and bucket) across
+    /// generations even when northd gives the flow a new rate or UUID.
+    pub fn meter_key(&self, flow: u32) -> u32 {
+        let Some(f) = self.flows.get(flow as usize) else {
+            return 0;
+        };
+        let dp = self.datapaths.get(f.datapath as usize).map_or(0, |d| d.key);
+        let mut h: u32 = 0x811c_9dc5;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u32::from(*b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+        };
+        eat(&dp.to_be_bytes());
+        eat(&[f.pipeline, f.table]);
+        eat(&f.priority.to_be_bytes());
+        eat(f.match_text.as_bytes());
+        h
+    }
+
+    /// Every `set_meter(rate[, burst])` of the program, by
+    /// [`Program::meter_key`] (the first flow of a key wins; a zero rate,
+    /// which no policer can have, is left out).
+    pub fn meters(&self) -> Vec<(MeterKey, MeterConfig)> {
+        let mut out: Vec<(MeterKey, MeterConfig)> = Vec::new();
+        for (i, f) in self.flows.iter().enumerate() {
+            let Some(code) = self.code.get(f.actions.clone()) else {
+                continue;
+            };
+            for ins in code.iter().filter(|ins| ins.op == op::SET_METER) {
+                let imm = ins.imm_value();
+                let (rate, burst) = (imm as u64, (imm >> 64) as u64);
+                let key = MeterKey(self.meter_key(i as u32));
+                if rate == 0 || out.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                out.push((key, MeterConfig::kbps(rate, burst)));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(table: u8, match_text: &str, lflow: u32, at: usize) -> Flow {
+        Flow {
+            datapath: 0,
+            pipeline: 0,
+            table,
+            priority: 100,
+            actions: at..at + 2,
+            stage: "ls_in_qos_meter".into(),
+            match_text: match_text.into(),
+            actions_text: String::new(),
+            lflow,
+        }
+    }
+
+    fn meter(rate: u64, burst: u64) -> OvnInstruction {
+        let mut m = OvnInstruction::new(op::SET_METER);
+        m.imm = (u128::from(rate) | (u128::from(burst) << 64)).to_le_bytes();
+        m
+    }
+
+    fn program(rate: u64, lflow: u32) -> Program {
+        let mut p = Program::default();
+        p.datapaths.push(Datapath {
+            key: 7,
+            is_router: false,
+            name: "sw0".into(),
+            tables: [Vec::new(), Vec::new()],
+            skips: [Vec::new(), Vec::new()],
+            dnat_zone: 0,
+            snat_zone: 0,
+        });
+        p.code = vec![
+            meter(rate, 0),
+            OvnInstruction::new(op::NEXT),
+            meter(500, 50),
+            OvnInstruction::new(op::NEXT),
+        ];
+        p.flows = vec![
+            flow(8, "inport == \"p1\"", lflow, 0),
+            flow(8, "inport == \"p2\"", 0x2222, 2),
+        ];
+        p
+    }
+
+    #[test]
+    fn meter_keys_survive_a_rate_and_uuid_change_and_tell_rules_apart() {
+        let a = program(1000, 0x1111);
+        let b = program(2000, 0x9999);
+        let (ma, mb) = (a.meters(), b.meters());
+        assert_eq!(ma.len(), 2);
+        assert_eq!(ma[0].0, mb[0].0, "same rule, same key");
+        assert_ne!(ma[0].0, ma[1].0, "different matches, different keys");
+        assert_eq!(ma[0].1, MeterConfig::kbps(1000, 0));
+        assert_eq!(mb[0].1, MeterConfig::kbps(2000, 0));
+        assert_eq!(ma[1].1, MeterConfig::kbps(500, 50));
+        assert_eq!(a.meter_key(0), ma[0].0 .0);
+        assert_eq!(a.meter_key(99), 0, "no such flow");
     }
 }

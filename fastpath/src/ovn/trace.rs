@@ -428,8 +428,8 @@ pub fn render(program: &Program, inport: u32, key: &FlowKey, it: &Interpreter) -
     for m in &v.meters {
         let _ = writeln!(
             s,
-            "  meter {:08x}: rate {} kbps burst {} kb",
-            m.lflow, m.rate, m.burst
+            "  meter {:08x} (lflow {:08x}): rate {} kbps burst {} kb",
+            m.key, m.lflow, m.rate, m.burst
         );
     }
     for l in &v.logs {

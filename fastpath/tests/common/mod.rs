@@ -357,3 +357,42 @@ pub mod frames {
         f
     }
 }
+
+/// The `ovn-bridge` binary, built beside the fastpath binary.
+pub fn ovn_bridge_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_fastpath")).with_file_name("ovn-bridge");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Compiles the Southbound at `sb` once (`ovn-bridge compile --once`) into
+/// the table file `tables`, local ports mapped as `ports` (logical name,
+/// fastpath port id), and loads the OVN program of the generation it
+/// published.
+pub fn compile_program(
+    sb: &str,
+    chassis: &str,
+    ports: &[(&str, u16)],
+    tables: &Path,
+) -> fastpath::ovn::Program {
+    let mut cmd = Command::new(ovn_bridge_bin());
+    cmd.args(["compile", "--once", "--sb", sb, "--chassis", chassis])
+        .arg("--tables")
+        .arg(tables);
+    for (name, id) in ports {
+        cmd.args(["--port", &format!("{name}={id}")]);
+    }
+    let out = cmd.output().expect("ovn-bridge compile");
+    assert!(
+        out.status.success(),
+        "ovn-bridge compile --once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader = fastpath_tables::Reader::open_readonly(tables).expect("table file");
+    let snap = reader.current().expect("a published generation");
+    fastpath::ovn::Program::load(&snap.sections(), snap.generation()).expect("OVN program")
+}
