@@ -3,7 +3,8 @@
 //! matching flow of each), executing actions with OVN's semantics: `next`
 //! and `output` are calls (the actions after them run when they return),
 //! `output` in ingress goes through the loopback check and multicast
-//! expansion to the egress pipeline, `output` in egress delivers to the
+//! expansion to the egress pipeline (with `reg0`..`reg9` cleared, as
+//! ovn-controller does between the pipelines), `output` in egress delivers to the
 //! port, and a patch port re-enters the peer datapath's ingress pipeline
 //! with registers and flags cleared. Packet-generating actions (`arp`,
 //! `icmp4`, `nd_na`, ...) derive a new vector and run their nested actions
@@ -792,6 +793,7 @@ impl Interpreter {
                 }
                 let mut copy = *v;
                 copy.set_u32(vector::OUTPORT.start, port.key);
+                copy.clear_registers();
                 self.table(&egress, 0, &mut copy, depth + 1, ct);
             }
             return;
@@ -811,6 +813,7 @@ impl Interpreter {
         if out == v.inport() && !v.loopback() {
             return self.drop(DropCause::Loopback, depth);
         }
+        v.clear_registers();
         self.table(&egress, 0, v, depth + 1, ct);
     }
 

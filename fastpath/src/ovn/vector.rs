@@ -174,6 +174,14 @@ impl FlowVector {
         self.bytes()[field::FLAGS]
     }
 
+    /// Clears the logical registers `reg0`..`reg9` (keeping flags, ct
+    /// fields, inport and outport), as OVN does when a packet passes from
+    /// the ingress to the egress pipeline, so that egress behaves the same
+    /// for a packet delivered locally and one that arrives by tunnel.
+    pub fn clear_registers(&mut self) {
+        self.bytes_mut()[vector::XXREG0.start..vector::XREG4.end].fill(0);
+    }
+
     /// Clears every register, flag, ct field and the outport (crossing a
     /// patch port, as OVN does), then enters `datapath` through `inport`.
     pub fn enter(&mut self, datapath: u32, inport: u32) {
