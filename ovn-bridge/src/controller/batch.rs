@@ -1,6 +1,6 @@
 //! Splitting the operations of one pass into transactions of bounded size
 //! that each leave the database valid: a new child row (a switch port, an
-//! ACL, a QoS rule, a router port) goes in the same transaction as the
+//! ACL, a QoS rule, a router port or policy, a meter band) goes in the same transaction as the
 //! operation that gives it its strong reference (the database would drop
 //! it otherwise), a parent that holds more new children than fit is
 //! inserted with the first of them and mutated in later transactions, a
@@ -26,8 +26,9 @@ pub fn strong_column(table: &str, column: &str) -> bool {
     matches!(
         (table, column),
         ("Logical_Switch", "ports" | "acls" | "qos_rules")
-            | ("Logical_Router", "ports")
+            | ("Logical_Router", "ports" | "policies")
             | ("Port_Group", "acls")
+            | ("Meter", "bands")
     )
 }
 

@@ -3,7 +3,10 @@
 //! them: router `ovn-cluster`, one Logical_Switch per subnet with its
 //! router port pair, `<pod>.<namespace>` ports, the `join` switch with a
 //! `node-<name>` port per node, subnet isolation ACLs, the cluster load
-//! balancers, NetworkPolicy port groups / address sets / ACLs, and QoS rows.
+//! balancers, NetworkPolicy port groups / address sets / ACLs (with their
+//! logging meters), QoS rows, and the router policies of the subnets'
+//! gateways (per node port groups of a distributed subnet, a reroute to
+//! the gateway node of a centralized one).
 //!
 //! Owns the naming and the row contents. It must not read the database nor
 //! write anything: [`desired_nb`] has no side effects.
@@ -29,12 +32,15 @@ pub const VENDOR: (&str, &str) = ("vendor", "kube-ovn");
 
 /// Tables this controller writes, children before parents (the order of
 /// inserts in a transaction).
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 12] = [
+    "Meter_Band",
+    "Meter",
     "Address_Set",
     "ACL",
     "QoS",
     "Logical_Switch_Port",
     "Logical_Router_Port",
+    "Logical_Router_Policy",
     "Load_Balancer",
     "Port_Group",
     "Logical_Switch",
@@ -46,8 +52,24 @@ pub const TABLES: [&str; 9] = [
 pub fn is_root(table: &str) -> bool {
     matches!(
         table,
-        "Address_Set" | "Load_Balancer" | "Port_Group" | "Logical_Switch" | "Logical_Router"
+        "Address_Set"
+            | "Load_Balancer"
+            | "Port_Group"
+            | "Logical_Switch"
+            | "Logical_Router"
+            | "Meter"
     )
+}
+
+/// Kube-OVN's priorities of the policies on the cluster router
+/// (`pkg/util/const.go`).
+pub mod priority {
+    /// Traffic of a subnet leaving the cluster: reroute to a node's join
+    /// address (per node for a distributed subnet, the gateway node for a
+    /// centralized one).
+    pub const GATEWAY_ROUTER_POLICY: i64 = 29000;
+    /// Traffic to a subnet's CIDR: allow (stays in the cluster).
+    pub const SUBNET_ROUTER_POLICY: i64 = 31000;
 }
 
 /// A reference from one desired row to another, by table and key.
@@ -202,20 +224,43 @@ pub fn pod_wants_port(pod: &Pod) -> bool {
     !host && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-/// The subnet a namespace is bound to: its `logical_switch` annotation, a
-/// Subnet listing it in `spec.namespaces`, else the default subnet.
+/// The subnets that claim a namespace, in name order: those listing it in
+/// `spec.namespaces` and those with a `spec.namespaceSelectors` entry
+/// matching its labels. Kube-OVN binds a namespace claimed by several
+/// subnets to all of them (its `logical_switch` annotation lists them);
+/// new pods take the first.
+pub fn namespace_claims(state: &ClusterState, ns: &str) -> Vec<String> {
+    let mut labels = None;
+    let mut out = Vec::new();
+    for (name, sn) in &state.subnets {
+        let listed = sn.spec.namespaces.iter().any(|n| n == ns);
+        let selected = !listed
+            && !sn.spec.namespace_selectors.is_empty()
+            && sn.spec.namespace_selectors.iter().any(|sel| {
+                let l = labels.get_or_insert_with(|| state.namespace_labels(ns));
+                selector_matches(sel, l)
+            });
+        if listed || selected {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
+/// The subnet a namespace is bound to: its `logical_switch` annotation
+/// (its first entry), the first Subnet claiming it ([`namespace_claims`]),
+/// else the default subnet.
 pub fn namespace_subnet(state: &ClusterState, config: &Config, ns: &str) -> String {
     if let Some(ls) = state
         .namespaces
         .get(ns)
         .and_then(|n| annotation(&n.metadata, keys::LOGICAL_SWITCH))
+        .and_then(|ls| ls.split(',').map(str::trim).find(|s| !s.is_empty()))
     {
         return ls.to_string();
     }
-    for (name, sn) in &state.subnets {
-        if sn.spec.namespaces.iter().any(|n| n == ns) {
-            return name.clone();
-        }
+    if let Some(first) = namespace_claims(state, ns).into_iter().next() {
+        return first;
     }
     state
         .subnets
@@ -291,7 +336,8 @@ pub enum Unit {
     Policy(ObjectKey),
 }
 
-/// Every unit of a state, parents before children.
+/// Every unit of a state, parents before children (nodes before pods: a
+/// pod's port joins its node's gateway port group).
 pub fn all_units(state: &ClusterState, config: &Config) -> Vec<Unit> {
     let mut v = vec![Unit::Cluster];
     v.extend(
@@ -299,8 +345,8 @@ pub fn all_units(state: &ClusterState, config: &Config) -> Vec<Unit> {
             .into_iter()
             .map(Unit::Subnet),
     );
-    v.extend(state.pods.keys().cloned().map(Unit::Pod));
     v.extend(state.nodes.keys().cloned().map(Unit::Node));
+    v.extend(state.pods.keys().cloned().map(Unit::Pod));
     v.extend(state.network_policies.keys().cloned().map(Unit::Policy));
     v
 }
@@ -312,6 +358,9 @@ pub struct Context {
     pub subnets: Vec<String>,
     /// CIDRs of the join subnet.
     pub join_cidrs: Vec<String>,
+    /// Subnets with a distributed gateway: every node reroutes the traffic
+    /// of its own pods leaving the cluster ([`gateway_port_group`]).
+    pub distributed: BTreeSet<String>,
 }
 
 impl Context {
@@ -326,8 +375,73 @@ impl Context {
                 .plan(&config.join_subnet)
                 .map(|p| p.cidrs.iter().map(ToString::to_string).collect())
                 .unwrap_or_default(),
+            distributed: super::effective_subnet_names(state, config)
+                .into_iter()
+                .filter(|n| ipam.plan(n).is_some())
+                .filter(|n| {
+                    let spec = state.subnets.get(n).map(|s| &s.spec);
+                    on_cluster_router(spec, n, config)
+                        && gateway_type(spec) == Ok(GatewayType::Distributed)
+                })
+                .collect(),
         }
     }
+}
+
+/// How traffic of a subnet leaves the cluster (`spec.gatewayType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayType {
+    /// Through the join port of the pod's own node (the default).
+    Distributed,
+    /// Through the join port of one gateway node (`spec.gatewayNode`).
+    Centralized,
+}
+
+/// The gateway type of a subnet spec (`None`: the default or join subnet
+/// without an object); an unknown value is an error message.
+pub fn gateway_type(spec: Option<&super::model::SubnetSpec>) -> Result<GatewayType, String> {
+    match spec.and_then(|s| s.gateway_type.as_deref()).map(str::trim) {
+        None | Some("") | Some("distributed") => Ok(GatewayType::Distributed),
+        Some("centralized") => Ok(GatewayType::Centralized),
+        Some(other) => Err(format!(
+            "gatewayType {other:?} is neither \"distributed\" nor \"centralized\""
+        )),
+    }
+}
+
+/// Whether a subnet is an overlay subnet of the cluster router with a
+/// gateway (not the join subnet, not in another VPC).
+fn on_cluster_router(spec: Option<&super::model::SubnetSpec>, name: &str, config: &Config) -> bool {
+    let vpc = spec.and_then(|s| s.vpc.as_deref()).unwrap_or("");
+    name != config.join_subnet && (vpc.is_empty() || vpc == config.cluster_router)
+}
+
+/// Kube-OVN's port group of the pods of a distributed subnet on one node
+/// (`<subnet>.<node>`, dashes as dots); OVN derives the address sets
+/// `<group>_ip4` and `<group>_ip6` from it.
+pub fn gateway_port_group(subnet: &str, node: &str) -> String {
+    format!("{subnet}.{node}").replace('-', ".")
+}
+
+/// Whether a node is Ready; a node without conditions (declared in a
+/// manifest) counts as ready.
+pub fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_none_or(|c| c.status == "True")
+}
+
+/// The gateway nodes a centralized subnet names in `spec.gatewayNode`, in
+/// order, without their egress addresses.
+pub fn gateway_nodes(spec: &super::model::SubnetSpec) -> Vec<String> {
+    spec.gateway_node
+        .split(',')
+        .map(|g| g.split(':').next().unwrap_or("").trim())
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The rows of one unit, written into `nb`. References to rows of other
@@ -357,6 +471,7 @@ pub fn unit_rows_into(
         Unit::Node(name) => {
             if state.nodes.contains_key(name) {
                 node_rows(nb, ipam, config, ctx, name);
+                distributed_gateway_rows(nb, ipam, config, ctx, name);
             }
         }
         Unit::Policy(k) => {
@@ -481,8 +596,15 @@ fn subnet_rows(
             );
         }
     }
+    subnet_gateway_rows(nb, state, ipam, config, &name);
     if spec.private {
         let mut acl = |priority: i64, m: String, action: &str| {
+            // Kube-OVN always logs what the isolation drops.
+            let log = if action == "drop" {
+                AclLog::warning(None)
+            } else {
+                AclLog::default()
+            };
             put_acl(
                 nb,
                 "Logical_Switch",
@@ -493,6 +615,7 @@ fn subnet_rows(
                 m,
                 action,
                 &[],
+                &log,
             );
         };
         acl(1000, "ip".into(), "drop");
@@ -516,6 +639,179 @@ fn subnet_rows(
                     acl(3000, format!("{p}.src == {j}"), "allow-related");
                 }
             }
+        }
+    }
+}
+
+/// A policy on the cluster router, keyed by priority and match (what
+/// Kube-OVN looks policies up by).
+fn put_policy(
+    nb: &mut DesiredNb,
+    router: &str,
+    priority: i64,
+    m: String,
+    action: &str,
+    nexthops: Vec<String>,
+    ext: &[(&str, String)],
+) {
+    let key = format!("{router}/{priority}/{m}");
+    nb.put(
+        "Logical_Router_Policy",
+        key.clone(),
+        cols(vec![
+            ("priority", Datum::atom(Atom::Integer(priority))),
+            ("match", s(m)),
+            ("action", s(action)),
+            ("nexthops", strings(nexthops)),
+        ]),
+        ext,
+    );
+    nb.add_ref(
+        "Logical_Router",
+        router,
+        "policies",
+        RowRef {
+            table: "Logical_Router_Policy",
+            key,
+        },
+    );
+}
+
+/// The router policies of one subnet: traffic to its CIDRs stays in the
+/// cluster (priority 31000, allow); the traffic of a centralized subnet
+/// leaving the cluster goes to its active gateway node's join address
+/// (29000, reroute). The active gateway is the first node of
+/// `spec.gatewayNode` that exists, is Ready and has a join address.
+fn subnet_gateway_rows(
+    nb: &mut DesiredNb,
+    state: &ClusterState,
+    ipam: &Ipam,
+    config: &Config,
+    name: &str,
+) {
+    let Some(plan) = ipam.plan(name) else { return };
+    let spec = state.subnets.get(name).map(|s| &s.spec);
+    let vpc = spec.and_then(|s| s.vpc.as_deref()).unwrap_or("");
+    if !(vpc.is_empty() || vpc == config.cluster_router) {
+        return;
+    }
+    let router = &config.cluster_router;
+    let subnet_ext = [("subnet", name.to_string())];
+    for cidr in &plan.cidrs {
+        let p = ip_prefix(family(&cidr.network()));
+        put_policy(
+            nb,
+            router,
+            priority::SUBNET_ROUTER_POLICY,
+            format!("{p}.dst == {cidr}"),
+            "allow",
+            Vec::new(),
+            &subnet_ext,
+        );
+    }
+    if !on_cluster_router(spec, name, config) {
+        return;
+    }
+    let object = format!("Subnet {name}");
+    match gateway_type(spec) {
+        Ok(GatewayType::Distributed) => {}
+        Err(message) => nb.events.push(Event {
+            object,
+            reason: "InvalidGatewayType",
+            message,
+        }),
+        Ok(GatewayType::Centralized) => {
+            let Some(spec) = spec else { return };
+            let candidates = gateway_nodes(spec);
+            if candidates.is_empty() {
+                nb.events.push(Event {
+                    object,
+                    reason: "NoReadyGateway",
+                    message: "a centralized subnet needs spec.gatewayNode".into(),
+                });
+                return;
+            }
+            let active = candidates.iter().find_map(|n| {
+                state.nodes.get(n).filter(|node| node_ready(node))?;
+                ipam.get(&node_owner(n)).map(|a| (n, a))
+            });
+            let Some((gw, a)) = active else {
+                nb.events.push(Event {
+                    object,
+                    reason: "NoReadyGateway",
+                    message: format!(
+                        "none of the gateway nodes {} exists, is Ready and has a join address",
+                        candidates.join(", ")
+                    ),
+                });
+                return;
+            };
+            for cidr in &plan.cidrs {
+                let Some(ip) = a
+                    .ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == cidr.network().is_ipv4())
+                else {
+                    continue;
+                };
+                let p = ip_prefix(family(&cidr.network()));
+                put_policy(
+                    nb,
+                    router,
+                    priority::GATEWAY_ROUTER_POLICY,
+                    format!("{p}.src == {cidr}"),
+                    "reroute",
+                    vec![ip.to_string()],
+                    &[("subnet", name.to_string()), (gw.as_str(), ip.to_string())],
+                );
+            }
+        }
+    }
+}
+
+/// The rows of one node for every distributed subnet: the port group of
+/// the subnet's pods on the node, and the policy rerouting their traffic
+/// leaving the cluster to the node's join address (priority 29000, match
+/// on the group's address set). The group exists before the node has a
+/// join address; the policy only once it has one.
+fn distributed_gateway_rows(
+    nb: &mut DesiredNb,
+    ipam: &Ipam,
+    config: &Config,
+    ctx: &Context,
+    node: &str,
+) {
+    let join = ipam.get(&node_owner(node));
+    for subnet in &ctx.distributed {
+        let pg = gateway_port_group(subnet, node);
+        nb.put(
+            "Port_Group",
+            pg.clone(),
+            cols(vec![("name", s(&pg))]),
+            &[
+                ("subnet", subnet.clone()),
+                ("node", node.to_string()),
+                ("np", format!("{subnet}/{node}")),
+            ],
+        );
+        let (Some(join), Some(plan)) = (join, ipam.plan(subnet)) else {
+            continue;
+        };
+        for cidr in &plan.cidrs {
+            let v4 = cidr.network().is_ipv4();
+            let Some(ip) = join.ips.iter().find(|ip| ip.is_ipv4() == v4) else {
+                continue;
+            };
+            let p = ip_prefix(family(&cidr.network()));
+            put_policy(
+                nb,
+                &config.cluster_router,
+                priority::GATEWAY_ROUTER_POLICY,
+                format!("{p}.src == ${pg}_{p}"),
+                "reroute",
+                vec![ip.to_string()],
+                &[("subnet", subnet.clone()), ("node", node.to_string())],
+            );
         }
     }
 }
@@ -555,6 +851,20 @@ fn pod_rows(nb: &mut DesiredNb, ipam: &Ipam, ctx: &Context, ns: &str, name: &str
             key: port.clone(),
         },
     );
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if let Some(node) = node.filter(|n| !n.is_empty()) {
+        if ctx.distributed.contains(&a.subnet) {
+            nb.add_ref(
+                "Port_Group",
+                &gateway_port_group(&a.subnet, node),
+                "ports",
+                RowRef {
+                    table: "Logical_Switch_Port",
+                    key: port.clone(),
+                },
+            );
+        }
+    }
     put_qos(nb, pod, ns, name, &port, a);
 }
 
@@ -600,6 +910,48 @@ pub fn load_balancer_names() -> [(&'static str, &'static str, bool); 6] {
     ]
 }
 
+/// The logging of one ACL: `log`, `severity` and `meter` columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclLog {
+    /// Whether ovn-controller logs the packets the ACL matches.
+    pub log: bool,
+    /// Severity of the log lines, when set.
+    pub severity: Option<&'static str>,
+    /// The Meter limiting the log rate, by name.
+    pub meter: Option<String>,
+}
+
+impl AclLog {
+    /// Logged at severity `warning` (what Kube-OVN sets on drop ACLs).
+    pub fn warning(meter: Option<String>) -> Self {
+        AclLog {
+            log: true,
+            severity: Some("warning"),
+            meter,
+        }
+    }
+}
+
+/// Kube-OVN's meter of a NetworkPolicy's logging ACLs in one direction
+/// (`<port group>_<direction>_meter`).
+pub fn acl_log_meter_name(pg: &str, direction: &str) -> String {
+    format!("{pg}_{direction}_meter")
+}
+
+/// Kube-OVN's ACL name: at most 63 characters, a long one cut to 60 and
+/// `...`.
+pub fn acl_name(name: &str) -> String {
+    if name.len() > 63 {
+        let mut end = 60;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &name[..end])
+    } else {
+        name.to_string()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn put_acl(
     nb: &mut DesiredNb,
@@ -611,19 +963,23 @@ fn put_acl(
     m: String,
     action: &str,
     options: &[(&str, String)],
+    log: &AclLog,
 ) {
     let key = format!("{parent}/{direction}/{priority}/{m}");
-    let short: String = name.chars().take(63).collect();
+    let opt = |v: Option<String>| Datum::set(v.into_iter().map(Atom::String));
     nb.put(
         "ACL",
         key.clone(),
         cols(vec![
-            ("name", s(short)),
+            ("name", s(acl_name(name))),
             ("direction", s(direction)),
             ("priority", Datum::atom(Atom::Integer(priority))),
             ("match", s(m)),
             ("action", s(action)),
             ("options", smap(options)),
+            ("log", Datum::atom(Atom::Boolean(log.log))),
+            ("severity", opt(log.severity.map(str::to_string))),
+            ("meter", opt(log.meter.clone())),
         ]),
         &[("parent", parent.to_string())],
     );
@@ -789,6 +1145,82 @@ fn endpoints_for(
         }
     }
     out.into_iter().collect()
+}
+
+/// The logging a NetworkPolicy asks for with Kube-OVN's annotations.
+struct PolicyLog {
+    /// `ovn.kubernetes.io/enable_log` is "true".
+    enabled: bool,
+    /// ACL actions that log (`drop` when not given).
+    actions: Vec<String>,
+    /// Log lines per second allowed (0: no meter).
+    rate: i64,
+}
+
+fn policy_log(
+    nb: &mut DesiredNb,
+    np: &k8s_openapi::api::networking::v1::NetworkPolicy,
+    ns: &str,
+    name: &str,
+) -> PolicyLog {
+    let m = &np.metadata;
+    let actions = match annotation(m, keys::LOG_ACL_ACTIONS).map(str::trim) {
+        Some(v) if !v.is_empty() => v.split(',').map(|a| a.trim().to_string()).collect(),
+        _ => vec!["drop".to_string()],
+    };
+    let rate = match annotation(m, keys::ACL_LOG_METER_RATE).map(str::trim) {
+        None | Some("") => 0,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n > 0 && n <= i64::from(u32::MAX) => n,
+            _ => {
+                nb.events.push(Event {
+                    object: format!("NetworkPolicy {ns}/{name}"),
+                    reason: "InvalidLogMeterRate",
+                    message: format!(
+                        "{}: {v:?} is not a positive integer; logging is not metered",
+                        keys::ACL_LOG_METER_RATE
+                    ),
+                });
+                0
+            }
+        },
+    };
+    PolicyLog {
+        enabled: annotation(m, keys::ENABLE_LOG) == Some("true"),
+        actions,
+        rate,
+    }
+}
+
+/// A meter of `rate` packets per second (burst 1) that drops the excess,
+/// as Kube-OVN creates for logging ACLs.
+fn put_meter(nb: &mut DesiredNb, name: &str, rate: i64, ext: &[(&str, String)]) {
+    let band = format!("{name}/band");
+    nb.put(
+        "Meter_Band",
+        band.clone(),
+        cols(vec![
+            ("action", s("drop")),
+            ("rate", Datum::atom(Atom::Integer(rate))),
+            ("burst_size", Datum::atom(Atom::Integer(1))),
+        ]),
+        ext,
+    );
+    nb.put(
+        "Meter",
+        name.to_string(),
+        cols(vec![("name", s(name)), ("unit", s("pktps"))]),
+        ext,
+    );
+    nb.add_ref(
+        "Meter",
+        name,
+        "bands",
+        RowRef {
+            table: "Meter_Band",
+            key: band,
+        },
+    );
 }
 
 /// Kube-OVN's port group name of a policy (`<name>.<namespace>`, dashes as dots).
@@ -993,6 +1425,7 @@ fn policy_rows(
             }
             t
         });
+        let log = policy_log(nb, np, ns, name);
         for (dir, ingress) in [("ingress", true), ("egress", false)] {
             let wanted = if ingress { "Ingress" } else { "Egress" };
             if !types.iter().any(|t| t == wanted) {
@@ -1009,6 +1442,25 @@ fn policy_rows(
                 )
             };
             let acl_name = format!("{ns}/{name}");
+            let meter = (log.enabled && log.rate > 0).then(|| {
+                let m = acl_log_meter_name(&pg, direction);
+                put_meter(nb, &m, log.rate, &[("np", format!("{ns}/{npn}"))]);
+                m
+            });
+            let drop_log = if log.enabled {
+                AclLog::warning(meter.clone())
+            } else {
+                AclLog::default()
+            };
+            let allow_log = if log.enabled && log.actions.iter().any(|a| a == "allow") {
+                AclLog {
+                    log: true,
+                    severity: None,
+                    meter: meter.clone(),
+                }
+            } else {
+                AclLog::default()
+            };
             put_acl(
                 nb,
                 "Port_Group",
@@ -1019,6 +1471,7 @@ fn policy_rows(
                 format!("{port_dir} == @{pg} && ip"),
                 "drop",
                 &options,
+                &drop_log,
             );
             let rules: Vec<PolicyRule> = if ingress {
                 spec.ingress
@@ -1176,6 +1629,7 @@ fn policy_rows(
                             m,
                             "allow-related",
                             &options,
+                            &allow_log,
                         );
                     }
                 }

@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::desired::{
-    all_units, policy_crosses_namespaces, unit_rows_into, Context, DesiredNb, PolicyContext,
-    RowRef, Unit,
+    all_units, gateway_nodes, policy_crosses_namespaces, unit_rows_into, Context, DesiredNb,
+    PolicyContext, RowRef, Unit,
 };
 use super::ipam::Ipam;
 use super::model::{ClusterState, ObjectRef};
@@ -89,6 +89,13 @@ pub fn units_touched(state: &ClusterState, changed: &[ObjectRef]) -> Option<BTre
             }
             ObjectRef::Node(n) => {
                 units.insert(Unit::Node(n.clone()));
+                // A centralized subnet reroutes to its first ready gateway
+                // node: any of them changing may change which one.
+                for (name, sn) in &state.subnets {
+                    if gateway_nodes(&sn.spec).contains(n) {
+                        units.insert(Unit::Subnet(name.clone()));
+                    }
+                }
             }
             ObjectRef::NetworkPolicy(k) => {
                 units.insert(Unit::Policy(k.clone()));
@@ -376,10 +383,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::controller::desired::desired_nb;
+    use crate::controller::desired::{desired_nb, gateway_port_group};
     use crate::controller::manifest::{parse_str, Loaded};
     use crate::controller::model::Object;
     use crate::controller::{owner_ref, sync_ipam, sync_ipam_objects, sync_ipam_placed};
+    use ovsdb::{Atom, Datum};
 
     /// A small deterministic generator (xorshift), so failures replay.
     struct Gen(u64);
@@ -406,8 +414,8 @@ mod tests {
     fn random_change(g: &mut Gen) -> (Option<Object>, ObjectRef) {
         let ns = ["a", "b", "c"][g.pick(3) as usize];
         let delete = g.pick(4) == 0;
-        match g.pick(10) {
-            0..=4 => {
+        match g.pick(12) {
+            0..=4 | 11 => {
                 let name = format!("p{}", g.pick(12));
                 let app = ["x", "y"][g.pick(2) as usize];
                 let rate = [0, 5, 7][g.pick(3) as usize];
@@ -421,7 +429,8 @@ mod tests {
                 } else {
                     String::new()
                 };
-                let y = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}, annotations: {{ovn.kubernetes.io/ingress_rate: \"{rate}\"{stat}}}}}\nspec: {{containers: [{{name: c, {port}}}]}}");
+                let node = format!("n{}", g.pick(3));
+                let y = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}, annotations: {{ovn.kubernetes.io/ingress_rate: \"{rate}\"{stat}}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, {port}}}]}}");
                 let r = ObjectRef::Pod((ns.into(), name));
                 (if delete { None } else { Some(object(&y)) }, r)
             }
@@ -434,7 +443,12 @@ mod tests {
                     _ => "{ipBlock: {cidr: 192.168.0.0/16}}".to_string(),
                 };
                 let port = ["http", "80"][g.pick(2) as usize];
-                let y = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: {sel}}}}}\n  ingress:\n  - from: [{peer}]\n    ports: [{{port: {port}}}]");
+                let log = [
+                    "{}",
+                    "{ovn.kubernetes.io/enable_log: \"true\"}",
+                    "{ovn.kubernetes.io/enable_log: \"true\", ovn.kubernetes.io/log_acl_actions: \"drop,allow\", ovn.kubernetes.io/acl_log_meter_rate: \"10\"}",
+                ][g.pick(3) as usize];
+                let y = format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}, annotations: {log}}}\nspec:\n  podSelector: {{matchLabels: {{app: {sel}}}}}\n  ingress:\n  - from: [{peer}]\n    ports: [{{port: {port}}}]");
                 let r = ObjectRef::NetworkPolicy((ns.into(), name));
                 (if delete { None } else { Some(object(&y)) }, r)
             }
@@ -448,6 +462,21 @@ mod tests {
                 let name = format!("n{}", g.pick(3));
                 let y = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}");
                 let r = ObjectRef::Node(name);
+                (if delete { None } else { Some(object(&y)) }, r)
+            }
+            10 => {
+                let i = g.pick(2);
+                let team = ["red", "blue"][g.pick(2) as usize];
+                let gw = match g.pick(3) {
+                    0 => "distributed".to_string(),
+                    _ => format!(
+                        "centralized, gatewayNode: \"n{},n{}\"",
+                        g.pick(3),
+                        g.pick(3)
+                    ),
+                };
+                let y = format!("apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: s-{i}}}\nspec: {{cidrBlock: 10.{}.0.0/24, namespaceSelectors: [{{matchLabels: {{team: {team}}}}}], gatewayType: {gw}}}", 40 + i);
+                let r = ObjectRef::Subnet(format!("s-{i}"));
                 (if delete { None } else { Some(object(&y)) }, r)
             }
             _ => {
@@ -473,6 +502,7 @@ mod tests {
             let mut prev_full = desired_nb(&state, &ipam, &config);
             let mut partial = 0;
             let mut deltas = 0;
+            let mut seen: BTreeSet<&str> = BTreeSet::new();
             for step in 0..150 {
                 let (obj, r) = random_change(&mut g);
                 match obj {
@@ -510,6 +540,35 @@ mod tests {
                     None => cache.update_all(&state, &ipam, &config),
                 };
                 let full = desired_nb(&state, &ipam, &config);
+                // The generated states reach the gateway and logging rows.
+                for (key, row) in full
+                    .tables
+                    .get("Logical_Router_Policy")
+                    .into_iter()
+                    .flatten()
+                {
+                    let reroute =
+                        row.columns.get("action") == Some(&Datum::atom(Atom::string("reroute")));
+                    if reroute && key.contains(".src == $") {
+                        seen.insert("distributed reroute");
+                    } else if reroute {
+                        seen.insert("centralized reroute");
+                    }
+                }
+                if full.count("Meter") > 0 {
+                    seen.insert("meter");
+                }
+                for sn in ["ovn-default", "s-0", "s-1"] {
+                    for n in ["n0", "n1", "n2"] {
+                        let members = full
+                            .row("Port_Group", &gateway_port_group(sn, n))
+                            .and_then(|r| r.refs.get("ports"))
+                            .map_or(0, BTreeSet::len);
+                        if members > 0 {
+                            seen.insert("node port group members");
+                        }
+                    }
+                }
                 assert_eq!(
                     cache.desired().tables,
                     full.tables,
@@ -563,6 +622,7 @@ mod tests {
                 prev_full = full;
             }
             assert!(partial > 100, "most steps took the incremental path");
+            assert_eq!(seen.len(), 4, "seed {seed}: only {seen:?}");
             assert!(deltas > 10, "switch ports were patched by delta ({deltas})");
         }
     }

@@ -152,7 +152,7 @@ pub fn sync_ipam_placed(
     // Who should hold addresses, and where.
     let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
     for ((ns, name), pod) in &state.pods {
-        match pod_wanted(state, config, ns, name, pod, recorded) {
+        match pod_wanted(state, config, ipam, ns, name, pod, recorded) {
             Ok(Some((owner, w))) => {
                 wanted.insert(owner, w);
             }
@@ -187,9 +187,19 @@ pub fn sync_ipam_placed(
 type Wanted = (String, Request, String);
 
 /// Whether a pod should hold addresses, where, and what it asks for.
+///
+/// Where: the pod's own `logical_switch` annotation; else the subnet it
+/// already holds addresses in (from this table or the record), while that
+/// subnet exists, so a namespace bound to another subnet later (a label
+/// change matching another Subnet's `namespaceSelectors`, an edited
+/// `namespaces` list) moves only new pods, as in Kube-OVN, where the
+/// allocated pod carries its subnet in its annotations; else its
+/// namespace's subnet.
+#[allow(clippy::too_many_arguments)]
 fn pod_wanted(
     state: &ClusterState,
     config: &Config,
+    ipam: &Ipam,
     ns: &str,
     name: &str,
     pod: &k8s_openapi::api::core::v1::Pod,
@@ -199,7 +209,15 @@ fn pod_wanted(
         return Ok(None);
     }
     let owner = pod_owner(ns, name);
-    let subnet = pod_subnet(state, config, pod);
+    let held = ipam
+        .get(&owner)
+        .or_else(|| recorded.get(&owner))
+        .map(|a| &a.subnet)
+        .filter(|s| ipam.plan(s).is_some());
+    let subnet = match (annotation(&pod.metadata, keys::LOGICAL_SWITCH), held) {
+        (None, Some(held)) => held.clone(),
+        _ => pod_subnet(state, config, pod),
+    };
     let allocated = annotation(&pod.metadata, keys::ALLOCATED) == Some("true");
     // Once allocated, ip_address holds our own answer, not a request,
     // unless the state says otherwise.
@@ -328,7 +346,7 @@ pub fn sync_ipam_objects(
                 let Some(pod) = state.pods.get(&(ns.clone(), name.clone())) else {
                     continue;
                 };
-                match pod_wanted(state, config, ns, name, pod, recorded) {
+                match pod_wanted(state, config, ipam, ns, name, pod, recorded) {
                     Ok(Some((owner, w))) => {
                         wanted.insert(owner, w);
                     }

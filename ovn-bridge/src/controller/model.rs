@@ -38,6 +38,13 @@ pub mod keys {
     pub const PORT_SECURITY: &str = "ovn.kubernetes.io/port_security";
     /// The label an EndpointSlice carries with its Service's name.
     pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+    /// "true" on a NetworkPolicy turns on logging of its ACLs.
+    pub const ENABLE_LOG: &str = "ovn.kubernetes.io/enable_log";
+    /// The ACL actions of a NetworkPolicy that log, comma-separated
+    /// (`drop`, `allow`); `drop` when absent.
+    pub const LOG_ACL_ACTIONS: &str = "ovn.kubernetes.io/log_acl_actions";
+    /// Packets per second a NetworkPolicy's logging ACLs may log (a meter).
+    pub const ACL_LOG_METER_RATE: &str = "ovn.kubernetes.io/acl_log_meter_rate";
 }
 
 /// The Kube-OVN `Subnet` custom resource (`kubeovn.io/v1`, cluster scoped).
@@ -74,6 +81,11 @@ pub struct SubnetSpec {
     /// Namespaces bound to the subnet.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Namespaces bound to the subnet by their labels (Kube-OVN 1.11+): a
+    /// namespace matching any of these selectors is bound as if listed in
+    /// `namespaces`.
+    #[serde(default)]
+    pub namespace_selectors: Vec<LabelSelector>,
     /// One CIDR, or an IPv4 and an IPv6 CIDR separated by a comma.
     pub cidr_block: String,
     /// Gateway address(es), comma-separated; the first host of each CIDR when empty.
@@ -88,9 +100,21 @@ pub struct SubnetSpec {
     /// CIDRs allowed into a private subnet.
     #[serde(default)]
     pub allow_subnets: Vec<String>,
-    /// Gateway type (`distributed` or `centralized`); recorded only.
+    /// Gateway type: `distributed` (the default: traffic leaving the
+    /// cluster goes out through the join port of the pod's own node) or
+    /// `centralized` (through the join port of one gateway node).
     #[serde(default)]
     pub gateway_type: Option<String>,
+    /// Gateway nodes of a centralized subnet, comma-separated; an entry may
+    /// carry an egress address after a colon (`node1:172.18.0.2`), which
+    /// the node uses and the router does not.
+    #[serde(default)]
+    pub gateway_node: String,
+    /// Masquerade traffic leaving the cluster. Kube-OVN does this in each
+    /// node's iptables, not in the Northbound database: accepted, and left
+    /// to the node.
+    #[serde(default)]
+    pub nat_outgoing: bool,
     /// Whether the cluster load balancers are attached (default true).
     #[serde(default)]
     pub enable_lb: Option<bool>,

@@ -20,12 +20,15 @@ use super::incremental::{RefDelta, RefDeltas};
 /// Tables in the order the planner visits them: children before the
 /// parents that hold them, and switches and routers before port groups,
 /// whose weak references to switch ports come last.
-pub const PLAN_ORDER: [&str; 9] = [
+pub const PLAN_ORDER: [&str; 12] = [
+    "Meter_Band",
+    "Meter",
     "Address_Set",
     "ACL",
     "QoS",
     "Logical_Switch_Port",
     "Logical_Router_Port",
+    "Logical_Router_Policy",
     "Load_Balancer",
     "Logical_Switch",
     "Logical_Router",
@@ -464,7 +467,8 @@ impl<'a> Planner<'a> {
 fn ref_columns(table: &str) -> &'static [&'static str] {
     match table {
         "Logical_Switch" => &["ports", "acls", "qos_rules", "load_balancer"],
-        "Logical_Router" => &["ports"],
+        "Logical_Router" => &["ports", "policies"],
+        "Meter" => &["bands"],
         "Port_Group" => &["ports", "acls"],
         _ => &[],
     }

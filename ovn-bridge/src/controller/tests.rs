@@ -189,3 +189,83 @@ fn desired_rows_are_named_like_kube_ovn_and_pure() {
     // The named port resolves to nothing in this namespace: reported.
     assert!(nb.events.iter().any(|e| e.reason == "UnresolvedNamedPort"));
 }
+
+#[test]
+fn namespace_claims_gateway_nodes_and_gateway_type() {
+    use super::desired::{
+        gateway_nodes, gateway_type, namespace_claims, namespace_subnet, GatewayType,
+    };
+    let s = state(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: red}}
+---
+apiVersion: kubeovn.io/v1
+kind: Subnet
+metadata: {name: b-listed}
+spec: {cidrBlock: 10.2.0.0/24, namespaces: [shop]}
+---
+apiVersion: kubeovn.io/v1
+kind: Subnet
+metadata: {name: a-selected}
+spec:
+  cidrBlock: 10.1.0.0/24
+  namespaceSelectors: [{matchLabels: {team: red}}]
+  gatewayType: centralized
+  gatewayNode: " n2:172.18.0.5, ,n1"
+---
+apiVersion: kubeovn.io/v1
+kind: Subnet
+metadata: {name: c-other}
+spec:
+  cidrBlock: 10.3.0.0/24
+  namespaceSelectors: [{matchLabels: {team: blue}}]
+  gatewayType: sideways
+"#,
+    );
+    let config = Config::default();
+    assert_eq!(namespace_claims(&s, "shop"), ["a-selected", "b-listed"]);
+    assert_eq!(namespace_subnet(&s, &config, "shop"), "a-selected");
+    assert!(namespace_claims(&s, "elsewhere").is_empty());
+    assert_eq!(namespace_subnet(&s, &config, "elsewhere"), "ovn-default");
+    let spec = |n: &str| s.subnets.get(n).map(|x| &x.spec);
+    assert_eq!(
+        gateway_nodes(spec("a-selected").unwrap()),
+        ["n2".to_string(), "n1".to_string()]
+    );
+    assert_eq!(
+        gateway_type(spec("a-selected")),
+        Ok(GatewayType::Centralized)
+    );
+    assert_eq!(gateway_type(spec("b-listed")), Ok(GatewayType::Distributed));
+    assert_eq!(gateway_type(None), Ok(GatewayType::Distributed));
+    assert!(gateway_type(spec("c-other")).is_err());
+    // An unknown gateway type is reported and gets no gateway policies.
+    let mut ipam = Ipam::new();
+    sync_ipam(&s, &config, &mut ipam, &BTreeMap::new());
+    let nb = desired_nb(&s, &ipam, &config);
+    assert!(
+        nb.events
+            .iter()
+            .any(|e| e.reason == "InvalidGatewayType" && e.object == "Subnet c-other"),
+        "{:?}",
+        nb.events
+    );
+    // The centralized subnet has no ready gateway (no nodes at all).
+    assert!(
+        nb.events
+            .iter()
+            .any(|e| e.reason == "NoReadyGateway" && e.object == "Subnet a-selected"),
+        "{:?}",
+        nb.events
+    );
+    let reroutes = nb
+        .tables
+        .get("Logical_Router_Policy")
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| text(r.columns.get("action")) == "reroute")
+        .count();
+    assert_eq!(reroutes, 0);
+}
