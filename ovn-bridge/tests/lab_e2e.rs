@@ -4,13 +4,17 @@
 //! pod through the `fastpath-cni` binary into its own network namespace.
 //! The test then checks from the pods' namespaces: ping within a subnet and
 //! across subnets through the fastpath, the static IP/MAC of the annotated
-//! pod, the private subnet's isolation, a pod removed with CNI DEL (called
-//! here as a runtime calls it) stops receiving, `lab demo` passes, and
-//! `lab down` leaves nothing behind.
+//! pod, the private subnet's isolation, the Service (answers from both
+//! backends) and the NetworkPolicy (TCP 8080 from client admitted, from
+//! another pod refused; echoes to a selected pod refused while the replies
+//! of its own echoes pass), a pod removed with CNI DEL (called here as a
+//! runtime calls it) stops receiving, `lab demo` passes with its stateful
+//! checks, and `lab down` leaves nothing behind.
 //!
 //! Needs root and free 2M hugepages; skipped with a message otherwise.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -104,6 +108,20 @@ struct Lab {
     down: bool,
 }
 
+/// A server started in a pod's namespace (its own process group), ended
+/// with the group on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pgid = self.0.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pgid}")])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 impl Lab {
     fn new() -> Lab {
         let dir = tempfile::Builder::new()
@@ -191,6 +209,39 @@ impl Lab {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    /// A TCP server in the pod that answers every connection to `port`
+    /// with `text`, until dropped.
+    fn serve(&self, ns: &str, pod: &str, port: u16, text: &str) -> Server {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns(ns, pod)])
+            .args(["bash", "-c"])
+            .arg(format!(
+                "while :; do printf '%s\\n' {text} | nc -l -N -p {port} >/dev/null 2>&1 || sleep 0.2; done"
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("nc server");
+        std::thread::sleep(Duration::from_millis(500));
+        Server(child)
+    }
+
+    /// What a TCP connection from the pod to `addr:port` reads (trimmed),
+    /// `None` when it is refused, times out or reads nothing.
+    fn fetch(&self, ns: &str, pod: &str, addr: &str, port: u16) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns(ns, pod)])
+            .args(["nc", "-w", "2", addr, &port.to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!text.is_empty()).then_some(text)
     }
 
     /// Whether a ping from the pod is answered within a few attempts.
@@ -292,7 +343,9 @@ fn lab_pods_talk_through_the_fastpath_and_down_leaves_nothing() {
     }
     let mut lab = Lab::new();
     let up = lab.run("up");
-    for pod in ["client", "fixed", "metered", "web-1", "web-2", "secret"] {
+    for pod in [
+        "client", "fixed", "metered", "web-1", "web-2", "api", "secret",
+    ] {
         assert!(
             up.contains(&format!("/{pod}: ")),
             "lab up names {pod}:\n{up}"
@@ -349,9 +402,11 @@ fn lab_pods_talk_through_the_fastpath_and_down_leaves_nothing() {
     assert_eq!(lab.ip("backend", "web-1"), "10.10.2.11");
     assert_eq!(lab.ip("backend", "web-2"), "10.10.2.12");
 
-    // Same subnet and across subnets through the router.
+    // Same subnet and across subnets through the router (to backend/api,
+    // which no NetworkPolicy selects).
     let fixed = lab.ip("frontend", "fixed");
     let web1 = lab.ip("backend", "web-1");
+    let api = lab.ip("backend", "api");
     let client = lab.ip("frontend", "client");
     assert!(
         lab.reaches("frontend", "client", &fixed),
@@ -359,8 +414,26 @@ fn lab_pods_talk_through_the_fastpath_and_down_leaves_nothing() {
         lab.logs()
     );
     assert!(
-        lab.reaches("frontend", "client", &web1),
-        "client -> web-1\n{}",
+        lab.reaches("frontend", "client", &api),
+        "client -> api\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.reaches("backend", "api", &client),
+        "api -> client\n{}",
+        lab.logs()
+    );
+
+    // The NetworkPolicy web-from-client and ICMP: echoes to web-1 are
+    // refused, replies of the echoes web-1 and web-2 open pass (through
+    // the gateway's own answer and across the router).
+    assert!(
+        !lab.reaches("frontend", "client", &web1),
+        "client pinged web-1, which admits only TCP 8080 from client"
+    );
+    assert!(
+        lab.reaches("backend", "web-1", "10.10.2.1"),
+        "web-1 -> its gateway\n{}",
         lab.logs()
     );
     assert!(
@@ -368,6 +441,40 @@ fn lab_pods_talk_through_the_fastpath_and_down_leaves_nothing() {
         "web-2 -> client\n{}",
         lab.logs()
     );
+
+    // The NetworkPolicy on TCP: client opens web-1:8080, fixed does not.
+    let server = lab.serve("backend", "web-1", 8080, "web-1");
+    assert_eq!(
+        // A few attempts: the server is an nc loop, restarting for a
+        // moment between two connections.
+        (0..3)
+            .find_map(|_| lab.fetch("frontend", "client", &web1, 8080))
+            .as_deref(),
+        Some("web-1"),
+        "client -> web-1:8080 (admitted)\n{}",
+        lab.logs()
+    );
+    assert_eq!(
+        lab.fetch("frontend", "fixed", &web1, 8080),
+        None,
+        "fixed -> web-1:8080 (refused)"
+    );
+    drop(server);
+
+    // The Service 10.96.0.80:80 answers from both backends.
+    let servers = [
+        lab.serve("backend", "web-1", 8080, "web-1"),
+        lab.serve("backend", "web-2", 8080, "web-2"),
+    ];
+    let answers: Vec<String> = (0..12)
+        .filter_map(|_| lab.fetch("frontend", "client", "10.96.0.80", 80))
+        .collect();
+    assert!(
+        answers.iter().any(|a| a == "web-1") && answers.iter().any(|a| a == "web-2"),
+        "the Service answers from both backends: {answers:?}\n{}",
+        lab.logs()
+    );
+    drop(servers);
 
     // The private subnet is isolated from the others.
     let secret = lab.ip("vault", "secret");
@@ -377,11 +484,23 @@ fn lab_pods_talk_through_the_fastpath_and_down_leaves_nothing() {
         "client reached the private subnet"
     );
 
-    // The demo's checks pass and the stateful ones are reported as not run.
+    // The demo's checks pass, the stateful ones included (the default).
     let demo = lab.run("demo");
-    assert!(demo.contains("PASS"), "{demo}");
     assert!(!demo.contains("FAIL"), "{demo}");
-    assert!(demo.contains("not run"), "{demo}");
+    assert!(
+        !demo.lines().any(|l| l.trim_start().starts_with("not run")),
+        "{demo}"
+    );
+    assert!(demo.contains(" 0 failed, 0 not run"), "{demo}");
+    for check in [
+        "Service 10.96.0.80:80 answered from both backends",
+        "NetworkPolicy: frontend/client (app=client) opens",
+        "NetworkPolicy: frontend/fixed (not app=client) is refused",
+        "NetworkPolicy: frontend/client cannot ping backend/web-1",
+        "QoS: frontend/metered received at",
+    ] {
+        assert!(demo.contains(check), "the demo passes {check:?}:\n{demo}");
+    }
 
     // CNI DEL, as a runtime calls it: the port leaves the fastpath and the
     // pod stops receiving; a second DEL succeeds.
@@ -415,8 +534,8 @@ fn lab_pods_talk_through_the_fastpath_and_down_leaves_nothing() {
     );
     // The others still talk.
     assert!(
-        lab.reaches("frontend", "client", &web1),
-        "client -> web-1 after the DEL"
+        lab.reaches("frontend", "client", &api),
+        "client -> api after the DEL"
     );
     let (code, out) = lab.cni("DEL", "frontend", "fixed");
     assert_eq!(code, 0, "second CNI DEL: {out}");

@@ -70,8 +70,12 @@ pub struct EngineOp {
     pub conn: Option<(ConnId, Dir)>,
     /// The translation written into the vector, if the action applied one.
     pub translation: Option<Translation>,
-    /// The translation needs the frame (an ICMP error's quoted header, an
-    /// ICMP echo identifier): a header-field rewrite cannot express it.
+    /// The operation depends on what only the frame holds: the packet is
+    /// an ICMP echo (its identifier tells connections apart) or an ICMP
+    /// error (its quoted header names the connection), or the translation
+    /// rewrites such a part. A flow-key cache entry cannot stand for it
+    /// (another echo with the same key is another connection), and a
+    /// header-field rewrite cannot express the translation.
     pub needs_frame: bool,
     /// The packet as this operation classified it (its headers at this
     /// point of the pipeline).
@@ -175,6 +179,10 @@ struct ZoneResult {
     state: u32,
     original: Option<Tuple>,
     nat: Option<Translation>,
+    /// The packet's tuple as tracked, and after the translation the
+    /// operation applied (the same when none): a later operation in the
+    /// zone is the same packet only while it still carries one of them.
+    tracked: [Tuple; 2],
 }
 
 /// The [`ConntrackHook`] over a shared [`Conntrack`] and [`LbAffinity`].
@@ -187,6 +195,9 @@ pub struct ConntrackEngine {
     /// The packet as received, with its frame-derived summary (ICMP echo
     /// identifier, quoted header of an ICMP error).
     received: Option<(FlowKey, CtPacket)>,
+    /// The ICMP echo identifier the frame carries now: the received one,
+    /// changed by each translation written into the packet since.
+    echo_id: Option<u16>,
     ops: Vec<EngineOp>,
     zones: Vec<ZoneResult>,
 }
@@ -201,6 +212,7 @@ impl ConntrackEngine {
             now: 0,
             len: 0,
             received: None,
+            echo_id: None,
             ops: Vec::new(),
             zones: Vec::new(),
         }
@@ -223,6 +235,10 @@ impl ConntrackEngine {
     pub fn begin(&mut self, now: u64, len: u32, received: Option<(FlowKey, CtPacket)>) {
         self.now = now;
         self.len = len;
+        self.echo_id = received
+            .as_ref()
+            .filter(|(_, p)| p.class == PacketClass::Trackable && p.tuple.is_icmp())
+            .map(|(_, p)| p.tuple.src_port);
         self.received = received;
         self.ops.clear();
         self.zones.clear();
@@ -234,12 +250,25 @@ impl ConntrackEngine {
         &self.ops
     }
 
-    /// The packet as the vector holds it now.
+    /// The packet as the vector holds it now. Once the pipeline has
+    /// changed its headers (a router answering an echo request in place,
+    /// a translation) the key no longer matches the received one, but the
+    /// frame still carries its ICMP echo identifier (as translated since):
+    /// the summary keeps it, or the packet would be tracked as echo 0 and
+    /// miss its connection.
     fn packet(&self, v: &FlowVector) -> CtPacket {
         let key = v.key();
         let mut p = match &self.received {
             Some((k, p)) if *k == key => *p,
-            _ => CtPacket::from_key(&key),
+            _ => {
+                let mut p = CtPacket::from_key(&key);
+                if let Some(id) = self.echo_id {
+                    if p.class == PacketClass::Trackable && p.tuple.is_icmp() {
+                        p.tuple.src_port = id;
+                    }
+                }
+                p
+            }
         };
         if p.len == 0 {
             p.len = self.len;
@@ -248,19 +277,30 @@ impl ConntrackEngine {
     }
 
     /// The connection this packet was already tracked to in `zone` during
-    /// this pass, as it is now (with `commit`'s marks set when live).
+    /// this pass, as it is now (with `commit`'s marks set when live). Only
+    /// while the packet is the one tracked (`p` carries the tuple it was
+    /// tracked with, or the one its translation gave it): a packet the
+    /// pipeline turned around or readdressed since (a router answering an
+    /// echo in place, a hop through a router, which clears the conntrack
+    /// state) is looked up afresh, as it would be in the kernel's
+    /// conntrack, where it may be the reply of that connection.
     fn again(
         &self,
         zone: CtZone,
+        p: &CtPacket,
         commit: Option<&conntrack::CtCommit>,
     ) -> Option<conntrack::CtResult> {
-        let (id, dir) = self.zone_result(zone)?.conn?;
+        let z = self.zone_result(zone)?;
+        if !z.tracked.contains(&p.tuple) {
+            return None;
+        }
+        let (id, dir) = z.conn?;
         let commit = commit.filter(|_| self.mode == Mode::Live);
         self.ct.by_id(id, dir, commit, self.now)
     }
 
     fn lookup(&self, zone: CtZone, p: &CtPacket) -> conntrack::CtResult {
-        if let Some(r) = self.again(zone, None) {
+        if let Some(r) = self.again(zone, p, None) {
             return r;
         }
         match self.mode {
@@ -275,7 +315,7 @@ impl ConntrackEngine {
         p: &CtPacket,
         c: &conntrack::CtCommit,
     ) -> Result<conntrack::CtResult, CtRefusal> {
-        if let Some(r) = self.again(zone, Some(c)) {
+        if let Some(r) = self.again(zone, p, Some(c)) {
             return Ok(r);
         }
         match self.mode {
@@ -301,13 +341,23 @@ impl ConntrackEngine {
             zone,
             conn: r.conn.map(|c| (c, r.dir())),
             translation: None,
-            needs_frame: false,
+            needs_frame: needs_frame(&packet),
             packet,
         };
+        let mut tracked = [packet.tuple; 2];
         if apply_nat {
             if let Some(t) = r.nat {
-                op.needs_frame = translate_vector(v, &t);
+                op.needs_frame |= translate_vector(v, &t);
                 op.translation = Some(t);
+                if !t.related {
+                    // The frame's echo identifier is the last one written.
+                    for rw in [t.src, t.dst].into_iter().flatten() {
+                        if self.echo_id.is_some() && rw.from_port != rw.to_port {
+                            self.echo_id = Some(rw.to_port);
+                        }
+                    }
+                }
+                tracked[1] = self.packet(v).tuple;
             }
         }
         self.ops.push(op);
@@ -317,6 +367,7 @@ impl ConntrackEngine {
             state: r.state,
             original: r.original,
             nat: r.nat,
+            tracked,
         };
         match self.zones.iter_mut().find(|z| z.zone == zone) {
             Some(z) => *z = zr,
