@@ -5,6 +5,7 @@
 //! and prints busy cycles per packet of each and their ratio.
 #![forbid(unsafe_code)]
 
+mod ct_scenarios;
 mod ovn_scenarios;
 mod plot;
 mod runner;
@@ -36,7 +37,7 @@ fn main() {
         Cmd::Run(args) => runner::run(args),
         Cmd::List => {
             for (name, what) in runner::SCENARIOS {
-                println!("{name:<12} {what}");
+                println!("{name:<16} {what}");
             }
             Ok(())
         }

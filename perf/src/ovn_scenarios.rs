@@ -57,23 +57,23 @@ pub struct OvnReport {
 }
 
 /// The OVN central of a scenario (`ovsdb::testing::OvnCentral`).
-struct Central(OvnCentral);
+pub(crate) struct Central(pub(crate) OvnCentral);
 
 impl Central {
-    fn start() -> Result<Central> {
+    pub(crate) fn start() -> Result<Central> {
         Ok(Central(
             OvnCentral::start().context("starting NB, SB and ovn-northd")?,
         ))
     }
 
-    fn nb(&self, args: &[&str]) -> Result<()> {
+    pub(crate) fn nb(&self, args: &[&str]) -> Result<()> {
         self.0
             .nbctl(args)
             .with_context(|| format!("ovn-nbctl {args:?}"))?;
         Ok(())
     }
 
-    fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         self.0
             .sync(Duration::from_secs(30))
             .context("ovn-northd never caught up")
@@ -111,6 +111,49 @@ impl Central {
     }
 }
 
+/// Compiles the Southbound of `central` for chassis hv1 into `tables` with
+/// the real `ovn-bridge compile --once`, binding logical ports to fastpath
+/// port ids.
+pub(crate) fn compile_tables(
+    central: &Central,
+    tables: &Path,
+    ports: &[(&str, u16)],
+) -> Result<()> {
+    let mut cmd = Command::new(crate::sibling("ovn-bridge"));
+    cmd.args(["compile", "--sb", &central.0.sb.remote, "--chassis", "hv1"])
+        .arg("--tables")
+        .arg(tables)
+        .arg("--once");
+    for (lsp, id) in ports {
+        cmd.args(["--port", &format!("{lsp}={id}")]);
+    }
+    let out = cmd.output().context(
+        "running ovn-bridge compile (build it with `cargo build --release --workspace --bins`)",
+    )?;
+    if !out.status.success() {
+        bail!(
+            "ovn-bridge compile failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Waits until the fastpath has loaded a generation of the tables.
+pub(crate) fn wait_tables(client: &mut fastpath_api::Client) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let t: TablesInfo = client.call_as(&Request::Tables)?;
+        if t.generation > 0 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("the fastpath never loaded the tables");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `perf run l2|l3|new-flows`.
 pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     let routed = args.scenario != "l2";
@@ -120,21 +163,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     central.topology()?;
     let tables = dir.join("tables");
     let target = if routed { "p3" } else { "p2" };
-    let out = Command::new(crate::sibling("ovn-bridge"))
-        .args(["compile", "--sb", &central.0.sb.remote, "--chassis", "hv1"])
-        .arg("--tables")
-        .arg(&tables)
-        .args(["--port", "p1=0", "--port", &format!("{target}=1"), "--once"])
-        .output()
-        .context(
-            "running ovn-bridge compile (build it with `cargo build --release --workspace --bins`)",
-        )?;
-    if !out.status.success() {
-        bail!(
-            "ovn-bridge compile failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    compile_tables(&central, &tables, &[("p1", 0), (target, 1)])?;
 
     eprintln!(
         "perf: [1/2] fastpath xconnect on core {}, pktgen on core {}",
@@ -165,17 +194,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
             cache_entries.to_string(),
         ],
     )?;
-    let start = Instant::now();
-    loop {
-        let t: TablesInfo = client.call_as(&Request::Tables)?;
-        if t.generation > 0 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            bail!("the fastpath never loaded the tables");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_tables(&mut client)?;
     client.call(&Request::ClearStats)?;
     let (dst_mac, dst_ip) = if routed {
         (GW0, "10.0.1.13")

@@ -18,6 +18,8 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("l2", "OVN pipeline, cache hits: two pods on one logical switch, busy cycles per packet vs the xconnect floor"),
     ("l3", "OVN pipeline, cache hits: two pods on two switches behind a logical router, vs the xconnect floor"),
     ("new-flows", "OVN pipeline, every packet a flow-cache miss (more flows than cache entries): new flows per second per core"),
+    ("acl-lb", "OVN pipeline with conntrack: a stateful NetworkPolicy ACL and a UDP load balancer, established connections (--connections N, default 1, 10000 and 100000), vs the xconnect floor"),
+    ("new-connections", "OVN pipeline with conntrack: every packet opens a new connection through the ACL and load balancer: new connections per second per core"),
     ("tables", "publish-to-acknowledgement latency of table generations with traffic flowing, and the cost of a 10 MB slot"),
 ];
 
@@ -35,6 +37,11 @@ pub struct RunArgs {
     /// Distinct flows.
     #[arg(long, default_value_t = 1024)]
     pub flows: u32,
+    /// Conntrack connections (acl-lb: distinct 5-tuples, all three of
+    /// 1, 10000 and 100000 when unset; new-connections: connections opened,
+    /// 1000000 when unset).
+    #[arg(long)]
+    pub connections: Option<u32>,
     /// Offered rate in packets per second (0 = as fast as the generator can).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
@@ -145,6 +152,10 @@ pub(crate) struct GenReport {
     pub(crate) received: u64,
     pub(crate) rx_mpps: f64,
     pub(crate) rx_gbps: f64,
+    #[serde(default)]
+    pub(crate) replies_sent: u64,
+    #[serde(default)]
+    pub(crate) replies_received: u64,
 }
 
 pub(crate) fn run_pktgen(
@@ -537,6 +548,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         .tempdir()?;
     if args.scenario == "tables" {
         return tables_scenario(&args, dir.path());
+    }
+    if matches!(args.scenario.as_str(), "acl-lb" | "new-connections") {
+        return crate::ct_scenarios::run(&args, dir.path());
     }
     if matches!(args.scenario.as_str(), "l2" | "l3" | "new-flows") {
         return crate::ovn_scenarios::run(&args, dir.path());

@@ -4,6 +4,14 @@
 //! rate for a chosen time, receives on another port, and reports sent,
 //! received, lost, Mpps, Gbps and, in latency mode, latency percentiles from
 //! TSC timestamps carried in the payload.
+//!
+//! Flow `i` of `--flows N` has UDP source port `1024 + i % 64000` and
+//! destination port `5001 + i / 64000`, so any number of flows up to about
+//! four billion are distinct 5-tuples. With `--reply` the generator also
+//! answers: every frame received on the `--rx` port goes back out of it with
+//! MACs, addresses and ports swapped (the reply direction of the flow, which
+//! makes a UDP connection established in a stateful pipeline), and frames
+//! coming back on the `--tx` port are counted as replies received.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
@@ -29,9 +37,16 @@ struct Cli {
     /// Frame size in bytes, FCS included (64..=9018).
     #[arg(long, default_value_t = 64)]
     size: u16,
-    /// Number of distinct flows (UDP source ports).
+    /// Number of distinct flows (UDP source ports, then destination ports).
     #[arg(long, default_value_t = 1)]
     flows: u32,
+    /// Stop after sending this many packets (0: send for --duration).
+    #[arg(long, default_value_t = 0)]
+    packets: u64,
+    /// Answer every frame received on --rx with its reply (addresses and
+    /// ports swapped) sent back out of --rx; count what returns on --tx.
+    #[arg(long)]
+    reply: bool,
     /// Packets per second to offer; 0 means as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -83,6 +98,8 @@ struct Report {
     received: u64,
     lost: u64,
     tx_backpressure: u64,
+    replies_sent: u64,
+    replies_received: u64,
     tx_mpps: f64,
     rx_mpps: f64,
     rx_gbps: f64,
@@ -116,7 +133,39 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
     Ok(m)
 }
 
-/// Builds the frame of flow `flow` (UDP source port varies).
+/// Flows per UDP destination port (the source ports 1024..65024).
+const SOURCE_PORTS: u32 = 64000;
+
+/// The UDP source and destination ports of flow `flow`.
+fn flow_ports(flow: u32) -> (u16, u16) {
+    let sport = 1024 + (flow % SOURCE_PORTS) as u16;
+    let dport = 5001u32 + flow / SOURCE_PORTS;
+    (sport, dport.min(u32::from(u16::MAX)) as u16)
+}
+
+/// Writes the UDP ports of flow `flow` into a frame built by [`build_frame`].
+fn set_flow(frame: &mut [u8], flow: u32) {
+    let (sport, dport) = flow_ports(flow);
+    frame[34..36].copy_from_slice(&sport.to_be_bytes());
+    frame[36..38].copy_from_slice(&dport.to_be_bytes());
+}
+
+/// Turns a received UDP/IPv4 frame into its reply in place: MACs, IPv4
+/// addresses and UDP ports swapped (checksums are unchanged by a swap).
+/// Returns false, leaving the frame alone, when it is not UDP over IPv4.
+fn make_reply(f: &mut [u8]) -> bool {
+    if f.len() < L2L3L4 || f[12..14] != [0x08, 0x00] || f[14] != 0x45 || f[23] != 17 {
+        return false;
+    }
+    for (a, b, n) in [(0, 6, 6), (26, 30, 4), (34, 36, 2)] {
+        for i in 0..n {
+            f.swap(a + i, b + i);
+        }
+    }
+    true
+}
+
+/// Builds the frame of flow `flow` (see [`flow_ports`]).
 fn build_frame(cli: &Cli, src: [u8; 6], dst: [u8; 6], flow: u32) -> Vec<u8> {
     let len = usize::from(cli.size).saturating_sub(4).max(60);
     let mut f = vec![0u8; len];
@@ -134,10 +183,8 @@ fn build_frame(cli: &Cli, src: [u8; 6], dst: [u8; 6], flow: u32) -> Vec<u8> {
     let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let udp = &mut f[34..42];
-    let sport = 1024 + (flow % 64000) as u16;
-    udp[0..2].copy_from_slice(&sport.to_be_bytes());
-    udp[2..4].copy_from_slice(&5001u16.to_be_bytes());
     udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    set_flow(&mut f, flow);
     f
 }
 
@@ -168,6 +215,9 @@ fn main() -> Result<()> {
     }
     if cli.flows == 0 {
         bail!("--flows must be at least 1");
+    }
+    if cli.reply && cli.rx == cli.tx {
+        bail!("--reply needs distinct --tx and --rx ports");
     }
     let src = parse_mac(&cli.src_mac)?;
     let dst = parse_mac(&cli.dst_mac)?;
@@ -219,10 +269,8 @@ fn main() -> Result<()> {
     let rx_id = rxp.as_ref().map(|p| p.id()).unwrap_or(txp.id());
     let tx_id = txp.id();
 
-    let templates: Vec<Vec<u8>> = (0..cli.flows.min(65536))
-        .map(|f| build_frame(&cli, src, dst, f))
-        .collect();
-    let frame_len = templates[0].len() as u16;
+    let template = build_frame(&cli, src, dst, 0);
+    let frame_len = template.len() as u16;
     let hz = dpdk::tsc_hz();
     let duration_tsc = (cli.duration * hz as f64) as u64;
     let per_pkt_tsc = if cli.rate > 0.0 {
@@ -240,16 +288,21 @@ fn main() -> Result<()> {
     } else {
         Vec::new()
     };
-    let mut flow = 0usize;
+    let mut flow = 0u32;
+    let mut replies = RxBurst::new();
+    let mut reply_tx = TxBuffer::new();
+    let (mut replies_sent, mut replies_received) = (0u64, 0u64);
     let mut seq = 0u32;
     let start = dpdk::rdtsc();
     let mut next_progress = start + hz;
     let (mut last_sent, mut last_recv) = (0u64, 0u64);
+    let reply = cli.reply;
     let receive = |rx: &mut RxBurst, received: &mut u64, rx_bytes: &mut u64, lat: &mut Vec<u64>| {
         let n = rx.receive(rx_id, 0);
         if n == 0 {
             return;
         }
+        *received += n as u64;
         let now = dpdk::rdtsc();
         for m in rx.as_slice() {
             *rx_bytes += u64::from(m.pkt_len());
@@ -265,13 +318,35 @@ fn main() -> Result<()> {
                 }
             }
         }
-        *received += n as u64;
-        rx.clear();
+        if !reply {
+            rx.clear();
+        }
+    };
+    // The reply side: what came in on --rx goes back out of it reversed;
+    // what comes back on --tx is counted and freed.
+    let answer = |rx: &mut RxBurst,
+                  out: &mut TxBuffer,
+                  back: &mut RxBurst,
+                  sent: &mut u64,
+                  got: &mut u64| {
+        for mut m in rx.drain() {
+            if make_reply(m.data_mut()) {
+                let _ = out.push(m);
+            }
+        }
+        if !out.is_empty() {
+            *sent += u64::from(out.flush(rx_id, 0).sent);
+        }
+        *got += back.receive(tx_id, 0) as u64;
+        back.clear();
     };
     loop {
         let now = dpdk::rdtsc();
         let elapsed = now - start;
-        if elapsed >= duration_tsc || stop.load(Ordering::Relaxed) {
+        if elapsed >= duration_tsc
+            || stop.load(Ordering::Relaxed)
+            || (cli.packets > 0 && sent >= cli.packets)
+        {
             break;
         }
         let mut want = BURST_SIZE;
@@ -281,10 +356,14 @@ fn main() -> Result<()> {
                 .saturating_sub(sent + backpressure)
                 .min(BURST_SIZE as u64) as usize;
         }
+        if cli.packets > 0 {
+            want = want.min(cli.packets.saturating_sub(sent) as usize);
+        }
         if want > 0 && fresh.alloc(&pool, want) {
             for mut m in fresh.drain() {
                 if let Some(d) = m.append(frame_len) {
-                    d.copy_from_slice(&templates[flow]);
+                    d.copy_from_slice(&template);
+                    set_flow(d, flow);
                     if cli.latency {
                         d[L2L3L4..L2L3L4 + 4].copy_from_slice(&MAGIC.to_be_bytes());
                         d[L2L3L4 + 4..L2L3L4 + 8].copy_from_slice(&seq.to_be_bytes());
@@ -293,7 +372,7 @@ fn main() -> Result<()> {
                     }
                 }
                 flow += 1;
-                if flow == templates.len() {
+                if flow == cli.flows {
                     flow = 0;
                 }
                 let _ = txb.push(m);
@@ -303,6 +382,15 @@ fn main() -> Result<()> {
             backpressure += u64::from(r.dropped);
         }
         receive(&mut rx, &mut received, &mut rx_bytes, &mut lat);
+        if reply {
+            answer(
+                &mut rx,
+                &mut reply_tx,
+                &mut replies,
+                &mut replies_sent,
+                &mut replies_received,
+            );
+        }
         if cli.progress && now >= next_progress {
             eprintln!(
                 "pktgen: {:>5.1}s  tx {:>7.3} Mpps  rx {:>7.3} Mpps",
@@ -320,6 +408,15 @@ fn main() -> Result<()> {
     let drain_until = send_end + hz / 5;
     while dpdk::rdtsc() < drain_until {
         receive(&mut rx, &mut received, &mut rx_bytes, &mut lat);
+        if reply {
+            answer(
+                &mut rx,
+                &mut reply_tx,
+                &mut replies,
+                &mut replies_sent,
+                &mut replies_received,
+            );
+        }
     }
     let secs = (send_end - start) as f64 / hz as f64;
     let latency_us = if cli.latency {
@@ -345,6 +442,8 @@ fn main() -> Result<()> {
         received,
         lost: sent.saturating_sub(received),
         tx_backpressure: backpressure,
+        replies_sent,
+        replies_received,
         tx_mpps: sent as f64 / secs / 1e6,
         rx_mpps: received as f64 / secs / 1e6,
         rx_gbps: (rx_bytes + 4 * received) as f64 * 8.0 / secs / 1e9,
@@ -366,9 +465,44 @@ fn main() -> Result<()> {
     }
     drop(rx);
     drop(txb);
+    drop(replies);
+    drop(reply_tx);
     drop(rxp);
     drop(txp);
     drop(pool);
     drop(eal);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_beyond_the_source_ports_are_distinct_tuples() {
+        let all: std::collections::HashSet<(u16, u16)> = (0..200_000).map(flow_ports).collect();
+        assert_eq!(all.len(), 200_000);
+        assert_eq!(flow_ports(0), (1024, 5001));
+        assert_eq!(flow_ports(64_000), (1024, 5002));
+    }
+
+    #[test]
+    fn reply_swaps_addresses_and_ports_and_keeps_the_ip_checksum_valid() {
+        let cli = Cli::parse_from(["pktgen", "--tx", "a", "--rx", "b"]);
+        let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut f = build_frame(&cli, a, b, 70_000);
+        assert!(make_reply(&mut f));
+        assert_eq!((&f[0..6], &f[6..12]), (&a[..], &b[..]));
+        assert_eq!(&f[26..30], &cli.dst_ip.octets());
+        assert_eq!(&f[30..34], &cli.src_ip.octets());
+        let (sport, dport) = flow_ports(70_000);
+        assert_eq!(&f[34..36], &dport.to_be_bytes());
+        assert_eq!(&f[36..38], &sport.to_be_bytes());
+        assert!(fastpath_packet::checksum::verify(&f[14..34]));
+        let mut arp = f.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let before = arp.clone();
+        assert!(!make_reply(&mut arp));
+        assert_eq!(arp, before);
+    }
 }
