@@ -2,11 +2,28 @@
 //! one microflow (a [`FlowKey`], which carries the receiving port), kept so
 //! that the next packets of the flow skip the interpreter.
 //!
-//! Owns the entries, their lookup (an open-addressing `hashbrown` table of
-//! slot indices, hashed by independent folded multiplies over pairs of the
-//! key's thirteen words),
-//! the bounded slot array and its replacement policy (clock: a slot used
-//! since the hand last passed gets a second chance). It must not run the
+//! Owns the entries, their lookup (an index of cache-line buckets of slot
+//! indices, hashed by independent folded multiplies over pairs of the
+//! key's thirteen words), the bounded slot array and its replacement policy
+//! (clock: a slot used since the hand last passed gets a second chance).
+//!
+//! # Lookup in stages
+//!
+//! A lookup is a chain of dependent loads: the bucket, then the slot it
+//! names (key and entry), then the entry's outputs. A worker that has a
+//! burst of packets breaks the chain across the burst: it hashes every key
+//! ([`key_hash`]) and [`FlowCache::prefetch`]es each home bucket, then
+//! [`FlowCache::prefetch_slot`]s the slot each bucket names, and only then
+//! looks each key up with [`FlowCache::lookup_hashed`], so the loads of
+//! different packets overlap instead of queueing one after the other. The
+//! index is ours rather than a general hash table so that a bucket has an
+//! address to prefetch: a bucket is one 64-byte cache line of eight
+//! (16-bit tag, slot) ways; a key lives in its home bucket, or in its
+//! alternate bucket when the home one was full (the home bucket then says
+//! so, and only then does a lookup read the alternate). When both are full
+//! an entry of the home bucket is evicted. The outputs of the common entry
+//! (one or two) are held inline in the entry ([`Outputs`]), so that a hit
+//! reads no heap memory beyond the slot. It must not run the
 //! pipeline, touch frames or mbufs, or be shared between lcores: each
 //! worker owns one, so nothing here locks.
 //!
@@ -44,7 +61,6 @@
 //! keys of the QoS meters (`set_meter`) their packets are policed by.
 
 use fastpath_packet::FlowKey;
-use hashbrown::HashTable;
 
 use super::ct::CtResult;
 use super::interpreter::DropCause;
@@ -111,13 +127,85 @@ pub struct CachedOutput {
     pub rewrite: Rewrite,
 }
 
+/// The outputs of an entry, in emission order: up to two held inline (the
+/// common unicast case, and a packet with one mirror or one generated
+/// reply beside it), more (a flood) in a heap vector. Reads as a slice.
+// The inline variants are large on purpose: a hit reads its outputs from
+// the slot it already loaded rather than from the heap.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Outputs {
+    /// Dropped.
+    #[default]
+    None,
+    /// One output.
+    One(CachedOutput),
+    /// Two outputs.
+    Two([CachedOutput; 2]),
+    /// Three or more.
+    Many(Vec<CachedOutput>),
+}
+
+impl Outputs {
+    /// Appends an output.
+    pub fn push(&mut self, output: CachedOutput) {
+        *self = match std::mem::take(self) {
+            Outputs::None => Outputs::One(output),
+            Outputs::One(a) => Outputs::Two([a, output]),
+            Outputs::Two([a, b]) => Outputs::Many(vec![a, b, output]),
+            Outputs::Many(mut v) => {
+                v.push(output);
+                Outputs::Many(v)
+            }
+        };
+    }
+
+    /// The outputs as a slice.
+    #[inline(always)]
+    pub fn as_slice(&self) -> &[CachedOutput] {
+        match self {
+            Outputs::None => &[],
+            Outputs::One(o) => std::slice::from_ref(o),
+            Outputs::Two(o) => o,
+            Outputs::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for Outputs {
+    type Target = [CachedOutput];
+    #[inline(always)]
+    fn deref(&self) -> &[CachedOutput] {
+        self.as_slice()
+    }
+}
+
+impl<'a> IntoIterator for &'a Outputs {
+    type Item = &'a CachedOutput;
+    type IntoIter = std::slice::Iter<'a, CachedOutput>;
+    #[inline(always)]
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+impl FromIterator<CachedOutput> for Outputs {
+    fn from_iter<I: IntoIterator<Item = CachedOutput>>(iter: I) -> Outputs {
+        let mut o = Outputs::None;
+        for x in iter {
+            o.push(x);
+        }
+        o
+    }
+}
+
 /// What the pipeline decided for one microflow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     /// Program generation it was built from.
     pub generation: u64,
     /// Outputs, in emission order (empty: dropped).
-    pub outputs: Vec<CachedOutput>,
+    pub outputs: Outputs,
     /// Why it drops, when there is no output.
     pub drop: Option<EntryDrop>,
     /// Packets that used it.
@@ -143,16 +231,91 @@ pub enum Lookup {
     Miss,
 }
 
+/// One cached flow. The key comes first so that a hit's key comparison and
+/// the entry's head share the lines [`FlowCache::prefetch_slot`] fetches.
+#[repr(C)]
 struct Slot {
-    hash: u64,
     key: FlowKey,
+    hash: u64,
     entry: FlowEntry,
     referenced: bool,
 }
 
+/// Ways of a bucket.
+const WAYS: usize = 8;
+
+/// The tag of an empty way.
+const EMPTY: u16 = 0;
+
+/// One cache line of the index: eight ways, each a tag (16 bits of the
+/// hash, never [`EMPTY`]) and the slot it names.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Bucket {
+    /// The ways' tags, way `w` in bits `16 w ..16 w + 16` (one integer, so
+    /// that all eight compare at once).
+    tags: u128,
+    slots: [u32; WAYS],
+    /// A key whose home this is went to its alternate bucket (never
+    /// cleared before a flush: a lookup then reads one line more).
+    spilled: bool,
+}
+
+impl Bucket {
+    const EMPTY: Bucket = Bucket {
+        tags: 0,
+        slots: [0; WAYS],
+        spilled: false,
+    };
+
+    /// The tag of way `w`.
+    #[inline(always)]
+    fn tag(&self, w: usize) -> u16 {
+        (self.tags >> (16 * (w % WAYS))) as u16
+    }
+
+    /// Sets the tag of way `w`.
+    #[inline(always)]
+    fn set_tag(&mut self, w: usize, t: u16) {
+        let shift = 16 * (w % WAYS);
+        self.tags = (self.tags & !(0xffff << shift)) | (u128::from(t) << shift);
+    }
+
+    /// The ways whose tag is `t`, as a mask with bit `16 w + 15` set for
+    /// way `w`: all eight lanes compared at once (a lane is zero after the
+    /// xor exactly when it matched; adding `0x7fff` to its low 15 bits
+    /// sets its top bit unless they are zero, and never carries into the
+    /// next lane).
+    #[inline(always)]
+    fn ways_tagged(&self, t: u16) -> u128 {
+        const LOW: u128 = 0x7fff_7fff_7fff_7fff_7fff_7fff_7fff_7fff;
+        const HIGH: u128 = !LOW;
+        let t = u64::from(t) * 0x0001_0001_0001_0001;
+        let x = self.tags ^ ((u128::from(t) << 64) | u128::from(t));
+        !(((x & LOW) + LOW) | x) & HIGH
+    }
+
+    /// The first free way.
+    #[inline(always)]
+    fn free_way(&self) -> Option<usize> {
+        match self.ways_tagged(EMPTY) {
+            0 => None,
+            m => Some(m.trailing_zeros() as usize / 16),
+        }
+    }
+}
+
+/// A hash's tag: its top 16 bits, never [`EMPTY`].
+#[inline(always)]
+fn tag(hash: u64) -> u16 {
+    ((hash >> 48) as u16) | 1
+}
+
 /// The cache: at most `capacity` entries.
 pub struct FlowCache {
-    table: HashTable<u32>,
+    buckets: Vec<Bucket>,
+    /// `buckets.len() - 1` (a power of two less one).
+    mask: usize,
     slots: Vec<Slot>,
     capacity: usize,
     hand: usize,
@@ -201,8 +364,8 @@ fn words(key: &FlowKey) -> [u64; FlowKey::LEN / 8] {
 /// seven products summed. The products are independent of each other, so
 /// they run side by side rather than as one chain of thirteen dependent
 /// multiplies; every bit of both factors reaches the middle bits of the
-/// product, and the final fold spreads them to the low bits (bucket) and
-/// the top bits (hashbrown's control byte).
+/// product, and the final fold spreads them to the low bits (home bucket),
+/// the middle bits (alternate bucket) and the top bits (tag).
 #[inline(always)]
 pub fn key_hash(key: &FlowKey) -> u64 {
     let w = words(key);
@@ -231,8 +394,13 @@ impl FlowCache {
     /// An empty cache of at most `capacity` entries (at least 1).
     pub fn new(capacity: usize) -> FlowCache {
         let capacity = capacity.max(1);
+        // Eight ways per bucket and a quarter as many buckets as entries:
+        // a full cache fills half the ways, and a bucket overflows to its
+        // alternate rarely.
+        let buckets = capacity.div_ceil(4).next_power_of_two().max(2);
         FlowCache {
-            table: HashTable::with_capacity(capacity),
+            buckets: vec![Bucket::EMPTY; buckets],
+            mask: buckets - 1,
             slots: Vec::with_capacity(capacity),
             capacity,
             hand: 0,
@@ -254,15 +422,92 @@ impl FlowCache {
         self.slots.is_empty()
     }
 
+    /// The home bucket of a hash.
+    #[inline(always)]
+    fn home(&self, hash: u64) -> usize {
+        (hash as usize) & self.mask
+    }
+
+    /// The alternate bucket of a hash (never its home).
+    #[inline(always)]
+    fn alternate(&self, hash: u64) -> usize {
+        let home = self.home(hash);
+        let alt = ((hash >> 24) as usize) & self.mask;
+        if alt == home {
+            home ^ 1
+        } else {
+            alt
+        }
+    }
+
+    /// Starts loading the index bucket a lookup of `hash` reads first
+    /// (stage one of a staged lookup; see the module's `# Lookup in
+    /// stages`).
+    #[inline(always)]
+    pub fn prefetch(&self, hash: u64) {
+        if let Some(b) = self.buckets.get(self.home(hash)) {
+            crate::dpdk::prefetch(b);
+        }
+    }
+
+    /// Starts loading the slot (key and entry) that the home bucket names
+    /// for `hash`, if any (stage two: the bucket should have arrived).
+    #[inline(always)]
+    pub fn prefetch_slot(&self, hash: u64) {
+        let Some(b) = self.buckets.get(self.home(hash)) else {
+            return;
+        };
+        let m = b.ways_tagged(tag(hash));
+        if m != 0 {
+            let w = m.trailing_zeros() as usize / 16 % WAYS;
+            if let Some(s) = self.slots.get(b.slots[w] as usize) {
+                crate::dpdk::prefetch(&s.key);
+                crate::dpdk::prefetch(&s.entry);
+            }
+        }
+    }
+
+    /// The slot of bucket `b` holding `key` (of tag `t`).
+    #[inline(always)]
+    fn find_in(&self, b: &Bucket, t: u16, key: &FlowKey) -> Option<u32> {
+        let mut m = b.ways_tagged(t);
+        while m != 0 {
+            let i = b.slots[m.trailing_zeros() as usize / 16 % WAYS];
+            m &= m - 1;
+            if self
+                .slots
+                .get(i as usize)
+                .is_some_and(|s| same_key(&s.key, key))
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The slot holding `key` (of hash `hash`).
+    #[inline(always)]
+    fn find(&self, key: &FlowKey, hash: u64) -> Option<u32> {
+        let t = tag(hash);
+        let home = &self.buckets[self.home(hash)];
+        match self.find_in(home, t, key) {
+            Some(i) => Some(i),
+            None if home.spilled => self.find_in(&self.buckets[self.alternate(hash)], t, key),
+            None => None,
+        }
+    }
+
     /// Looks `key` up for a packet, against program generation
     /// `generation`; marks the entry used.
     #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, generation: u64) -> Lookup {
-        let hash = key_hash(key);
-        let slots = &self.slots;
-        let Some(&i) = self.table.find(hash, |&i| {
-            slots.get(i as usize).is_some_and(|s| same_key(&s.key, key))
-        }) else {
+        self.lookup_hashed(key, key_hash(key), generation)
+    }
+
+    /// [`FlowCache::lookup`] of a key whose [`key_hash`] is `hash`.
+    #[inline(always)]
+    pub fn lookup_hashed(&mut self, key: &FlowKey, hash: u64, generation: u64) -> Lookup {
+        let Some(i) = self.find(key, hash) else {
             return Lookup::Miss;
         };
         let slot = &mut self.slots[i as usize];
@@ -294,54 +539,87 @@ impl FlowCache {
         }
     }
 
+    /// Removes slot `slot` from the index (the slot itself stays).
+    fn unindex(&mut self, slot: u32) {
+        let hash = self.slots[slot as usize].hash;
+        let t = tag(hash);
+        for b in [self.home(hash), self.alternate(hash)] {
+            let bucket = &mut self.buckets[b];
+            if let Some(w) = (0..WAYS).find(|&w| bucket.tag(w) == t && bucket.slots[w] == slot) {
+                bucket.set_tag(w, EMPTY);
+                return;
+            }
+        }
+    }
+
     /// Installs an entry for `key` (which must not be present). Returns the
     /// slot and whether an entry was evicted to make room.
     pub fn insert(&mut self, key: FlowKey, entry: FlowEntry) -> (u32, bool) {
         let hash = key_hash(&key);
-        if self.slots.len() < self.capacity {
-            let i = self.slots.len() as u32;
-            self.slots.push(Slot {
-                hash,
-                key,
-                entry,
-                referenced: false,
-            });
-            let slots = &self.slots;
-            self.table
-                .insert_unique(hash, i, |&j| slots[j as usize].hash);
-            return (i, false);
-        }
-        // Clock: skip (and clear) slots used since the hand last passed.
-        let victim = loop {
-            let h = self.hand;
-            self.hand = (self.hand + 1) % self.capacity;
-            let s = &mut self.slots[h];
-            if s.referenced {
-                s.referenced = false;
-            } else {
-                break h;
-            }
-        };
-        let old_hash = self.slots[victim].hash;
-        if let Ok(e) = self.table.find_entry(old_hash, |&j| j as usize == victim) {
-            e.remove();
-        }
-        self.slots[victim] = Slot {
-            hash,
+        let t = tag(hash);
+        let home = self.home(hash);
+        let alt = self.alternate(hash);
+        let slot = Slot {
             key,
+            hash,
             entry,
             referenced: false,
         };
-        let slots = &self.slots;
-        self.table
-            .insert_unique(hash, victim as u32, |&j| slots[j as usize].hash);
-        (victim as u32, true)
+        // Where in the index.
+        let (b, w) = match self.buckets[home].free_way() {
+            Some(w) => (home, w),
+            None => match self.buckets[alt].free_way() {
+                Some(w) => {
+                    self.buckets[home].spilled = true;
+                    (alt, w)
+                }
+                None => {
+                    // Both buckets full: the home bucket's first entry not
+                    // used since the clock hand passed (else its first)
+                    // makes room, and its slot takes the new entry.
+                    let bucket = &self.buckets[home];
+                    let w = (0..WAYS)
+                        .find(|&w| {
+                            self.slots
+                                .get(bucket.slots[w] as usize)
+                                .is_some_and(|s| !s.referenced)
+                        })
+                        .unwrap_or(0);
+                    let i = bucket.slots[w];
+                    self.buckets[home].set_tag(w, t);
+                    self.slots[i as usize] = slot;
+                    return (i, true);
+                }
+            },
+        };
+        let (i, evicted) = if self.slots.len() < self.capacity {
+            self.slots.push(slot);
+            ((self.slots.len() - 1) as u32, false)
+        } else {
+            // Clock: skip (and clear) slots used since the hand last passed.
+            let victim = loop {
+                let h = self.hand;
+                self.hand = (self.hand + 1) % self.capacity;
+                let s = &mut self.slots[h];
+                if s.referenced {
+                    s.referenced = false;
+                } else {
+                    break h as u32;
+                }
+            };
+            self.unindex(victim);
+            self.slots[victim as usize] = slot;
+            (victim, true)
+        };
+        self.buckets[b].set_tag(w, t);
+        self.buckets[b].slots[w] = i;
+        (i, evicted)
     }
 
     /// Removes every entry.
     pub fn flush(&mut self) -> usize {
         let n = self.slots.len();
-        self.table.clear();
+        self.buckets.fill(Bucket::EMPTY);
         self.slots.clear();
         self.hand = 0;
         n
@@ -369,11 +647,11 @@ mod tests {
     fn entry(generation: u64, port: u16) -> FlowEntry {
         FlowEntry {
             generation,
-            outputs: vec![CachedOutput {
+            outputs: Outputs::One(CachedOutput {
                 port,
                 logical_port: 0,
                 rewrite: Rewrite::identity(FlowKey::zeroed()),
-            }],
+            }),
             ..Default::default()
         }
     }
@@ -422,6 +700,128 @@ mod tests {
         assert_eq!(c.iter().count(), 4);
         assert_eq!(c.flush(), 4);
         assert_eq!(c.lookup(&key(199), 1), Lookup::Miss);
+    }
+
+    /// Every entry the slots hold is found through the index, and the
+    /// index names nothing else.
+    fn assert_index_consistent(c: &mut FlowCache) {
+        let keys: Vec<FlowKey> = c.iter().map(|(k, _)| *k).collect();
+        for k in &keys {
+            assert!(
+                matches!(c.lookup(k, 1), Lookup::Hit(_)),
+                "an entry the index lost"
+            );
+        }
+        let named: usize = c
+            .buckets
+            .iter()
+            .map(|b| (0..WAYS).filter(|&w| b.tag(w) != EMPTY).count())
+            .sum();
+        assert_eq!(named, c.len(), "index ways in use");
+    }
+
+    #[test]
+    fn full_buckets_spill_then_evict_and_stay_consistent() {
+        // 64 entries, 16 buckets: 400 keys overflow buckets as well as
+        // the slot array.
+        let mut c = FlowCache::new(64);
+        assert_eq!(c.buckets.len(), 16);
+        let mut evictions = 0;
+        for n in 0..400 {
+            let (slot, evicted) = c.insert(key(n), entry(1, n as u16));
+            evictions += usize::from(evicted);
+            assert_eq!(c.lookup(&key(n), 1), Lookup::Hit(slot), "key {n} just in");
+            assert_eq!(c.entry(slot).outputs[0].port, n as u16);
+            assert!(c.len() <= 64);
+        }
+        assert_eq!(evictions, 400 - c.len());
+        assert!(c.buckets.iter().any(|b| b.spilled), "some bucket spilled");
+        assert_index_consistent(&mut c);
+        let n = c.len();
+        assert_eq!(c.flush(), n);
+        assert!(c.is_empty());
+        assert_index_consistent(&mut c);
+        assert!(c.buckets.iter().all(|b| !b.spilled));
+    }
+
+    #[test]
+    fn a_bucket_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 64);
+        assert_eq!(std::mem::align_of::<Bucket>(), 64);
+    }
+
+    #[test]
+    fn bucket_tag_match_is_exact() {
+        let mut b = Bucket::EMPTY;
+        assert_eq!(b.free_way(), Some(0));
+        let tags = [
+            0x0001,
+            0x8001,
+            0x7fff,
+            0xffff,
+            0x8000 | 1,
+            0x0101,
+            0x0001,
+            0x1235,
+        ];
+        for (w, t) in tags.iter().enumerate() {
+            b.set_tag(w, *t);
+        }
+        assert_eq!(b.free_way(), None);
+        for probe in [
+            0x0001u16, 0x8001, 0x7fff, 0xffff, 0x0101, 0x1235, 0x1233, 0x0003,
+        ] {
+            let m = b.ways_tagged(probe);
+            let want: Vec<usize> = (0..WAYS).filter(|&w| tags[w] == probe).collect();
+            let got: Vec<usize> = (0..WAYS).filter(|&w| m >> (16 * w + 15) & 1 == 1).collect();
+            assert_eq!(got, want, "tag {probe:#x}");
+            assert_eq!(
+                m & !(0x8000u128 * 0x0001_0001_0001_0001_0001_0001_0001_0001),
+                0
+            );
+        }
+        b.set_tag(3, EMPTY);
+        assert_eq!(b.free_way(), Some(3));
+        assert_eq!(b.tag(2), 0x7fff);
+    }
+
+    #[test]
+    fn staged_lookup_equals_lookup() {
+        let mut c = FlowCache::new(1024);
+        for n in 0..300 {
+            c.insert(key(n), entry(1, n as u16));
+        }
+        for n in 0..600 {
+            let k = key(n);
+            let h = key_hash(&k);
+            c.prefetch(h);
+            c.prefetch_slot(h);
+            let staged = c.lookup_hashed(&k, h, 1);
+            assert_eq!(staged, c.lookup(&k, 1), "key {n}");
+            assert_eq!(matches!(staged, Lookup::Hit(_)), n < 300);
+        }
+    }
+
+    #[test]
+    fn outputs_inline_then_spill() {
+        let out = |port| CachedOutput {
+            port,
+            logical_port: u32::from(port),
+            rewrite: Rewrite::identity(FlowKey::zeroed()),
+        };
+        let mut o = Outputs::default();
+        assert!(o.is_empty());
+        o.push(out(1));
+        assert!(matches!(o, Outputs::One(_)));
+        o.push(out(2));
+        assert!(matches!(o, Outputs::Two(_)));
+        o.push(out(3));
+        o.push(out(4));
+        assert!(matches!(o, Outputs::Many(_)));
+        let ports: Vec<u16> = (&o).into_iter().map(|x| x.port).collect();
+        assert_eq!(ports, [1, 2, 3, 4]);
+        let back: Outputs = o.iter().copied().collect();
+        assert_eq!(back, o);
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! `# Conntrack`). QoS meters met by the pipeline are recorded in the entry
 //! for the worker to police every packet with.
 //!
+//! A worker with a burst decides in stages ([`OvnLcore::decide_hashed`]):
+//! it hashes every key and prefetches the cache first, then decides each
+//! packet with its precomputed hash, and adds the burst's hits to the
+//! counters once.
+//!
 //! Owns the per-packet decision; it must not touch mbufs or devices (the
 //! worker applies the decision to the frame) and must not be shared between
 //! lcores. Learned MAC bindings leave through a bounded lock-free queue that
@@ -22,7 +27,7 @@ use crossbeam::queue::ArrayQueue;
 use fastpath_packet::FlowKey;
 
 use super::cache::{
-    CachedCt, CachedOutput, EntryDrop, FlowCache, FlowEntry, Lookup, MAX_CACHED_CT,
+    key_hash, CachedCt, CachedOutput, EntryDrop, FlowCache, FlowEntry, Lookup, MAX_CACHED_CT,
 };
 use super::ct::{ConntrackHook, CtOpKind, CtResult, NoConntrack};
 use super::ct_engine::ConntrackEngine;
@@ -57,6 +62,9 @@ pub struct Decision<'a> {
     /// only for packets whose NAT a header rewrite cannot express (ICMP
     /// errors, ICMP echo identifiers), never for a cache hit.
     pub frame_nat: &'a [Translation],
+    /// The entry was a cache hit (the caller of
+    /// [`OvnLcore::decide_hashed`] counts it).
+    pub hit: bool,
 }
 
 /// The conntrack side of one packet for [`OvnLcore::decide_tracked`].
@@ -125,7 +133,11 @@ impl OvnLcore {
         now: u64,
         counters: &CacheCounters,
     ) -> Option<Decision<'_>> {
-        self.decide_inner(key, pkt_len, now, counters, None)
+        let d = self.decide_hashed(key, key_hash(key), pkt_len, now, counters, None)?;
+        if d.hit {
+            counters.hits.add(1);
+        }
+        Some(d)
     }
 
     /// [`OvnLcore::decide`] with conntrack: the pipeline's `ct_*` actions
@@ -140,13 +152,38 @@ impl OvnLcore {
         counters: &CacheCounters,
         ct: CtInput<'_>,
     ) -> Option<Decision<'_>> {
-        self.decide_inner(key, pkt_len, now, counters, Some(ct))
+        let d = self.decide_hashed(key, key_hash(key), pkt_len, now, counters, Some(ct))?;
+        if d.hit {
+            counters.hits.add(1);
+        }
+        Some(d)
     }
 
+    /// Stage one of a burst's decisions: starts loading the cache bucket
+    /// of a key whose [`key_hash`] is `hash`.
     #[inline(always)]
-    fn decide_inner(
+    pub fn prefetch(&self, hash: u64) {
+        self.cache.prefetch(hash);
+    }
+
+    /// Stage two: starts loading the cache slot the (prefetched) bucket
+    /// names for `hash`.
+    #[inline(always)]
+    pub fn prefetch_slot(&self, hash: u64) {
+        self.cache.prefetch_slot(hash);
+    }
+
+    /// The decision for a packet whose key hashes to `hash`
+    /// ([`key_hash`]), with conntrack when `ct` is given: what
+    /// [`OvnLcore::decide`] and [`OvnLcore::decide_tracked`] do, except
+    /// that a hit is not added to `counters` (the decision says
+    /// [`Decision::hit`]; a worker adds a burst's hits at once). Misses,
+    /// revalidations and evictions are counted here.
+    #[inline(always)]
+    pub fn decide_hashed(
         &mut self,
         key: &FlowKey,
+        hash: u64,
         pkt_len: u32,
         now: u64,
         counters: &CacheCounters,
@@ -155,17 +192,16 @@ impl OvnLcore {
         let program = self.program.as_ref()?;
         let generation = program.generation;
         // (slot, whether a generation change made it stale)
-        let stale = match self.cache.lookup(key, generation) {
+        let stale = match self.cache.lookup_hashed(key, hash, generation) {
             Lookup::Hit(slot) => {
-                let e = self.cache.entry(slot);
+                let e = self.cache.entry_mut(slot);
                 if e.ct.is_empty() || still_valid(&e.ct, key, ct.as_ref()) {
-                    counters.hits.add(1);
-                    let e = self.cache.entry_mut(slot);
                     e.hits += 1;
                     return Some(Decision {
                         entry: self.cache.entry(slot),
                         generated: &[],
                         frame_nat: &[],
+                        hit: true,
                     });
                 }
                 Some((slot, false))
@@ -199,6 +235,7 @@ impl OvnLcore {
                         entry: self.cache.entry(slot),
                         generated: &self.generated,
                         frame_nat: &self.frame_nat,
+                        hit: false,
                     });
                 }
                 // Keep the stale entry out of use: the next packet re-runs.
@@ -216,6 +253,7 @@ impl OvnLcore {
                         entry: self.cache.entry(slot),
                         generated: &self.generated,
                         frame_nat: &self.frame_nat,
+                        hit: false,
                     });
                 }
                 self.scratch = entry;
@@ -225,6 +263,7 @@ impl OvnLcore {
             entry: &self.scratch,
             generated: &self.generated,
             frame_nat: &self.frame_nat,
+            hit: false,
         })
     }
 }
