@@ -246,6 +246,17 @@ pub fn describe_key(k: &FlowKey) -> String {
                         k.icmp_code()
                     );
                 }
+                6 => {
+                    // The flags are part of the key: a SYN and an ACK of one
+                    // connection are different entries.
+                    let _ = write!(
+                        s,
+                        " tp.src={} tp.dst={} tcp.flags=0x{:03x}",
+                        k.tp_src(),
+                        k.tp_dst(),
+                        k.tcp_flags()
+                    );
+                }
                 _ => {
                     let _ = write!(s, " tp.src={} tp.dst={}", k.tp_src(), k.tp_dst());
                 }
