@@ -14,11 +14,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mac_text;
 use fastpath::conntrack::{Conntrack, ConntrackConfig, CtFilter};
 use fastpath::ovn::ct_engine::{received_packet, ConntrackEngine, LbAffinity, Mode};
 use fastpath::ovn::lcore::{CtInput, OvnLcore};
 use fastpath::stats::LcoreStats;
-use fastpath_packet::checksum::checksum;
 use ovsdb::testing::OvnCentral;
 
 const P1_MAC: [u8; 6] = [0x50, 0x54, 0, 0, 0, 1];
@@ -31,13 +31,6 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// sw0 (p1 10.0.0.11, p2 10.0.0.12) behind lr0 (10.0.0.1), a TCP load
 /// balancer 10.96.0.10:80 -> 10.0.0.12:8080 on sw0 and a stateful ACL
@@ -86,36 +79,7 @@ fn tcp_frame(
     dst: ([u8; 4], u16),
     flags: u8,
 ) -> Vec<u8> {
-    let payload = b"ping";
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&src.1.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    tcp.extend_from_slice(payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.0);
-    pseudo.extend_from_slice(&dst.0);
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(&tcp);
-    let c = checksum(&pseudo);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&src.0);
-    ip.extend_from_slice(&dst.0);
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
+    common::tcp_frame((dst_mac, src_mac), src, dst, 1, flags, b"ping")
 }
 
 /// One copy delivered: fastpath port, source and destination (address,

@@ -15,6 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{ethernet_frame, ipv4_packet, mac_text};
 use fastpath::conntrack::{Conntrack, ConntrackConfig};
 use fastpath::ovn::ct_engine::{frame_summary, ConntrackEngine, LbAffinity, Mode};
 use fastpath::ovn::lcore::{CtInput, OvnLcore};
@@ -39,13 +40,6 @@ const Q1: u16 = 2;
 
 const ECHO_REQUEST: u8 = 8;
 const ECHO_REPLY: u8 = 0;
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// sw0 (p1 10.0.0.11, p2 10.0.0.12) and sw1 (q1 10.1.0.11) behind lr0
 /// (10.0.0.1, 10.1.0.1); on sw0, p1 admits only TCP 8080 from p2
@@ -103,26 +97,6 @@ fn central() -> OvnCentral {
     ovn
 }
 
-fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], l4: &[u8]) -> Vec<u8> {
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip.extend_from_slice(l4);
-    ip
-}
-
-fn ethernet(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(ip);
-    f
-}
-
 /// An ICMP echo (request or reply) frame with valid checksums.
 fn echo(
     ty: u8,
@@ -138,25 +112,12 @@ fn echo(
     icmp.extend_from_slice(b"abcdefgh");
     let c = checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    ethernet(macs.0, macs.1, &ipv4(1, src, dst, &icmp))
+    ethernet_frame(macs.0, macs.1, &ipv4_packet(1, src, dst, &icmp))
 }
 
 /// A TCP SYN frame with valid checksums.
 fn syn(macs: ([u8; 6], [u8; 6]), src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&src.1.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.0);
-    pseudo.extend_from_slice(&dst.0);
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    pseudo.extend_from_slice(&tcp);
-    let c = checksum(&pseudo);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    ethernet(macs.0, macs.1, &ipv4(6, src.0, dst.0, &tcp))
+    common::tcp_frame(macs, src, dst, 0, 0x02, &[])
 }
 
 /// One echo delivered: fastpath port, source and destination addresses,

@@ -10,7 +10,7 @@ mod common;
 
 use fastpath_packet::checksum::checksum;
 
-use common::{receive, send, virtio_port, Fastpath};
+use common::{mac_text, receive, send, virtio_port, Fastpath};
 use fastpath_api::{LcoreFlows, LcoreInfo, Request, Stats, TablesInfo, TraceResult};
 use ovsdb::testing::OvnCentral;
 use std::path::PathBuf;
@@ -37,13 +37,6 @@ impl Drop for Central {
             let _ = c.wait();
         }
     }
-}
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl Central {
