@@ -77,6 +77,9 @@ enum Cmd {
     },
     /// MAC bindings the pipeline learned (put_arp, put_nd).
     Learned,
+    /// The Geneve tunnel: uplink, tunnel address, remote chassis and their
+    /// next hops, underlay neighbours.
+    Tunnel,
     /// The connection table (ct_next, ct_commit, ct_lb_mark, NAT).
     Conntrack {
         #[command(subcommand)]
@@ -439,6 +442,15 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 let t: fastpath_api::TraceResult = serde_json::from_value(v)?;
                 print!("{}", t.text);
+            }
+        }
+        Cmd::Tunnel => {
+            let v = client.call(&Request::Tunnel)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let t: fastpath_api::TunnelInfo = serde_json::from_value(v)?;
+                print!("{}", render::tunnel(&t));
             }
         }
         Cmd::Learned => {

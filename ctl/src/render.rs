@@ -219,6 +219,50 @@ pub fn flows(l: &[LcoreFlows]) -> String {
     out
 }
 
+/// `tunnel`.
+pub fn tunnel(t: &fastpath_api::TunnelInfo) -> String {
+    if !t.configured {
+        return "no tunnel configured ([tunnel] in the fastpath configuration)\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "uplink {} ({}), local {}, gateway {}, MTU {} (pods {})",
+        t.uplink,
+        t.mac,
+        t.local_ip,
+        t.gateway.as_deref().unwrap_or("none"),
+        t.mtu,
+        t.pod_mtu
+    );
+    let rows: Vec<Vec<String>> = t
+        .chassis
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.ip.clone(),
+                c.port.to_string(),
+                c.ports.to_string(),
+                c.next_hop.clone(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["CHASSIS", "IP", "PORT", "LPORTS", "NEXT HOP"],
+        &rows,
+    ));
+    let rows: Vec<Vec<String>> = t
+        .neighbors
+        .iter()
+        .map(|(ip, mac)| vec![ip.clone(), mac.clone()])
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["NEIGHBOR", "MAC"], &rows));
+    out
+}
+
 /// `learned`.
 pub fn learned(l: &[LearnedBinding]) -> String {
     let rows: Vec<Vec<String>> = l

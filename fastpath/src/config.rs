@@ -61,6 +61,46 @@ pub struct Config {
     /// Connection tracking, load-balancer affinity and expiry.
     #[serde(default)]
     pub conntrack: ConntrackSection,
+    /// The Geneve uplink to other chassis (none: ports bound elsewhere are
+    /// unreachable).
+    pub tunnel: Option<TunnelSection>,
+}
+
+/// `[tunnel]`: the port Geneve packets to and from other chassis use, and
+/// this chassis's tunnel address on it (the `Encap` IP the node role
+/// registers).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// The `[[port]]` that faces the underlay.
+    pub uplink: String,
+    /// This chassis's tunnel address with the underlay subnet's prefix
+    /// length, e.g. `192.168.100.11/24` (IPv4).
+    pub local_ip: String,
+    /// Next hop for remote chassis outside that subnet.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// The uplink MTU (outer IP packets); default: the port's `mtu`, else
+    /// 1500. Pods get 58 bytes less.
+    pub mtu: Option<u16>,
+}
+
+impl TunnelSection {
+    /// The tunnel address and prefix length.
+    pub fn address(&self) -> Result<(std::net::Ipv4Addr, u8), ConfigError> {
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "[tunnel] local_ip {:?} is not an IPv4 address with a prefix length (a.b.c.d/n)",
+                self.local_ip
+            ))
+        };
+        let (ip, prefix) = self.local_ip.split_once('/').ok_or_else(bad)?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(bad());
+        }
+        Ok((ip, prefix))
+    }
 }
 
 /// Where the compiled tables come from.
@@ -532,6 +572,25 @@ impl Config {
                 }
             }
         }
+        if let Some(t) = &self.tunnel {
+            if self.pipeline.kind != "ovn" {
+                return Err(ConfigError::Invalid(
+                    "[tunnel] needs pipeline kind \"ovn\"".into(),
+                ));
+            }
+            if self.port_index(&t.uplink).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "[tunnel] uplink {:?}: no port of that name",
+                    t.uplink
+                )));
+            }
+            t.address()?;
+            if t.mtu.is_some_and(|m| m < 576 + 58) {
+                return Err(ConfigError::Invalid(
+                    "[tunnel] mtu must leave pods at least 576 bytes (at least 634)".into(),
+                ));
+            }
+        }
         match self.pipeline.kind.as_str() {
             "xconnect" => {
                 let mut used = std::collections::HashSet::new();
@@ -594,6 +653,51 @@ mod tests {
         assert_eq!(c.workers[0].rx.len(), 2);
         let args = c.eal.args();
         assert_eq!(&args[..2], &["-l".to_string(), "1".to_string()]);
+    }
+
+    #[test]
+    fn tunnel_section_is_checked() {
+        let base = r#"
+[[port]]
+name = "uplink"
+devargs = "net_null0"
+[tables]
+path = "t"
+[pipeline]
+kind = "ovn"
+"#;
+        let ok = format!("{base}[tunnel]\nuplink = \"uplink\"\nlocal_ip = \"192.168.9.1/24\"\ngateway = \"192.168.9.254\"\n");
+        let c = Config::from_toml(&ok, "x").unwrap();
+        let t = c.tunnel.unwrap();
+        assert_eq!(t.address().unwrap(), ("192.168.9.1".parse().unwrap(), 24));
+        for (bad, says) in [
+            (
+                "uplink = \"nope\"\nlocal_ip = \"192.168.9.1/24\"",
+                "no port of that name",
+            ),
+            (
+                "uplink = \"uplink\"\nlocal_ip = \"192.168.9.1\"",
+                "prefix length",
+            ),
+            (
+                "uplink = \"uplink\"\nlocal_ip = \"192.168.9.1/33\"",
+                "prefix length",
+            ),
+            ("uplink = \"uplink\"\nlocal_ip = \"fd00::1/64\"", "IPv4"),
+            (
+                "uplink = \"uplink\"\nlocal_ip = \"192.168.9.1/24\"\nmtu = 600",
+                "576",
+            ),
+        ] {
+            let text = format!("{base}[tunnel]\n{bad}\n");
+            let e = Config::from_toml(&text, "x").unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let xconnect = ok.replace("kind = \"ovn\"", "kind = \"xconnect\"");
+        assert!(Config::from_toml(&xconnect, "x")
+            .unwrap_err()
+            .to_string()
+            .contains("needs pipeline kind"));
     }
 
     #[test]

@@ -47,6 +47,10 @@ use std::time::Instant;
 /// Number of fastpath port indexes (configured and run-time ports share
 /// them; the per-lcore port counters are sized for all of them).
 pub const MAX_PORTS: usize = 256;
+const _: () = assert!(MAX_PORTS <= fastpath_packet::flowkey::TUNNEL_IN_PORT as usize);
+
+/// The uplink MTU when neither `[tunnel] mtu` nor the port's `mtu` is set.
+pub const DEFAULT_UPLINK_MTU: u16 = 1500;
 
 /// Descriptors per queue of a run-time port.
 const RUNTIME_DESC: u16 = 1024;
@@ -218,6 +222,10 @@ struct State {
     conntrack: Arc<Conntrack>,
     /// Load-balancer affinity bindings.
     affinity: Arc<LbAffinity>,
+    /// The Geneve uplink, when configured.
+    underlay: Option<Arc<crate::underlay::Underlay>>,
+    /// Its port name.
+    uplink_name: String,
 }
 
 /// Entries `conntrack list` returns when the request names no limit.
@@ -488,8 +496,27 @@ impl State {
                                 e.outputs
                                     .iter()
                                     .map(|o| {
+                                        let geneve = o
+                                            .tunnel
+                                            .map(|t| {
+                                                let chassis = d
+                                                    .program
+                                                    .as_ref()
+                                                    .and_then(|p| {
+                                                        p.chassis.get(usize::from(t.chassis))
+                                                    })
+                                                    .map_or_else(
+                                                        || t.chassis.to_string(),
+                                                        |c| c.name.clone(),
+                                                    );
+                                                format!(
+                                                    " geneve(chassis={chassis},vni={},in={},out={})",
+                                                    t.vni, t.ingress, t.egress
+                                                )
+                                            })
+                                            .unwrap_or_default();
                                         format!(
-                                            "output:{}(port {}) {}",
+                                            "output:{}(port {}){geneve} {}",
                                             port_name(o.logical_port, e.generation),
                                             o.port,
                                             crate::ovn::trace::describe_rewrite(k, &o.rewrite)
@@ -615,6 +642,56 @@ impl State {
             })
             .collect();
         Response::ok(&ConntrackList { entries, truncated })
+    }
+
+    fn tunnel_info(&self) -> fastpath_api::TunnelInfo {
+        let Some(u) = &self.underlay else {
+            return fastpath_api::TunnelInfo::default();
+        };
+        let c = &u.config;
+        let mac = |m: &[u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
+        let program = self.tables.as_ref().and_then(|t| t.program.load_full());
+        let chassis = program
+            .as_ref()
+            .map(|p| {
+                p.chassis
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ch)| fastpath_api::RemoteChassisInfo {
+                        name: ch.name.clone(),
+                        ip: ch.ip.to_string(),
+                        port: ch.dst_port,
+                        next_hop: match u.next_hop(ch.ip) {
+                            Ok(hop) => match u.neighbor(hop) {
+                                Some(m) => format!("{hop} {}", mac(&m)),
+                                None => format!("{hop} unresolved"),
+                            },
+                            Err(e) => e.to_string(),
+                        },
+                        ports: p
+                            .ports
+                            .iter()
+                            .filter(|port| port.chassis == Some(i as u16))
+                            .count(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        fastpath_api::TunnelInfo {
+            configured: true,
+            uplink: self.uplink_name.clone(),
+            local_ip: format!("{}/{}", c.ip, c.prefix),
+            mac: mac(&c.mac),
+            gateway: c.gateway.map(|g| g.to_string()),
+            mtu: c.mtu,
+            pod_mtu: crate::tunnel::pod_mtu(c.mtu),
+            chassis,
+            neighbors: u
+                .neighbors()
+                .into_iter()
+                .map(|(ip, m)| (ip.to_string(), mac(&m)))
+                .collect(),
+        }
     }
 
     fn learned_bindings(&self) -> Response {
@@ -897,6 +974,7 @@ impl Handler for State {
             },
             Request::Trace { inport, packet } => self.trace(&inport, &packet),
             Request::LearnedBindings => self.learned_bindings(),
+            Request::Tunnel => Response::ok(&self.tunnel_info()),
             Request::ConntrackList { filter, limit } => self.conntrack_list(&filter, limit),
             Request::ConntrackCount => Response::ok(&ConntrackCount {
                 connections: self.conntrack.len(),
@@ -1036,6 +1114,31 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         // A restarted fastpath forwards with the last published tables at once.
         w.try_load();
     }
+    let underlay = match &cfg.tunnel {
+        Some(t) => {
+            let index = cfg
+                .port_index(&t.uplink)
+                .context("[tunnel] uplink names no port")?;
+            let (ip, prefix) = t.address()?;
+            let mtu = t.mtu.or(cfg.ports[index].mtu).unwrap_or(DEFAULT_UPLINK_MTU);
+            let config = crate::underlay::UnderlayConfig {
+                uplink: index,
+                mac: ports[index].mac(),
+                ip,
+                prefix,
+                gateway: t.gateway,
+                mtu,
+            };
+            log::info!(
+                "tunnel: Geneve on port {} ({}), local {ip}/{prefix}, uplink MTU {mtu}, pod MTU {}",
+                t.uplink,
+                config.mac.map(|b| format!("{b:02x}")).join(":"),
+                crate::tunnel::pod_mtu(mtu)
+            );
+            Some(Arc::new(crate::underlay::Underlay::new(config)))
+        }
+        None => None,
+    };
     let learned_queue = Arc::new(ArrayQueue::new(LEARNED_QUEUE));
     let mut commands = Vec::new();
     let mut port_commands = Vec::new();
@@ -1061,8 +1164,13 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
             Pipeline::Ovn { cache_entries } => {
                 let (tx, rx) = crossbeam::channel::bounded(4);
                 commands.push((w.lcore, tx));
+                let mut lcore = OvnLcore::new(*cache_entries, learned_queue.clone());
+                lcore.set_uplink(underlay.as_ref().map(|u| u.config.uplink as u16));
                 Some(OvnWorker {
-                    lcore: OvnLcore::new(*cache_entries, learned_queue.clone()),
+                    lcore,
+                    underlay: underlay.clone(),
+                    arp_throttle: Default::default(),
+                    program: None,
                     conntrack: ConntrackEngine::new(
                         conntrack.clone(),
                         affinity.clone(),
@@ -1121,6 +1229,12 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         learned: Mutex::new(VecDeque::new()),
         conntrack: conntrack.clone(),
         affinity: affinity.clone(),
+        underlay,
+        uplink_name: cfg
+            .tunnel
+            .as_ref()
+            .map(|t| t.uplink.clone())
+            .unwrap_or_default(),
     });
     let expiry_stop = Arc::new(AtomicBool::new(false));
     let expiry = {

@@ -20,4 +20,5 @@ pub mod pipeline;
 pub mod stats;
 pub mod tables;
 pub mod tunnel;
+pub mod underlay;
 pub mod worker;

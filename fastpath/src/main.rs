@@ -61,6 +61,19 @@ struct Cli {
     /// Shared-memory tables file to follow.
     #[arg(long)]
     tables: Option<PathBuf>,
+    /// Geneve uplink: the port facing the underlay (sets `[tunnel] uplink`).
+    #[arg(long, requires = "tunnel_ip")]
+    tunnel_uplink: Option<String>,
+    /// This chassis's tunnel address with prefix length, e.g.
+    /// 192.168.100.11/24 (`[tunnel] local_ip`).
+    #[arg(long, requires = "tunnel_uplink")]
+    tunnel_ip: Option<String>,
+    /// Next hop for remote chassis outside the uplink's subnet.
+    #[arg(long, requires = "tunnel_uplink")]
+    tunnel_gateway: Option<std::net::Ipv4Addr>,
+    /// Uplink MTU (default: the port's, else 1500).
+    #[arg(long, requires = "tunnel_uplink")]
+    tunnel_mtu: Option<u16>,
     /// Print the resolved configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -127,6 +140,14 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
     }
     if let Some(t) = &cli.tables {
         cfg.tables.path = Some(t.clone());
+    }
+    if let (Some(uplink), Some(ip)) = (&cli.tunnel_uplink, &cli.tunnel_ip) {
+        cfg.tunnel = Some(fastpath::config::TunnelSection {
+            uplink: uplink.clone(),
+            local_ip: ip.clone(),
+            gateway: cli.tunnel_gateway,
+            mtu: cli.tunnel_mtu,
+        });
     }
     cfg.eal.in_memory |= cli.in_memory;
     cfg.eal.no_pci |= cli.no_pci;

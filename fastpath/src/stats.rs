@@ -86,8 +86,9 @@ drop_reasons! {
     OvnUnknownInport = "ovn_unknown_inport",
     /// OVN: the pipeline changed a header the fastpath cannot rewrite.
     OvnRewrite = "ovn_rewrite_unsupported",
-    /// OVN: the logical output port has no local fastpath port (a remote
-    /// chassis: tunnels come later).
+    /// OVN: the logical output port has no local fastpath port and no
+    /// tunnel reaches it (a port bound nowhere, a chassis without a Geneve
+    /// encap, or a fastpath without a `[tunnel]` uplink).
     OvnRemoteOutport = "ovn_remote_outport",
     /// OVN: a generated packet (ARP, ICMP, ND) could not be built.
     OvnGenerate = "ovn_generate_failed",
@@ -107,6 +108,19 @@ drop_reasons! {
     CtNatRewrite = "ct_nat_rewrite",
     /// QoS: a `set_meter` policer dropped the packet above its rate.
     QosMeterDrop = "qos_meter_drop",
+    /// Tunnel: a Geneve packet was refused (also counted by its reason).
+    Tunnel = "tunnel",
+    /// Tunnel: the next hop towards the remote chassis has not answered
+    /// ARP yet (a request was sent).
+    TunnelNeighborUnresolved = "tunnel_neighbor_unresolved",
+    /// Tunnel: the inner packet does not fit the uplink MTU and cannot be
+    /// answered with "fragmentation needed" (IPv4 without DF).
+    TunnelInnerTooBig = "tunnel_inner_too_big",
+    /// Tunnel: no route to the remote chassis (outside the uplink's
+    /// subnet without a gateway, or not IPv4).
+    TunnelNoRoute = "tunnel_no_route",
+    /// Uplink: a frame that is neither Geneve to this chassis nor ARP.
+    UplinkNotTunnel = "uplink_not_tunnel",
 }
 
 impl DropReason {
@@ -144,6 +158,23 @@ impl LcoreStats {
             .unsupported_drops
             .get(usize::from(index))
             .or(self.unsupported_drops.get(last))
+        {
+            c.add(1);
+        }
+    }
+
+    /// Counts a refused tunnel packet (and under the general reason).
+    #[cold]
+    pub fn drop_tunnel(&self, e: &crate::tunnel::TunnelError) {
+        if let crate::tunnel::TunnelError::Packet(p) = e {
+            self.parse_drops[p.index()].add(1);
+            return self.drop_packets(DropReason::Malformed, 1);
+        }
+        self.drop_packets(DropReason::Tunnel, 1);
+        if let Some(c) = crate::tunnel::DROP_REASONS
+            .iter()
+            .position(|n| *n == e.name())
+            .and_then(|i| self.tunnel_drops.get(i))
         {
             c.add(1);
         }
@@ -193,6 +224,8 @@ pub struct LcoreStats {
     /// OVN drops at an unsupported action, by
     /// `fastpath_tables::ovn::UNSUPPORTED_ACTIONS` index.
     pub unsupported_drops: Box<[Counter]>,
+    /// Refused tunnel packets, by `crate::tunnel::DROP_REASONS` index.
+    pub tunnel_drops: Box<[Counter]>,
     /// Flow cache counters.
     pub cache: CacheCounters,
 }
@@ -230,6 +263,9 @@ impl LcoreStats {
                 .map(|_| Counter::default())
                 .collect(),
             unsupported_drops: (0..fastpath_tables::ovn::UNSUPPORTED_ACTIONS.len())
+                .map(|_| Counter::default())
+                .collect(),
+            tunnel_drops: (0..crate::tunnel::DROP_REASONS.len())
                 .map(|_| Counter::default())
                 .collect(),
             cache: CacheCounters::default(),
@@ -275,6 +311,12 @@ impl LcoreStats {
         for (name, c) in UNSUPPORTED_DROP_NAMES
             .iter()
             .zip(self.unsupported_drops.iter())
+        {
+            drops.push((name, c.get()));
+        }
+        for (name, c) in crate::tunnel::DROP_REASONS
+            .iter()
+            .zip(self.tunnel_drops.iter())
         {
             drops.push((name, c.get()));
         }

@@ -32,6 +32,8 @@ use crate::ovn::DropCause;
 use crate::pipeline::{Pipeline, PortIndex};
 use crate::stats::{DropReason, LcoreStats};
 use crate::tables::WorkerTables;
+use crate::tunnel::{self, MtuVerdict, TunnelError};
+use crate::underlay::{ArpOutcome, ArpThrottle, NextHopError, Underlay};
 use crossbeam::channel::{Receiver, Sender};
 use fastpath_packet::{FlowKey, Layout};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +123,12 @@ pub struct OvnWorker {
     pub tsc_hz: u64,
     /// The meters as of this burst (taken at each burst boundary).
     pub meter_view: Option<crate::meter::MeterView>,
+    /// The Geneve uplink and its neighbours, when a tunnel is configured.
+    pub underlay: Option<Arc<Underlay>>,
+    /// ARP requests this worker sent for unresolved next hops.
+    pub arp_throttle: ArpThrottle,
+    /// The program in use (the remote chassis of tunnelled outputs).
+    pub program: Option<Arc<crate::ovn::Program>>,
 }
 
 /// Everything one worker needs; moved onto its lcore.
@@ -182,6 +190,7 @@ impl Worker {
                     stats.table_generation.set(t.generation());
                     if let Some(o) = ovn.as_mut() {
                         o.lcore.set_program(t.program().cloned());
+                        o.program = t.program().cloned();
                     }
                 }
             }
@@ -231,7 +240,23 @@ impl Worker {
                     },
                     Pipeline::Ovn { .. } => match ovn.as_mut() {
                         Some(o) => {
-                            stage_burst(&mut burst, q.port, &o.lcore, &mut staged, &stats);
+                            if o.underlay
+                                .as_ref()
+                                .is_some_and(|u| u.config.uplink == q.port)
+                            {
+                                stage_uplink(
+                                    &mut burst,
+                                    q.port,
+                                    o,
+                                    &mut staged,
+                                    &mut tx,
+                                    &port_ids,
+                                    tx_queue,
+                                    &stats,
+                                );
+                            } else {
+                                stage_burst(&mut burst, q.port, &o.lcore, &mut staged, &stats);
+                            }
                             let mut hits = 0u64;
                             for (i, m) in burst.drain().enumerate() {
                                 // A packet that failed stage 2 was counted
@@ -473,6 +498,255 @@ fn stage_burst(
     }
 }
 
+/// Stages 1 to 3 for a burst from the Geneve uplink: ARP is answered or
+/// learned from; a Geneve packet to this chassis is decapsulated in place
+/// (the mbuf then holds the inner frame) and staged with the tunnel
+/// metadata in its key; anything else is dropped under a named reason.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn stage_uplink(
+    burst: &mut RxBurst,
+    in_port: PortIndex,
+    o: &mut OvnWorker,
+    staged: &mut Staged,
+    tx: &mut [TxBuffer],
+    port_ids: &[u16],
+    queue: u16,
+    stats: &LcoreStats,
+) {
+    staged.parsed = 0;
+    let Some(underlay) = o.underlay.clone() else {
+        return;
+    };
+    let local = underlay.local_endpoint();
+    for m in burst.as_slice() {
+        m.prefetch_data();
+    }
+    for (i, m) in burst.as_mut_slice().iter_mut().enumerate().take(BURST_SIZE) {
+        if m.segments() > 1 && !m.linearize() {
+            stats.drop_packets(DropReason::Malformed, 1);
+            continue;
+        }
+        let d = match tunnel::decapsulate(m.data(), &local) {
+            Ok(d) => d,
+            Err(
+                TunnelError::OuterNotIp
+                | TunnelError::OuterNotUdp
+                | TunnelError::WrongUdpPort
+                | TunnelError::WrongDestination,
+            ) => {
+                if o.frame.len() < crate::underlay::ARP_FRAME_LEN {
+                    o.frame.resize(crate::underlay::ARP_FRAME_LEN, 0);
+                }
+                match underlay.handle_arp(m.data(), &mut o.frame) {
+                    ArpOutcome::Reply(n) => send_frame(
+                        &o.pool,
+                        &o.frame[..n],
+                        underlay.config.uplink,
+                        tx,
+                        port_ids,
+                        queue,
+                        stats,
+                    ),
+                    ArpOutcome::Consumed => {}
+                    ArpOutcome::Malformed => stats.drop_packets(DropReason::Malformed, 1),
+                    ArpOutcome::NotArp => stats.drop_packets(DropReason::UplinkNotTunnel, 1),
+                }
+                continue;
+            }
+            Err(e) => {
+                stats.drop_tunnel(&e);
+                continue;
+            }
+        };
+        let tail = m.data_len().saturating_sub(d.inner_offset + d.inner_len);
+        if !m.adj(d.inner_offset as u16) || !m.trim(tail as u16) {
+            stats.drop_tunnel(&TunnelError::InnerTruncated);
+            continue;
+        }
+        match fastpath_packet::extract(m.data(), in_port as u16) {
+            Ok((mut key, layout)) => {
+                let meta = d.metadata;
+                if !key.set_tunnel(d.vni, meta.ingress_port, meta.egress_port) {
+                    stats.drop_tunnel(&TunnelError::VniOutOfRange(d.vni));
+                    continue;
+                }
+                let hash = crate::ovn::cache::key_hash(&key);
+                o.lcore.prefetch(hash);
+                staged.keys[i] = key;
+                staged.layouts[i] = layout;
+                staged.hashes[i] = hash;
+                staged.parsed |= 1 << i;
+            }
+            Err(e) => {
+                stats.parse_drops[e.index()].add(1);
+                stats.drop_packets(DropReason::Malformed, 1);
+            }
+        }
+    }
+    for (i, hash) in staged.hashes.iter().enumerate() {
+        if staged.parsed & (1 << i) != 0 {
+            o.lcore.prefetch_slot(*hash);
+        }
+    }
+}
+
+/// Sends a frame built in a buffer (ARP, ICMP) from a fresh mbuf.
+#[cold]
+fn send_frame(
+    pool: &Mempool,
+    frame: &[u8],
+    out: PortIndex,
+    tx: &mut [TxBuffer],
+    port_ids: &[u16],
+    queue: u16,
+    stats: &LcoreStats,
+) {
+    match Mbuf::from_bytes(pool, frame) {
+        Some(p) => enqueue(p, out, tx, port_ids, queue, stats),
+        None => stats.drop_packets(DropReason::NoMbuf, 1),
+    }
+}
+
+/// The parts of a worker a tunnelled copy needs.
+struct TunnelSend<'a> {
+    underlay: &'a Underlay,
+    program: &'a crate::ovn::Program,
+    pool: &'a Mempool,
+    /// Scratch for ARP requests and ICMP answers.
+    frame: &'a mut Vec<u8>,
+    throttle: &'a mut ArpThrottle,
+    tsc_hz: u64,
+    now: u64,
+}
+
+impl<'a> TunnelSend<'a> {
+    /// The parts, when the worker has an uplink and a program.
+    #[inline(always)]
+    fn of(
+        underlay: &'a Option<Arc<Underlay>>,
+        program: &'a Option<Arc<crate::ovn::Program>>,
+        pool: &'a Mempool,
+        frame: &'a mut Vec<u8>,
+        throttle: &'a mut ArpThrottle,
+        tsc_hz: u64,
+        now: u64,
+    ) -> Option<TunnelSend<'a>> {
+        Some(TunnelSend {
+            underlay: underlay.as_deref()?,
+            program: program.as_deref()?,
+            pool,
+            frame,
+            throttle,
+            tsc_hz,
+            now,
+        })
+    }
+}
+
+/// Encapsulates `pkt` (the inner frame, rewritten) for the remote chassis
+/// of `t` and queues it on the uplink. An inner packet too big for the
+/// uplink is answered with "fragmentation needed" / "packet too big" on
+/// `reply_port` (the port it came from) when the sender can be told; an
+/// unresolved next hop drops the packet and asks for it with ARP (at most
+/// ten times a second per worker and next hop).
+#[allow(clippy::too_many_arguments)]
+fn send_tunnelled(
+    mut pkt: Mbuf,
+    t: &crate::ovn::cache::TunnelOut,
+    reply_port: Option<PortIndex>,
+    ts: &mut TunnelSend<'_>,
+    tx: &mut [TxBuffer],
+    port_ids: &[u16],
+    queue: u16,
+    stats: &LcoreStats,
+) {
+    let Some(chassis) = ts.program.chassis.get(usize::from(t.chassis)) else {
+        stats.drop_packets(DropReason::OvnRemoteOutport, 1);
+        return;
+    };
+    let uplink = ts.underlay.config.uplink;
+    let encap = match ts.underlay.encap(chassis, t) {
+        Ok(e) => e,
+        Err(NextHopError::NoRoute(_)) => {
+            stats.drop_packets(DropReason::TunnelNoRoute, 1);
+            return;
+        }
+        Err(NextHopError::Unresolved(hop)) => {
+            stats.drop_packets(DropReason::TunnelNeighborUnresolved, 1);
+            if ts.throttle.should_request(hop, ts.now, ts.tsc_hz / 10) {
+                ts.frame.resize(crate::underlay::ARP_FRAME_LEN, 0);
+                if let Some(n) = ts.underlay.arp_request(hop, ts.frame) {
+                    send_frame(ts.pool, &ts.frame[..n], uplink, tx, port_ids, queue, stats);
+                }
+            }
+            return;
+        }
+    };
+    match tunnel::check_mtu(pkt.data(), ts.underlay.config.mtu, false) {
+        MtuVerdict::Fits => {}
+        MtuVerdict::SendTooBig { mtu } => {
+            answer_too_big(&pkt, mtu, reply_port, ts, tx, port_ids, queue, stats);
+            stats.drop_packets(DropReason::TunnelInnerTooBig, 1);
+            return;
+        }
+        MtuVerdict::Drop => {
+            stats.drop_packets(DropReason::TunnelInnerTooBig, 1);
+            return;
+        }
+    }
+    let hl = encap.header_len();
+    let inner_len = pkt.data_len();
+    if pkt.prepend(hl as u16).is_none() {
+        stats.drop_tunnel(&TunnelError::NoHeadroom {
+            needed: hl,
+            available: usize::from(pkt.headroom()),
+        });
+        return;
+    }
+    if let Err(e) = tunnel::encapsulate_in_place(pkt.data_mut(), hl, inner_len, &encap) {
+        stats.drop_tunnel(&e);
+        return;
+    }
+    enqueue(pkt, uplink, tx, port_ids, queue, stats);
+}
+
+/// Answers an inner packet too big for the tunnel, back on the port it
+/// came from, from the address it was sent to (as Linux answers for a
+/// bridged tunnel).
+#[cold]
+#[allow(clippy::too_many_arguments)]
+fn answer_too_big(
+    pkt: &Mbuf,
+    mtu: u16,
+    reply_port: Option<PortIndex>,
+    ts: &mut TunnelSend<'_>,
+    tx: &mut [TxBuffer],
+    port_ids: &[u16],
+    queue: u16,
+    stats: &LcoreStats,
+) {
+    let Some(port) = reply_port else {
+        return;
+    };
+    let Ok((key, _)) = fastpath_packet::extract(pkt.data(), 0) else {
+        return;
+    };
+    let dst = std::net::Ipv6Addr::from(key.dst());
+    let responder = tunnel::Responder {
+        mac: key.eth_dst(),
+        ipv4: dst
+            .to_ipv4_mapped()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ipv6: dst,
+    };
+    ts.frame.resize(2048, 0);
+    match tunnel::too_big_reply(pkt.data(), mtu, &responder, ts.frame) {
+        Ok(n) => send_frame(ts.pool, &ts.frame[..n], port, tx, port_ids, queue, stats),
+        Err(e) => stats.drop_tunnel(&e),
+    }
+}
+
 /// Stage 4: one staged packet through the OVN pipeline: cache (or
 /// interpreter), rewrite, copies for extra outputs, generated packets.
 /// Returns whether the decision was a cache hit (the caller counts a
@@ -505,6 +779,9 @@ fn ovn_packet(
         conntrack,
         meter_view,
         tsc_hz,
+        underlay,
+        arp_throttle,
+        program,
         ..
     } = o;
     // ICMP needs the frame (echo identifier, quoted header of an error);
@@ -536,13 +813,25 @@ fn ovn_packet(
             return hit;
         }
     }
+    // The port a packet came in on (none for one from the tunnel).
+    let in_port = key.tunnel().is_none().then(|| usize::from(key.in_port()));
     for g in d.generated {
-        match crate::ovn::generate::build(g.kind, &g.vector, m.data(), &layout, frame) {
-            Ok(()) => match Mbuf::from_bytes(pool, frame) {
-                Some(p) => enqueue(p, usize::from(g.port), tx, port_ids, queue, stats),
-                None => stats.drop_packets(DropReason::NoMbuf, 1),
-            },
-            Err(_) => stats.drop_packets(DropReason::OvnGenerate, 1),
+        let built = crate::ovn::generate::build(g.kind, &g.vector, m.data(), &layout, frame);
+        if built.is_err() {
+            stats.drop_packets(DropReason::OvnGenerate, 1);
+            continue;
+        }
+        let Some(p) = Mbuf::from_bytes(pool, frame) else {
+            stats.drop_packets(DropReason::NoMbuf, 1);
+            continue;
+        };
+        let Some(t) = g.tunnel else {
+            enqueue(p, usize::from(g.port), tx, port_ids, queue, stats);
+            continue;
+        };
+        match TunnelSend::of(underlay, program, pool, frame, arp_throttle, *tsc_hz, now) {
+            Some(mut ts) => send_tunnelled(p, &t, in_port, &mut ts, tx, port_ids, queue, stats),
+            None => stats.drop_packets(DropReason::OvnRemoteOutport, 1),
         }
     }
     let outs = &d.entry.outputs;
@@ -554,6 +843,7 @@ fn ovn_packet(
     }
     let last = outs.len() - 1;
     let mut original = Some(m);
+    let mut ts = TunnelSend::of(underlay, program, pool, frame, arp_throttle, *tsc_hz, now);
     for (i, out) in outs.iter().enumerate() {
         let pkt = if i == last {
             original.take()
@@ -568,7 +858,11 @@ fn ovn_packet(
             stats.drop_packets(DropReason::OvnRewrite, 1);
             continue;
         }
-        enqueue(pkt, usize::from(out.port), tx, port_ids, queue, stats);
+        match (&out.tunnel, ts.as_mut()) {
+            (None, _) => enqueue(pkt, usize::from(out.port), tx, port_ids, queue, stats),
+            (Some(t), Some(ts)) => send_tunnelled(pkt, t, in_port, ts, tx, port_ids, queue, stats),
+            (Some(_), None) => stats.drop_packets(DropReason::OvnRemoteOutport, 1),
+        }
     }
     hit
 }

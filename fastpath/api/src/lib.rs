@@ -50,6 +50,10 @@ pub enum Request {
     /// MAC bindings learned by `put_arp`/`put_nd` since start (most recent
     /// last, bounded).
     LearnedBindings,
+    /// The Geneve tunnel: the uplink, this chassis's tunnel address, the
+    /// remote chassis of the tables in use and the underlay neighbours;
+    /// answered with [`TunnelInfo`].
+    Tunnel,
     /// Creates a port at run time (DPDK hotplug) and hands it to the
     /// workers; answered with [`AddedPort`]. Adding a port that exists with
     /// the same kind answers its id again.
@@ -254,6 +258,45 @@ pub struct TraceOutput {
     pub fastpath_port: Option<u16>,
     /// `field=value` terms set, or what generated the packet.
     pub rewrite: String,
+}
+
+/// Answer to [`Request::Tunnel`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TunnelInfo {
+    /// Whether a `[tunnel]` is configured (all else is empty otherwise).
+    pub configured: bool,
+    /// The uplink port's name.
+    pub uplink: String,
+    /// This chassis's tunnel address with prefix length.
+    pub local_ip: String,
+    /// The uplink's MAC.
+    pub mac: String,
+    /// Next hop outside the uplink's subnet, if any.
+    pub gateway: Option<String>,
+    /// Uplink MTU.
+    pub mtu: u16,
+    /// The MTU pods get (uplink MTU - 58).
+    pub pod_mtu: u16,
+    /// Remote chassis of the tables in use.
+    pub chassis: Vec<RemoteChassisInfo>,
+    /// Underlay neighbours learned by ARP: (address, MAC).
+    pub neighbors: Vec<(String, String)>,
+}
+
+/// One remote chassis in [`TunnelInfo`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoteChassisInfo {
+    /// `Chassis.name`.
+    pub name: String,
+    /// Tunnel address.
+    pub ip: String,
+    /// UDP port.
+    pub port: u16,
+    /// The next hop towards it and its MAC ("" when unresolved, or no
+    /// route).
+    pub next_hop: String,
+    /// Logical ports bound to it in the tables in use.
+    pub ports: usize,
 }
 
 /// A MAC binding learned by the pipeline.

@@ -20,7 +20,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Byte ranges of the key's fields.
 pub mod field {
     use crate::Field;
-    /// Logical input port (u16).
+    /// Input port (u16): the fastpath port; for a packet that arrived
+    /// through the Geneve tunnel, [`super::TUNNEL_IN_PORT`] | bits 0..15 of
+    /// its VNI (see [`super::FlowKey::set_tunnel`]).
     pub const IN_PORT: Field = 0..2;
     /// EtherType after any VLAN tags (`eth.type`).
     pub const ETH_TYPE: Field = 2..4;
@@ -46,7 +48,7 @@ pub mod field {
     pub const ICMP_TYPE: usize = 25;
     /// `icmp4.code` / `icmp6.code`.
     pub const ICMP_CODE: usize = 26;
-    /// Always zero.
+    /// Bits 15..23 of a tunnelled packet's VNI; zero otherwise.
     pub const RESERVED: usize = 27;
     /// `tcp.flags` (12 bits).
     pub const TCP_FLAGS: Field = 28..30;
@@ -68,7 +70,9 @@ pub mod field {
     pub const SHA: Field = 88..94;
     /// `arp.tha` / `nd.tll`.
     pub const THA: Field = 94..100;
-    /// Padding to a multiple of 8, always zero.
+    /// A tunnelled packet's logical ingress port key (u16) then egress port
+    /// key (u16), from the Geneve OVN option; zero otherwise. (Also the
+    /// padding of the key to a multiple of 8.)
     pub const PAD: Field = 100..104;
 }
 
@@ -87,6 +91,14 @@ pub mod flags {
     /// An L4 header (TCP, UDP, SCTP, ICMP) was parsed.
     pub const L4: u8 = 0x20;
 }
+
+/// The flag bit of [`field::IN_PORT`] that marks a packet received through
+/// the Geneve tunnel (fastpath port ids stay below it).
+pub const TUNNEL_IN_PORT: u16 = 0x8000;
+
+/// The largest VNI a key can carry (23 bits: 15 in the in-port, 8 in the
+/// reserved byte).
+pub const MAX_KEY_VNI: u32 = (1 << 23) - 1;
 
 /// Size of a [`FlowKey`] in bytes.
 pub const KEY_LEN: usize = field::PAD.end;
@@ -178,8 +190,42 @@ impl FlowKey {
         FlowKey { bytes }
     }
 
-    u16_field!(/// Logical input port.
+    u16_field!(/// Input port (see [`field::IN_PORT`]).
         in_port, set_in_port, field::IN_PORT);
+
+    /// Marks the key as a packet that arrived through the Geneve tunnel
+    /// with datapath `vni` and logical ingress/egress port keys: the
+    /// tunnel metadata becomes part of the key, so that flows from
+    /// different remote ports or to different local ports are told apart.
+    /// `false` (key unchanged) when `vni` exceeds [`MAX_KEY_VNI`].
+    #[inline]
+    pub fn set_tunnel(&mut self, vni: u32, ingress: u16, egress: u16) -> bool {
+        if vni > MAX_KEY_VNI {
+            return false;
+        }
+        self.set_in_port(TUNNEL_IN_PORT | (vni & 0x7fff) as u16);
+        self.bytes[field::RESERVED] = (vni >> 15) as u8;
+        self.bytes[field::PAD.start..field::PAD.start + 2].copy_from_slice(&ingress.to_be_bytes());
+        self.bytes[field::PAD.start + 2..field::PAD.end].copy_from_slice(&egress.to_be_bytes());
+        true
+    }
+
+    /// The tunnel metadata (VNI, ingress port key, egress port key) of a
+    /// key made by [`FlowKey::set_tunnel`].
+    #[inline]
+    pub fn tunnel(&self) -> Option<(u32, u16, u16)> {
+        let port = self.in_port();
+        if port & TUNNEL_IN_PORT == 0 {
+            return None;
+        }
+        let vni = u32::from(port & 0x7fff) | u32::from(self.bytes[field::RESERVED]) << 15;
+        let p = field::PAD.start;
+        Some((
+            vni,
+            u16::from_be_bytes([self.bytes[p], self.bytes[p + 1]]),
+            u16::from_be_bytes([self.bytes[p + 2], self.bytes[p + 3]]),
+        ))
+    }
     u16_field!(/// `eth.type`, after any VLAN tags.
         eth_type, set_eth_type, field::ETH_TYPE);
     u16_field!(/// TCI of the outer VLAN tag, 0 if none.
@@ -749,6 +795,24 @@ mod tests {
     const V6_2: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
     const MAC_1: MacAddr = [2, 0, 0, 0, 0, 1];
     const MAC_2: MacAddr = [2, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn tunnel_metadata_round_trips_and_is_part_of_the_key() {
+        let mut k = FlowKey::zeroed();
+        k.set_in_port(3);
+        assert_eq!(k.tunnel(), None);
+        assert!(k.set_tunnel(MAX_KEY_VNI, 0x7fff, 0xffff));
+        assert_eq!(k.tunnel(), Some((MAX_KEY_VNI, 0x7fff, 0xffff)));
+        let mut other = k;
+        assert!(other.set_tunnel(5, 1, 2));
+        assert_eq!(other.tunnel(), Some((5, 1, 2)));
+        assert_ne!(k, other);
+        let mut same = other;
+        assert!(same.set_tunnel(5, 1, 2));
+        assert_eq!(same, other);
+        assert!(!other.set_tunnel(MAX_KEY_VNI + 1, 1, 2));
+        assert_eq!(other.tunnel(), Some((5, 1, 2)));
+    }
 
     /// (cut below this length, expected error), in increasing length.
     type Cuts = &'static [(usize, ParseError)];

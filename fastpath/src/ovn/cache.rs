@@ -116,15 +116,37 @@ impl EntryDrop {
 }
 
 /// One output of a cached flow: a local fastpath port and the header
-/// rewrites of the copy sent there.
+/// rewrites of the copy sent there, or the uplink and the Geneve header
+/// of a copy sent to a remote chassis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachedOutput {
-    /// Port index in the fastpath's configuration.
+    /// Port index in the fastpath's configuration (the uplink for a
+    /// tunnelled copy).
     pub port: u16,
     /// Logical output port index in the program (for dumps).
     pub logical_port: u32,
-    /// Header rewrites.
+    /// Header rewrites (of the inner frame for a tunnelled copy).
     pub rewrite: Rewrite,
+    /// The copy is encapsulated to a remote chassis.
+    pub tunnel: Option<TunnelOut>,
+}
+
+/// The Geneve metadata of a tunnelled output: everything of the outer
+/// headers that depends on the flow (addresses and the next hop's MAC
+/// come from the remote chassis and the neighbour table when sent, so
+/// that a neighbour change needs no revalidation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelOut {
+    /// Remote chassis index in the program.
+    pub chassis: u16,
+    /// The inner flow's hash (the outer UDP source port derives from it).
+    pub flow_hash: u32,
+    /// VNI: the logical datapath's tunnel key.
+    pub vni: u32,
+    /// Logical ingress port key.
+    pub ingress: u16,
+    /// Logical egress port key, or a multicast group key.
+    pub egress: u16,
 }
 
 /// The outputs of an entry, in emission order: up to two held inline (the
@@ -651,6 +673,7 @@ mod tests {
                 port,
                 logical_port: 0,
                 rewrite: Rewrite::identity(FlowKey::zeroed()),
+                tunnel: None,
             }),
             ..Default::default()
         }
@@ -808,6 +831,7 @@ mod tests {
             port,
             logical_port: u32::from(port),
             rewrite: Rewrite::identity(FlowKey::zeroed()),
+            tunnel: None,
         };
         let mut o = Outputs::default();
         assert!(o.is_empty());

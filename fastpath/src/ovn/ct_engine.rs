@@ -200,6 +200,9 @@ pub struct ConntrackEngine {
     echo_id: Option<u16>,
     ops: Vec<EngineOp>,
     zones: Vec<ZoneResult>,
+    /// The zone of the last operation of this packet (what OVS's
+    /// `ct_nw_dst` / `ct_tp_dst` describe: the last `ct()` executed).
+    last_zone: Option<CtZone>,
 }
 
 impl ConntrackEngine {
@@ -215,6 +218,7 @@ impl ConntrackEngine {
             echo_id: None,
             ops: Vec::new(),
             zones: Vec::new(),
+            last_zone: None,
         }
     }
 
@@ -242,6 +246,7 @@ impl ConntrackEngine {
         self.received = received;
         self.ops.clear();
         self.zones.clear();
+        self.last_zone = None;
     }
 
     /// The operations of the last packet, in the order of its verdict's
@@ -373,6 +378,7 @@ impl ConntrackEngine {
             Some(z) => *z = zr,
             None => self.zones.push(zr),
         }
+        self.last_zone = Some(zone);
         CtResult {
             state: r.state,
             mark: r.mark,
@@ -382,6 +388,30 @@ impl ConntrackEngine {
 
     fn zone_result(&self, zone: CtZone) -> Option<&ZoneResult> {
         self.zones.iter().find(|z| z.zone == zone)
+    }
+
+    /// `chk_lb_hairpin_reply()` as ovn-controller implements it: the
+    /// hairpinned connection taught a flow that matches its reply as the
+    /// backend sends it, from the backend's address and port to the
+    /// address its client was translated to (the VIP, `ct_snat_to_vip`'s
+    /// default) at the client's port. Here: the packet is such a reply
+    /// when `zone` holds a load-balanced connection whose client is the
+    /// backend itself (its reply tuple is the packet's, addressed back to
+    /// its own source) and whose VIP is the packet's destination. Read
+    /// only, in both modes.
+    fn hairpin_reply_to_vip(&self, zone: CtZone, v: &FlowVector) -> bool {
+        let mut p = CtPacket::from_key(&v.key());
+        if p.class != PacketClass::Trackable || !has_ports(p.tuple.proto) {
+            return false;
+        }
+        let vip = p.tuple.dst;
+        p.tuple.dst = p.tuple.src;
+        let r = self.ct.peek(zone, &p, self.now);
+        r.conn.is_some()
+            && r.state & ct_state::RPL != 0
+            && r.state & ct_state::DNAT != 0
+            && r.original
+                .is_some_and(|o| o.src == p.tuple.src && o.dst == vip)
     }
 
     /// A read-only commit of a new connection shows what the commit would
@@ -586,7 +616,13 @@ impl ConntrackHook for ConntrackEngine {
     }
 
     fn original_tuple(&self, zone: CtZone, _: &FlowVector) -> Option<CtTuple> {
-        let t = self.zone_result(zone)?.original?;
+        // A zone the packet was not tracked in yet (`ct_snat_to_vip` commits
+        // in the switch's SNAT zone, after `ct_lb` in the port's zone):
+        // the connection of the last operation, as OVS's `ct_nw_dst` is.
+        let z = self
+            .zone_result(zone)
+            .or_else(|| self.last_zone.and_then(|l| self.zone_result(l)))?;
+        let t = z.original?;
         Some(CtTuple {
             src: t.src,
             dst: t.dst,
@@ -602,6 +638,9 @@ impl ConntrackHook for ConntrackEngine {
         // backend to itself (and its port is still the backend's). Reply:
         // the backend answers itself; after the reverse translation the
         // source is the VIP again, with the VIP's port.
+        if reply && self.hairpin_reply_to_vip(zone, v) {
+            return Ok(true);
+        }
         let Some(z) = self.zone_result(zone) else {
             return Ok(false);
         };
@@ -981,13 +1020,30 @@ mod tests {
         e.load_balance(5, &mut v, &lb(&only)).unwrap();
         assert!(e.lb_hairpin(5, &v, false).unwrap());
         assert!(!e.lb_hairpin(5, &v, true).unwrap());
+        // `ct_snat_to_vip` in another zone (the switch's SNAT zone) learns
+        // the VIP from the connection of the last operation.
+        let t = e.original_tuple(9, &v).expect("the last operation's");
+        assert_eq!((t.dst, t.tp_dst), (a4(100), 80));
         e.begin(2, 60, None);
         let mut reply = tcp(12, 8080, 12, 5555, SYN | ACK);
         e.load_balance(5, &mut reply, &lb(&[])).unwrap();
         assert!(e.lb_hairpin(5, &reply, true).unwrap());
         assert!(!e.lb_hairpin(5, &reply, false).unwrap());
-        // An ordinary client is no hairpin.
+        // The reply as the backend sends it after `ct_snat_to_vip`: to the
+        // VIP at the client's port, unknown in this zone.
         e.begin(3, 60, None);
+        let mut to_vip = tcp(12, 8080, 100, 5555, ACK);
+        e.load_balance(5, &mut to_vip, &lb(&[])).unwrap();
+        assert!(e.lb_hairpin(5, &to_vip, true).unwrap());
+        assert!(!e.lb_hairpin(5, &to_vip, false).unwrap());
+        // Not to the VIP, or not at the client's port: no hairpin reply.
+        let elsewhere = tcp(12, 8080, 101, 5555, ACK);
+        assert!(!e.lb_hairpin(5, &elsewhere, true).unwrap());
+        let other_port = tcp(12, 8080, 100, 5556, ACK);
+        assert!(!e.lb_hairpin(5, &other_port, true).unwrap());
+
+        // An ordinary client is no hairpin.
+        e.begin(4, 60, None);
         let mut w = tcp(11, 5555, 100, 80, SYN);
         e.load_balance(5, &mut w, &lb(&only)).unwrap();
         assert!(!e.lb_hairpin(5, &w, false).unwrap());

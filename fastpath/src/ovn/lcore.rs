@@ -27,7 +27,8 @@ use crossbeam::queue::ArrayQueue;
 use fastpath_packet::FlowKey;
 
 use super::cache::{
-    key_hash, CachedCt, CachedOutput, EntryDrop, FlowCache, FlowEntry, Lookup, MAX_CACHED_CT,
+    key_hash, CachedCt, CachedOutput, EntryDrop, FlowCache, FlowEntry, Lookup, TunnelOut,
+    MAX_CACHED_CT,
 };
 use super::ct::{ConntrackHook, CtOpKind, CtResult, NoConntrack};
 use super::ct_engine::ConntrackEngine;
@@ -48,6 +49,8 @@ pub struct GeneratedPacket {
     pub kind: Generated,
     /// Its final vector.
     pub vector: FlowVector,
+    /// Sent through the tunnel (`port` is then the uplink).
+    pub tunnel: Option<TunnelOut>,
 }
 
 /// What to do with one packet.
@@ -93,6 +96,8 @@ pub struct OvnLcore {
     learned: Arc<ArrayQueue<Learned>>,
     /// Bindings lost because the queue was full.
     pub learned_lost: u64,
+    /// The fastpath port of the Geneve uplink, if a tunnel is configured.
+    uplink: Option<u16>,
 }
 
 impl OvnLcore {
@@ -107,7 +112,15 @@ impl OvnLcore {
             frame_nat: Vec::new(),
             learned,
             learned_lost: 0,
+            uplink: None,
         }
+    }
+
+    /// Sends copies for ports of remote chassis through the Geneve uplink
+    /// `uplink` (a fastpath port index); without one they are dropped as
+    /// `ovn_remote_outport`.
+    pub fn set_uplink(&mut self, uplink: Option<u16>) {
+        self.uplink = uplink;
     }
 
     /// Takes up a new program (at a burst boundary). Entries of older
@@ -215,6 +228,7 @@ impl OvnLcore {
             &mut self.frame_nat,
             &self.learned,
             &mut self.learned_lost,
+            self.uplink,
             program,
             key,
             pkt_len,
@@ -329,6 +343,7 @@ fn run(
     frame_nat: &mut Vec<Translation>,
     learned: &ArrayQueue<Learned>,
     learned_lost: &mut u64,
+    uplink: Option<u16>,
     program: &Program,
     key: &FlowKey,
     pkt_len: u32,
@@ -340,20 +355,28 @@ fn run(
         generation: program.generation,
         ..Default::default()
     };
-    let Some(inport) = program.port_by_fastpath(key.in_port()) else {
-        entry.drop = Some(EntryDrop::Pipeline(super::DropCause::UnknownInport));
-        return (entry, true);
+    // A packet from the tunnel enters the egress pipeline the sender
+    // chose; any other enters the ingress pipeline of its port.
+    let entry_point = match key.tunnel() {
+        Some((vni, ingress, egress)) => Entry::Tunnel((vni, u32::from(ingress), u32::from(egress))),
+        None => match program.port_by_fastpath(key.in_port()) {
+            Some(inport) => Entry::Port(inport),
+            None => {
+                entry.drop = Some(EntryDrop::Pipeline(super::DropCause::UnknownInport));
+                return (entry, true);
+            }
+        },
     };
     let mut no_engine = NoConntrack;
     let (verdict, engine) = match ct {
         Some(ct) => {
             ct.engine.begin(ct.now_ns, ct.ip_len, ct.received);
             let hook: &mut dyn ConntrackHook = &mut *ct.engine;
-            let v = interpreter.run_with(program, inport, key, pkt_len, hook);
+            let v = entry_point.run(interpreter, program, key, pkt_len, hook);
             (v, Some(&*ct.engine))
         }
         None => (
-            interpreter.run_with(program, inport, key, pkt_len, &mut no_engine),
+            entry_point.run(interpreter, program, key, pkt_len, &mut no_engine),
             None,
         ),
     };
@@ -402,6 +425,32 @@ fn run(
     let mut remote = false;
     let mut unwritable = false;
     for em in &verdict.emissions {
+        if let Some(chassis) = em.tunnel {
+            let Some(t) = uplink.and_then(|_| tunnel_out(chassis, key, &em.vector)) else {
+                remote = true;
+                continue;
+            };
+            let port = uplink.unwrap_or_default();
+            if let Some(kind) = em.generated {
+                generated.push(GeneratedPacket {
+                    port,
+                    kind,
+                    vector: em.vector,
+                    tunnel: Some(t),
+                });
+                continue;
+            }
+            match Rewrite::plan(&base, &em.vector) {
+                Ok(rewrite) => entry.outputs.push(CachedOutput {
+                    port,
+                    logical_port: em.port,
+                    rewrite,
+                    tunnel: Some(t),
+                }),
+                Err(_) => unwritable = true,
+            }
+            continue;
+        }
         let Some(port) = program
             .ports
             .get(em.port as usize)
@@ -415,6 +464,7 @@ fn run(
                 port,
                 kind,
                 vector: em.vector,
+                tunnel: None,
             });
             continue;
         }
@@ -423,6 +473,7 @@ fn run(
                 port,
                 logical_port: em.port,
                 rewrite,
+                tunnel: None,
             }),
             Err(_) => unwritable = true,
         }
@@ -445,4 +496,50 @@ fn run(
     }
     let cacheable = !verdict.length_dependent && !verdict.generated && ct_cacheable;
     (entry, cacheable)
+}
+
+/// Where a packet enters the logical pipeline.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// The ingress pipeline of a local logical port (index).
+    Port(u32),
+    /// The egress pipeline, from the tunnel: (datapath, inport, outport)
+    /// keys.
+    Tunnel((u32, u32, u32)),
+}
+
+impl Entry {
+    fn run<'i>(
+        self,
+        interpreter: &'i mut Interpreter,
+        program: &Program,
+        key: &FlowKey,
+        pkt_len: u32,
+        hook: &mut dyn ConntrackHook,
+    ) -> &'i super::Verdict {
+        match self {
+            Entry::Port(inport) => interpreter.run_with(program, inport, key, pkt_len, hook),
+            Entry::Tunnel(meta) => interpreter.run_from_tunnel(program, meta, key, pkt_len, hook),
+        }
+    }
+}
+
+/// The Geneve metadata of a copy for `chassis`: the datapath, inport and
+/// outport keys of its vector, and a hash of the flow for the outer source
+/// port. `None` when a key does not fit the Geneve header (a datapath key
+/// over 24 bits, an inport key over 15): such a copy cannot be tunnelled.
+fn tunnel_out(chassis: u16, key: &FlowKey, v: &FlowVector) -> Option<TunnelOut> {
+    let vni = v.u32_at(fastpath_tables::ovn::vector::DATAPATH.start);
+    let ingress = u16::try_from(v.inport()).ok()?;
+    let egress = u16::try_from(v.outport()).ok()?;
+    if vni > crate::tunnel::MAX_VNI || ingress > crate::tunnel::MAX_INGRESS_KEY {
+        return None;
+    }
+    Some(TunnelOut {
+        chassis,
+        flow_hash: (key_hash(key) >> 32) as u32,
+        vni,
+        ingress,
+        egress,
+    })
 }

@@ -2,7 +2,8 @@
 //! OVN sections, built by the table watcher off the hot path: datapaths by
 //! key with one [`Classifier`] per (pipeline, table) and the pass-through
 //! tables the interpreter may skip, ports by key and by name, multicast
-//! groups, MAC bindings, and the flows' instructions.
+//! groups, MAC bindings, the flows' instructions, and the remote chassis
+//! (Geneve endpoints) that ports bound elsewhere are reached through.
 //!
 //! Owns loading and lookups; it must not execute actions. Everything is
 //! copied out of the shared mapping, so a program outlives its snapshot and
@@ -92,6 +93,22 @@ pub struct Port {
     pub security: Vec<OvnPortSecurity>,
     /// Conntrack zone of the port (switch ct); 0 if none.
     pub zone: u16,
+    /// Index in [`Program::chassis`] of the remote chassis the port is
+    /// bound to (its packets leave through the tunnel), if any.
+    pub chassis: Option<u16>,
+}
+
+/// A remote chassis: where Geneve packets for its ports go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// `Chassis.name`.
+    pub name: String,
+    /// Tunnel address (`Encap.ip`).
+    pub ip: std::net::IpAddr,
+    /// UDP destination port.
+    pub dst_port: u16,
+    /// Fill outer UDP checksums.
+    pub csum: bool,
 }
 
 /// One multicast group.
@@ -139,6 +156,8 @@ pub struct Program {
     pub flows: Vec<Flow>,
     /// All instructions.
     pub code: Vec<OvnInstruction>,
+    /// Remote chassis, by index (ascending by name).
+    pub chassis: Vec<RemoteEndpoint>,
     dp_by_key: HashMap<u32, u32>,
     port_by_key: HashMap<(u32, u32), u32>,
     port_by_name: HashMap<String, u32>,
@@ -202,7 +221,30 @@ impl Program {
                 name,
                 security,
                 zone: 0,
+                chassis: None,
             });
+        }
+        let view = sections.remote_chassis();
+        for c in view.entries() {
+            p.chassis.push(RemoteEndpoint {
+                name: view.name(c).unwrap_or_default(),
+                ip: c
+                    .addr()
+                    .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                dst_port: c.dst_port,
+                csum: c.wants_checksum(),
+            });
+        }
+        for r in sections.remote_ports() {
+            // Both indices were checked by the slot validation; the
+            // lookups stay defensive all the same.
+            if let (Some(port), Ok(chassis)) =
+                (p.ports.get_mut(r.port as usize), u16::try_from(r.chassis))
+            {
+                if usize::from(chassis) < p.chassis.len() && !port.local {
+                    port.chassis = Some(chassis);
+                }
+            }
         }
         for z in s.ct_zones {
             let Some(&dp) = p.dp_by_key.get(&z.datapath) else {

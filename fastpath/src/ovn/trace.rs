@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use fastpath_packet::flowkey::{field, flags};
 use fastpath_packet::FlowKey;
-use fastpath_tables::ovn::pipeline;
+use fastpath_tables::ovn::{pipeline, vector};
 
 use super::ct::{CtOpKind, NatDirection};
 use super::interpreter::{Interpreter, TraceEvent};
@@ -206,9 +206,12 @@ fn addr(k: &[u8], v4: bool) -> String {
 pub fn describe_key(k: &FlowKey) -> String {
     let b = k.as_bytes();
     let fl = k.flags();
+    let port = match k.tunnel() {
+        Some((vni, ingress, egress)) => format!("tunnel(vni={vni},in={ingress},out={egress})"),
+        None => format!("in_port={}", k.in_port()),
+    };
     let mut s = format!(
-        "in_port={} eth.src={} eth.dst={}",
-        k.in_port(),
+        "{port} eth.src={} eth.dst={}",
         mac(&b[field::ETH_SRC]),
         mac(&b[field::ETH_DST])
     );
@@ -335,6 +338,13 @@ pub fn render(program: &Program, inport: u32, key: &FlowKey, it: &Interpreter) -
             .map(|p| p.name.as_str())
             .unwrap_or("?")
     };
+    let chassis_name = |i: u16| {
+        program
+            .chassis
+            .get(usize::from(i))
+            .map(|c| format!("{} ({})", c.name, c.ip))
+            .unwrap_or_else(|| "?".into())
+    };
     let _ = writeln!(s, "packet: {}", describe_key(key));
     let _ = writeln!(
         s,
@@ -389,6 +399,19 @@ pub fn render(program: &Program, inport: u32, key: &FlowKey, it: &Interpreter) -
             TraceEvent::Output { port, .. } => {
                 let _ = writeln!(s, "     output to \"{}\"", port_name(*port));
             }
+            TraceEvent::Tunnel {
+                port,
+                outport,
+                chassis,
+                ..
+            } => {
+                let _ = writeln!(
+                    s,
+                    "     output to \"{}\" through the tunnel to chassis {} (outport key {outport})",
+                    port_name(*port),
+                    chassis_name(*chassis)
+                );
+            }
         }
     }
     let v = &it.verdict;
@@ -401,12 +424,21 @@ pub fn render(program: &Program, inport: u32, key: &FlowKey, it: &Interpreter) -
         let _ = writeln!(s, "  drop ({cause})");
     }
     for em in &v.emissions {
-        let fp = program
-            .ports
-            .get(em.port as usize)
-            .and_then(|p| p.fastpath_port)
-            .map(|p| format!("fastpath port {p}"))
-            .unwrap_or_else(|| "no local fastpath port".into());
+        let fp = match em.tunnel {
+            Some(c) => format!(
+                "Geneve to chassis {}, vni {} inport key {} outport key {}",
+                chassis_name(c),
+                em.vector.u32_at(vector::DATAPATH.start),
+                em.vector.inport(),
+                em.vector.outport()
+            ),
+            None => program
+                .ports
+                .get(em.port as usize)
+                .and_then(|p| p.fastpath_port)
+                .map(|p| format!("fastpath port {p}"))
+                .unwrap_or_else(|| "no local fastpath port".into()),
+        };
         let what = match em.generated {
             Some(g) => format!("generated {g:?}: {}", describe_key(&em.vector.key())),
             None => match Rewrite::plan(key, &em.vector) {

@@ -9,6 +9,11 @@
 //! packets are encapsulated (the fastpath's tunnel module) nor read the
 //! Southbound (the compiler does). The hook and dump are registered in
 //! [`crate::sections::KNOWN_SECTIONS`] through [`REMOTE_CHASSIS_SPEC`].
+//!
+//! Beside it, the remote-port section ([`SectionKind::REMOTE_PORTS`], 41,
+//! [`RemotePort`]): which logical port (an index into the OVN port section)
+//! is bound to which remote chassis (an index into this section), so that
+//! the fastpath sends a packet for that port through the tunnel.
 
 use std::fmt::Write as _;
 use std::mem::size_of;
@@ -24,7 +29,29 @@ use crate::sections::{SectionKind, SectionSpec, SlotSections, Strings};
 impl SectionKind {
     /// Remote chassis ([`RemoteChassis`]).
     pub const REMOTE_CHASSIS: SectionKind = SectionKind(40);
+    /// Logical ports bound to remote chassis ([`RemotePort`]).
+    pub const REMOTE_PORTS: SectionKind = SectionKind(41);
 }
+
+/// The registry entry of the remote-port section.
+pub const REMOTE_PORTS_SPEC: SectionSpec = SectionSpec {
+    kind: SectionKind::REMOTE_PORTS,
+    name: "remote-ports",
+    element_size: size_of::<RemotePort>() as u32,
+    validate: validate_remote_ports,
+    dump: dump_remote_ports,
+};
+
+/// One logical port bound to a remote chassis.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct RemotePort {
+    /// Index of the port in the OVN port section.
+    pub port: u32,
+    /// Index of its chassis in the remote-chassis section.
+    pub chassis: u32,
+}
+const _: () = assert!(size_of::<RemotePort>() == 8);
 
 /// The registry entry of the remote-chassis section.
 pub const REMOTE_CHASSIS_SPEC: SectionSpec = SectionSpec {
@@ -190,6 +217,108 @@ fn dump_remote_chassis(sections: &SlotSections<'_>) -> String {
     sections.remote_chassis().dump()
 }
 
+/// Why remote-port entries are malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemotePortError {
+    /// The port index is outside the OVN port section.
+    #[error("remote port {index}: port {port} outside the port section")]
+    Port {
+        /// Entry index.
+        index: usize,
+        /// The port index found.
+        port: u32,
+    },
+    /// The chassis index is outside the remote-chassis section.
+    #[error("remote port {index}: chassis {chassis} outside the remote-chassis section")]
+    Chassis {
+        /// Entry index.
+        index: usize,
+        /// The chassis index found.
+        chassis: u32,
+    },
+    /// Entries are not strictly ascending by port (a port bound twice).
+    #[error("remote port {index}: not in ascending port order")]
+    Order {
+        /// Entry index.
+        index: usize,
+    },
+}
+
+/// Checks every remote-port entry against the sizes of the port and
+/// remote-chassis sections.
+pub fn check_remote_ports(
+    entries: &[RemotePort],
+    ports: usize,
+    chassis: usize,
+) -> Result<(), RemotePortError> {
+    let mut previous: Option<u32> = None;
+    for (index, r) in entries.iter().enumerate() {
+        if r.port as usize >= ports {
+            return Err(RemotePortError::Port {
+                index,
+                port: r.port,
+            });
+        }
+        if r.chassis as usize >= chassis {
+            return Err(RemotePortError::Chassis {
+                index,
+                chassis: r.chassis,
+            });
+        }
+        if previous.is_some_and(|p| p >= r.port) {
+            return Err(RemotePortError::Order { index });
+        }
+        previous = Some(r.port);
+    }
+    Ok(())
+}
+
+fn validate_remote_ports(sections: &SlotSections<'_>) -> Result<(), RefusalReason> {
+    let entries = sections
+        .typed::<RemotePort>(SectionKind::REMOTE_PORTS)
+        .ok_or(RefusalReason::ElementSize)?;
+    let ports = sections
+        .typed::<crate::ovn::OvnLogicalPort>(SectionKind::OVN_PORTS)
+        .map_or(0, <[_]>::len);
+    let chassis = sections.remote_chassis().entries().len();
+    check_remote_ports(entries, ports, chassis).map_err(|_| RefusalReason::OvnReference)
+}
+
+fn dump_remote_ports(sections: &SlotSections<'_>) -> String {
+    let view = sections.remote_chassis();
+    let ports = crate::ovn::OvnSections::of(sections);
+    let mut out = String::new();
+    for r in sections.remote_ports() {
+        let port = ports
+            .ports
+            .get(r.port as usize)
+            .map(|p| ports.string(p.name))
+            .unwrap_or_else(|| "<invalid>".into());
+        let chassis = view
+            .entries()
+            .get(r.chassis as usize)
+            .and_then(|c| view.name(c))
+            .unwrap_or_else(|| "<invalid>".into());
+        let _ = writeln!(out, "port {port} on chassis {chassis}");
+    }
+    out
+}
+
+/// Adds the remote-port section; `bindings` are (port index, chassis
+/// index) pairs, sorted here.
+pub fn add_remote_ports(
+    builder: &mut SlotBuilder,
+    bindings: &[(u32, u32)],
+) -> Result<(), BuildError> {
+    let mut entries: Vec<RemotePort> = bindings
+        .iter()
+        .map(|&(port, chassis)| RemotePort { port, chassis })
+        .collect();
+    entries.sort_by_key(|r| r.port);
+    entries.dedup_by_key(|r| r.port);
+    builder.add_section(SectionKind::REMOTE_PORTS, &entries)
+}
+
 /// Adds the remote-chassis section, sorted by name.
 pub fn add_remote_chassis(
     builder: &mut SlotBuilder,
@@ -224,6 +353,11 @@ pub struct RemoteChassisView<'a> {
 }
 
 impl<'a> SlotSections<'a> {
+    /// The logical ports bound to remote chassis (empty if none).
+    pub fn remote_ports(&self) -> &'a [RemotePort] {
+        self.typed(SectionKind::REMOTE_PORTS).unwrap_or(&[])
+    }
+
     /// The remote chassis (empty if the slot has none).
     pub fn remote_chassis(&self) -> RemoteChassisView<'a> {
         RemoteChassisView {
@@ -387,6 +521,75 @@ mod tests {
         assert_eq!(
             ChassisError::BadName { index: 0 }.refusal(),
             RefusalReason::BadStringRef
+        );
+    }
+
+    #[test]
+    fn remote_ports_build_validate_and_refuse() {
+        let mut b = SlotBuilder::new();
+        add_remote_chassis(
+            &mut b,
+            &[
+                chassis("a", "192.0.2.2", false),
+                chassis("b", "192.0.2.3", false),
+            ],
+        )
+        .unwrap();
+        let name = b.intern("p0").unwrap();
+        let port = crate::ovn::OvnLogicalPort {
+            datapath: 1,
+            key: 1,
+            kind: 0,
+            flags: 0,
+            fastpath_port: crate::ovn::NONE_U16,
+            peer: crate::ovn::NONE_U32,
+            name,
+            first_security: 0,
+            security_count: 0,
+        };
+        b.add_section(SectionKind::OVN_PORTS, &[port, port])
+            .unwrap();
+        add_remote_ports(&mut b, &[(1, 1), (0, 0)]).unwrap();
+        let bytes = b.finish(1, 0);
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let slot = validate_slot(bytes).unwrap();
+        let sections = slot.sections(bytes);
+        assert_eq!(validate_remote_ports(&sections), Ok(()));
+        let entries = sections.remote_ports();
+        assert_eq!(
+            entries,
+            &[
+                RemotePort {
+                    port: 0,
+                    chassis: 0
+                },
+                RemotePort {
+                    port: 1,
+                    chassis: 1
+                }
+            ]
+        );
+        assert_eq!(
+            dump_remote_ports(&sections),
+            "port p0 on chassis a\nport p0 on chassis b\n"
+        );
+        assert_eq!(
+            check_remote_ports(entries, 1, 2),
+            Err(RemotePortError::Port { index: 1, port: 1 })
+        );
+        assert_eq!(
+            check_remote_ports(entries, 2, 1),
+            Err(RemotePortError::Chassis {
+                index: 1,
+                chassis: 1
+            })
+        );
+        let swapped = [entries[1], entries[0]];
+        assert_eq!(
+            check_remote_ports(&swapped, 2, 2),
+            Err(RemotePortError::Order { index: 1 })
         );
     }
 

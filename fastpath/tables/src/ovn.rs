@@ -579,9 +579,10 @@ pub mod zone_kind {
     /// The conntrack zone of a logical port (switch ingress from it,
     /// egress to it).
     pub const PORT: u8 = 0;
-    /// A router's DNAT zone (also its common zone).
+    /// A datapath's DNAT zone (a router's NAT and common zone).
     pub const DNAT: u8 = 1;
-    /// A router's SNAT zone.
+    /// A datapath's SNAT zone (a router's SNAT; a switch's hairpin
+    /// `ct_snat_to_vip`).
     pub const SNAT: u8 = 2;
 }
 

@@ -155,6 +155,9 @@ pub const KNOWN_SECTIONS: &[SectionSpec] = &[
     },
     #[cfg(not(loom))]
     crate::chassis::REMOTE_CHASSIS_SPEC,
+    // After the remote chassis and the OVN ports it refers to.
+    #[cfg(not(loom))]
+    crate::chassis::REMOTE_PORTS_SPEC,
 ];
 
 /// The spec of a known kind.

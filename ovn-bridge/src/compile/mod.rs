@@ -70,6 +70,8 @@ pub struct CompileStats {
     pub rejected: usize,
     /// Flows holding an unsupported action, by action name.
     pub unsupported: BTreeMap<String, usize>,
+    /// Logical ports bound to a remote chassis (reached through Geneve).
+    pub remote_ports: usize,
 }
 
 /// A compiled snapshot: the slot contents plus statistics.
@@ -193,7 +195,7 @@ pub fn compile(db: &Database, opts: &CompileOptions) -> Result<Compiled, Compile
 }
 
 /// Conntrack zones numbered 1, 2, ... in a stable order: every port by
-/// (datapath key, port key), then each router's DNAT and SNAT zone. Keys
+/// (datapath key, port key), then each datapath's DNAT and SNAT zone. Keys
 /// are named as the node role's zone table names them: the logical port,
 /// or `<datapath uuid>_dnat` / `<datapath uuid>_snat`.
 pub fn deterministic_zones(db: &Database) -> Result<BTreeMap<String, u16>, CompileError> {
@@ -204,10 +206,7 @@ pub fn deterministic_zones(db: &Database) -> Result<BTreeMap<String, u16>, Compi
     ports.retain(|p| key.contains_key(&p.datapath));
     ports.sort_by_key(|p| (key[&p.datapath], p.tunnel_key));
     let mut owners: Vec<String> = ports.into_iter().map(|p| p.logical_port).collect();
-    for d in dps
-        .iter()
-        .filter(|d| d.external_ids.contains_key("logical-router"))
-    {
+    for d in &dps {
         owners.push(format!("{}_dnat", d.uuid));
         owners.push(format!("{}_snat", d.uuid));
     }
@@ -261,17 +260,17 @@ pub fn compile_with_zones(
             .cloned()
             .unwrap_or_else(|| d.uuid.to_string());
         dp_key.insert(d.uuid, key);
-        if kind == datapath_kind::ROUTER {
-            for (suffix, zk) in [("dnat", zone_kind::DNAT), ("snat", zone_kind::SNAT)] {
-                if let Some(&zone) = zones.get(&format!("{}_{suffix}", d.uuid)) {
-                    ct_zones.push(OvnCtZone {
-                        datapath: key,
-                        port: NONE_U32,
-                        kind: zk,
-                        reserved: 0,
-                        zone,
-                    });
-                }
+        // Every datapath has its DNAT and SNAT zones, as ovn-controller
+        // allocates them: a router's NAT, a switch's hairpin SNAT.
+        for (suffix, zk) in [("dnat", zone_kind::DNAT), ("snat", zone_kind::SNAT)] {
+            if let Some(&zone) = zones.get(&format!("{}_{suffix}", d.uuid)) {
+                ct_zones.push(OvnCtZone {
+                    datapath: key,
+                    port: NONE_U32,
+                    kind: zk,
+                    reserved: 0,
+                    zone,
+                });
             }
         }
         datapaths.push(OvnDatapath {
@@ -575,7 +574,32 @@ pub fn compile_with_zones(
     b.add_section(SectionKind::OVN_ACTIONS, &program)?;
     b.add_section(SectionKind::OVN_CT_ZONES, &ct_zones)?;
     b.add_section(SectionKind::OVN_FLOWS, &flows)?;
-    chassis::compile_remote_chassis(db, &opts.chassis, &mut b)?;
+    let remote = chassis::compile_remote_chassis(db, &opts.chassis, &mut b)?;
+    // Ports bound to another chassis: the fastpath tunnels to them.
+    let chassis_index: HashMap<&str, u32> = remote
+        .chassis
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i as u32))
+        .collect();
+    let chassis_name: HashMap<Uuid, &str> =
+        chassis.iter().map(|c| (c.uuid, c.name.as_str())).collect();
+    let bindings: Vec<(u32, u32)> = pb_rows
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            !matches!(
+                port_kind_of(&p.r#type),
+                port_kind::PATCH | port_kind::LOCALNET | port_kind::LOCALPORT
+            )
+        })
+        .filter_map(|(i, p)| {
+            let name = chassis_name.get(&p.chassis?)?;
+            Some((i as u32, *chassis_index.get(name)?))
+        })
+        .collect();
+    stats.remote_ports = bindings.len();
+    fastpath_tables::chassis::add_remote_ports(&mut b, &bindings)?;
     Ok(Compiled { builder: b, stats })
 }
 

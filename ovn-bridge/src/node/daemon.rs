@@ -621,10 +621,8 @@ async fn run(
             let dps: Vec<sb::DatapathBinding> = db.rows().unwrap_or_default();
             let locals = local_datapaths(&db, &local);
             for d in dps.iter().filter(|d| locals.contains(&d.uuid)) {
-                if d.external_ids.contains_key("logical-router") {
-                    owners.insert(format!("{}_dnat", d.uuid));
-                    owners.insert(format!("{}_snat", d.uuid));
-                }
+                owners.insert(format!("{}_dnat", d.uuid));
+                owners.insert(format!("{}_snat", d.uuid));
             }
             let mut changed = state.retain_zones(&owners);
             for o in &owners {
