@@ -14,6 +14,16 @@
 //! ([`compile_with_zones`]) or, for the one-shot entry point, are numbered
 //! deterministically ([`deterministic_zones`]).
 //!
+//! Compilation is incremental across snapshots when the caller keeps a
+//! [`CompileMemo`] ([`compile_incremental`]): the result of each logical
+//! flow (instructions and per-datapath rules) is kept under its row UUID
+//! with a fingerprint of everything it was computed from — its texts, table,
+//! priority and datapaths, and the current values of the names it refers to
+//! (ports' keys and residency, address sets, port groups and their members'
+//! keys). A flow whose fingerprint is unchanged is not parsed, normalised
+//! or compiled again, so a pod added or a policy edited costs the flows it
+//! touches plus assembling the slot.
+//!
 //! A flow whose action cannot be executed by the fastpath yet compiles to an
 //! explicit `UNSUPPORTED` instruction naming the action (the packet is dropped
 //! and counted under that name), and the compiler logs each such action once
@@ -220,6 +230,17 @@ pub fn compile_with_zones(
     db: &Database,
     opts: &CompileOptions,
     zones: Option<&BTreeMap<String, u16>>,
+) -> Result<Compiled, CompileError> {
+    compile_incremental(db, opts, zones, &mut CompileMemo::default())
+}
+
+/// [`compile_with_zones`] reusing (and refreshing) the per-flow results
+/// kept in `memo` by earlier calls; see the module documentation.
+pub fn compile_incremental(
+    db: &Database,
+    opts: &CompileOptions,
+    zones: Option<&BTreeMap<String, u16>>,
+    memo: &mut CompileMemo,
 ) -> Result<Compiled, CompileError> {
     let own_zones;
     let zones = match zones {
@@ -446,6 +467,9 @@ pub fn compile_with_zones(
     let mut flows: Vec<OvnFlow> = Vec::new();
     let mut tests: Vec<OvnMatchTest> = Vec::new();
     let mut program: Vec<OvnInstruction> = Vec::new();
+    let mut seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    memo.reused = 0;
+    memo.compiled = 0;
     for lf in &lflows {
         let pipe = if lf.pipeline == "egress" {
             pipeline::EGRESS
@@ -472,32 +496,52 @@ pub fn compile_with_zones(
         if dps.is_empty() {
             continue;
         }
-        let parsed_match = match parse_match(&lf.r#match) {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("logical flow {}: match {:?}: {e}", lf.uuid, lf.r#match);
-                stats.rejected += 1;
-                continue;
-            }
-        };
-        let parsed_actions = match parse_actions(&lf.actions) {
-            Ok(a) => a,
-            Err(e) => {
-                log::warn!("logical flow {}: actions {:?}: {e}", lf.uuid, lf.actions);
-                stats.rejected += 1;
-                continue;
-            }
-        };
-        let mut ctx = actions::ActionContext {
-            symtab: &symtab,
-            ports: &port_index,
+        seen.insert(lf.uuid);
+        let inputs = FlowInputs {
+            lf,
+            pipe,
             table,
-            pipeline: pipe,
-            unsupported: Vec::new(),
-            pending: Vec::new(),
+            priority,
+            dps: &dps,
+            ports: &port_index,
+            address_sets: &address_sets,
+            port_groups: &port_groups,
         };
-        let code = ctx.compile(&parsed_actions);
-        for name in &ctx.unsupported {
+        let entry = match memo.flows.get_mut(&lf.uuid) {
+            Some(e) if e.same_texts(lf) => {
+                let fp = inputs.fingerprint(&e.refs);
+                if e.fingerprint == fp {
+                    memo.reused += 1;
+                    &*e
+                } else {
+                    memo.compiled += 1;
+                    e.outcome = compile_flow(&inputs, &symtab);
+                    e.fingerprint = fp;
+                    &*e
+                }
+            }
+            _ => {
+                memo.compiled += 1;
+                let refs = FlowRefs::of(&lf.r#match, &lf.actions);
+                let e = MemoEntry {
+                    fingerprint: inputs.fingerprint(&refs),
+                    match_text: lf.r#match.clone(),
+                    actions_text: lf.actions.clone(),
+                    refs,
+                    outcome: compile_flow(&inputs, &symtab),
+                };
+                memo.flows.insert(lf.uuid, e);
+                &memo.flows[&lf.uuid]
+            }
+        };
+        let outcome = &entry.outcome;
+        if outcome.rejected {
+            stats.rejected += 1;
+        }
+        let Some(code) = &outcome.code else {
+            continue;
+        };
+        for name in &outcome.unsupported {
             let n = stats.unsupported.entry(name.clone()).or_insert(0);
             if *n == 0 {
                 log::info!(
@@ -511,40 +555,14 @@ pub fn compile_with_zones(
         }
         let first_action = program.len() as u32;
         let action_count = code.len() as u32;
-        program.extend_from_slice(&code);
+        program.extend_from_slice(code);
         let stage = b.intern(lf.external_ids.get("stage-name").map_or("", |s| s.as_str()))?;
         let match_text = b.intern(&lf.r#match)?;
         let actions_text = b.intern(&lf.actions)?;
-        // A match naming port groups is normalised per datapath (SB port
-        // groups are per datapath); others once for all.
-        let per_datapath = lf.r#match.contains('@');
-        let mut shared: Option<Vec<Vec<OvnMatchTest>>> = None;
-        for &dp in &dps {
-            let sets = SbSets {
-                address_sets: &address_sets,
-                port_groups: &port_groups,
-                datapath_key: dp,
-            };
-            let rules = if let (false, Some(r)) = (per_datapath, &shared) {
-                r.clone()
-            } else {
-                let dnf = match normalize(&parsed_match, &symtab, &sets) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        log::warn!("logical flow {}: match {:?}: {e}", lf.uuid, lf.r#match);
-                        stats.rejected += 1;
-                        break;
-                    }
-                };
-                let r = matches::compile_dnf(&dnf, &port_index);
-                if !per_datapath {
-                    shared = Some(r.clone());
-                }
-                r
-            };
+        for (dp, rules) in &outcome.rules {
             for rule in rules {
                 flows.push(OvnFlow {
-                    datapath: dp,
+                    datapath: *dp,
                     pipeline: pipe,
                     table,
                     priority,
@@ -558,10 +576,11 @@ pub fn compile_with_zones(
                     lflow: uuid_prefix(&lf.uuid),
                     reserved: 0,
                 });
-                tests.extend_from_slice(&rule);
+                tests.extend_from_slice(rule);
             }
         }
     }
+    memo.flows.retain(|u, _| seen.contains(u));
     stats.rules = flows.len();
 
     b.add_section(SectionKind::OVN_DATAPATHS, &datapaths)?;
@@ -601,6 +620,199 @@ pub fn compile_with_zones(
     stats.remote_ports = bindings.len();
     fastpath_tables::chassis::add_remote_ports(&mut b, &bindings)?;
     Ok(Compiled { builder: b, stats })
+}
+
+/// The per-flow results kept between compilations (see the module
+/// documentation).
+#[derive(Debug, Default)]
+pub struct CompileMemo {
+    flows: HashMap<Uuid, MemoEntry>,
+    /// Logical flows whose kept result was reused by the last compilation.
+    pub reused: usize,
+    /// Logical flows the last compilation compiled.
+    pub compiled: usize,
+}
+
+impl CompileMemo {
+    /// Logical flows held.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct MemoEntry {
+    fingerprint: u64,
+    match_text: String,
+    actions_text: String,
+    refs: FlowRefs,
+    outcome: FlowOutcome,
+}
+
+impl MemoEntry {
+    fn same_texts(&self, lf: &sb::LogicalFlow) -> bool {
+        self.match_text == lf.r#match && self.actions_text == lf.actions
+    }
+}
+
+/// What compiling one logical flow gave.
+#[derive(Debug, Clone, Default)]
+struct FlowOutcome {
+    /// The instructions; `None` when the match or the actions did not parse.
+    code: Option<Vec<OvnInstruction>>,
+    /// Unsupported action names met.
+    unsupported: Vec<String>,
+    /// The rules (conjunctions of tests) per datapath key.
+    rules: Vec<(u32, Vec<Vec<OvnMatchTest>>)>,
+    /// The flow (or its match for some datapath) was refused.
+    rejected: bool,
+}
+
+/// The names a flow's texts refer to: quoted strings (port and group
+/// names), `$address_sets` and `@port_groups`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FlowRefs {
+    strings: Vec<String>,
+    address_sets: Vec<String>,
+    port_groups: Vec<String>,
+}
+
+impl FlowRefs {
+    fn of(match_text: &str, actions_text: &str) -> FlowRefs {
+        use ovn_lflow::lexer::{tokenize, Token};
+        let mut r = FlowRefs::default();
+        for text in [match_text, actions_text] {
+            // A text that does not tokenize is refused by the parser: its
+            // result depends on nothing else.
+            for (t, _) in tokenize(text).unwrap_or_default() {
+                match t {
+                    Token::Str(s) => r.strings.push(s),
+                    Token::AddressSet(s) => r.address_sets.push(s),
+                    Token::PortGroup(s) => r.port_groups.push(s),
+                    _ => {}
+                }
+            }
+        }
+        for v in [&mut r.strings, &mut r.address_sets, &mut r.port_groups] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        r
+    }
+}
+
+/// Everything compiling one logical flow reads.
+struct FlowInputs<'a> {
+    lf: &'a sb::LogicalFlow,
+    pipe: u8,
+    table: u8,
+    priority: u16,
+    dps: &'a [u32],
+    ports: &'a PortIndex,
+    address_sets: &'a HashMap<String, Vec<String>>,
+    port_groups: &'a HashMap<String, Vec<String>>,
+}
+
+impl FlowInputs<'_> {
+    /// A hash of every input the flow's result depends on.
+    fn fingerprint(&self, refs: &FlowRefs) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.pipe, self.table, self.priority, self.dps).hash(&mut h);
+        let port = |name: &str, h: &mut std::collections::hash_map::DefaultHasher| {
+            self.ports.keys.get(name).hash(h);
+            self.ports.resident.get(name).hash(h);
+        };
+        for s in &refs.strings {
+            s.hash(&mut h);
+            port(s, &mut h);
+        }
+        for a in &refs.address_sets {
+            a.hash(&mut h);
+            self.address_sets.get(a).hash(&mut h);
+        }
+        for g in &refs.port_groups {
+            g.hash(&mut h);
+            for dp in self.dps {
+                let members = self
+                    .port_groups
+                    .get(&format!("{dp}_{g}"))
+                    .or_else(|| self.port_groups.get(g));
+                members.hash(&mut h);
+                for m in members.into_iter().flatten() {
+                    port(m, &mut h);
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+/// Parses, normalises and compiles one logical flow.
+fn compile_flow(i: &FlowInputs<'_>, symtab: &SymbolTable) -> FlowOutcome {
+    let lf = i.lf;
+    let mut out = FlowOutcome::default();
+    let parsed_match = match parse_match(&lf.r#match) {
+        Ok(m) => m,
+        Err(e) => {
+            log::warn!("logical flow {}: match {:?}: {e}", lf.uuid, lf.r#match);
+            out.rejected = true;
+            return out;
+        }
+    };
+    let parsed_actions = match parse_actions(&lf.actions) {
+        Ok(a) => a,
+        Err(e) => {
+            log::warn!("logical flow {}: actions {:?}: {e}", lf.uuid, lf.actions);
+            out.rejected = true;
+            return out;
+        }
+    };
+    let mut ctx = actions::ActionContext {
+        symtab,
+        ports: i.ports,
+        table: i.table,
+        pipeline: i.pipe,
+        unsupported: Vec::new(),
+        pending: Vec::new(),
+    };
+    out.code = Some(ctx.compile(&parsed_actions));
+    out.unsupported = ctx.unsupported;
+    // A match naming port groups is normalised per datapath (SB port
+    // groups are per datapath); others once for all.
+    let per_datapath = lf.r#match.contains('@');
+    let mut shared: Option<Vec<Vec<OvnMatchTest>>> = None;
+    for &dp in i.dps {
+        let sets = SbSets {
+            address_sets: i.address_sets,
+            port_groups: i.port_groups,
+            datapath_key: dp,
+        };
+        let rules = if let (false, Some(r)) = (per_datapath, &shared) {
+            r.clone()
+        } else {
+            let dnf = match normalize(&parsed_match, symtab, &sets) {
+                Ok(d) => d,
+                Err(e) => {
+                    log::warn!("logical flow {}: match {:?}: {e}", lf.uuid, lf.r#match);
+                    out.rejected = true;
+                    break;
+                }
+            };
+            let r = matches::compile_dnf(&dnf, i.ports);
+            if !per_datapath {
+                shared = Some(r.clone());
+            }
+            r
+        };
+        out.rules.push((dp, rules));
+    }
+    out
 }
 
 fn rows<T: ovsdb::TableRow>(db: &Database) -> Result<Vec<T>, CompileError> {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use fastpath_tables::{TableFile, Writer};
 use ovsdb::{Client, ClientOptions, MonitorTable};
 
-use super::{compile, CompileOptions, SB_TABLES};
+use super::{compile_incremental, CompileMemo, CompileOptions, SB_TABLES};
 
 /// Slot capacity of a table file this command creates.
 pub const DEFAULT_CAPACITY: usize = 64 << 20;
@@ -63,17 +63,23 @@ pub async fn follow(
         port_map,
     };
     let mut db = replica.snapshot();
+    let mut memo = CompileMemo::default();
     loop {
-        let compiled = compile(&db, &opts).context("compile")?;
+        let started = std::time::Instant::now();
+        let compiled = compile_incremental(&db, &opts, None, &mut memo).context("compile")?;
+        let compile_time = started.elapsed();
         let generation = writer
             .publish(compiled.builder)
             .context("publish the tables")?;
         log::info!(
-            "generation {generation}: {} logical flows, {} rules, {} rejected, unsupported {:?}",
+            "generation {generation}: {} logical flows ({} compiled, {} reused), {} rules, {} rejected, unsupported {:?}, compiled in {:.1} ms",
             compiled.stats.logical_flows,
+            memo.compiled,
+            memo.reused,
             compiled.stats.rules,
             compiled.stats.rejected,
-            compiled.stats.unsupported
+            compiled.stats.unsupported,
+            compile_time.as_secs_f64() * 1e3
         );
         if once {
             return Ok(());

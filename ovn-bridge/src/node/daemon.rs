@@ -31,7 +31,9 @@ use super::chassis::{self, ChassisConfig};
 use super::plumber::PortPlumber;
 use super::state::{NodeState, STATE_FILE};
 use super::NodeError;
-use crate::compile::{compile_with_zones, run::open_tables, CompileOptions, CompileStats};
+use crate::compile::{
+    compile_incremental, run::open_tables, CompileMemo, CompileOptions, CompileStats,
+};
 
 /// Configuration of the node role.
 #[derive(Debug, Clone)]
@@ -539,6 +541,8 @@ async fn run(
     let mut writer =
         open_tables(&shared.cfg.tables).map_err(|e| NodeError::Tables(format!("{e:#}")))?;
     let mut last: Option<(u64, HashMap<String, u16>)> = None;
+    // Per-flow results kept from one compilation to the next.
+    let mut memo = CompileMemo::default();
     // Ports mapped by the tables last published.
     let mut published_ports: BTreeSet<String> = BTreeSet::new();
     let mut learned_tick = tokio::time::interval(LEARNED_POLL);
@@ -651,7 +655,7 @@ async fn run(
                 port_map,
             };
             let zones = shared.state.lock().ct_zones.clone();
-            let compiled = compile_with_zones(&db, &opts, Some(&zones))?;
+            let compiled = compile_incremental(&db, &opts, Some(&zones), &mut memo)?;
             let generation = writer
                 .publish(compiled.builder)
                 .map_err(|e| NodeError::Tables(e.to_string()))?;
