@@ -13,8 +13,10 @@
 //! packet needs is loading while other packets are worked on rather than
 //! one dependent load after another: (1) prefetch every frame's headers;
 //! (2) extract every flow key, hash it and prefetch its flow-cache bucket;
-//! (3) prefetch the cache slot each bucket names; (4) per packet, the
-//! decision, the rewrite and the enqueue. The burst's cache hits are
+//! (3) prefetch the cache slot each bucket names, then the conntrack steps
+//! of each slot's entry, then the conntrack entries (and shard locks) those
+//! steps will touch on a hit; (4) per packet, the decision, the rewrite and
+//! the enqueue. The burst's cache hits are
 //! counted once.
 //!
 //! The set of ports changes at run time only through [`PortCommand`]s,
@@ -255,7 +257,14 @@ impl Worker {
                                     &stats,
                                 );
                             } else {
-                                stage_burst(&mut burst, q.port, &o.lcore, &mut staged, &stats);
+                                stage_burst(
+                                    &mut burst,
+                                    q.port,
+                                    &o.lcore,
+                                    o.conntrack.conntrack(),
+                                    &mut staged,
+                                    &stats,
+                                );
                             }
                             let mut hits = 0u64;
                             for (i, m) in burst.drain().enumerate() {
@@ -464,6 +473,7 @@ fn stage_burst(
     burst: &mut RxBurst,
     in_port: PortIndex,
     lcore: &OvnLcore,
+    conntrack: &crate::conntrack::Conntrack,
     staged: &mut Staged,
     stats: &LcoreStats,
 ) {
@@ -494,6 +504,16 @@ fn stage_burst(
     for (i, hash) in staged.hashes.iter().enumerate() {
         if staged.parsed & (1 << i) != 0 {
             lcore.prefetch_slot(*hash);
+        }
+    }
+    for (i, hash) in staged.hashes.iter().enumerate() {
+        if staged.parsed & (1 << i) != 0 {
+            lcore.prefetch_ct_steps(*hash);
+        }
+    }
+    for (i, hash) in staged.hashes.iter().enumerate() {
+        if staged.parsed & (1 << i) != 0 {
+            lcore.prefetch_conntrack(*hash, conntrack);
         }
     }
 }
@@ -587,6 +607,17 @@ fn stage_uplink(
     for (i, hash) in staged.hashes.iter().enumerate() {
         if staged.parsed & (1 << i) != 0 {
             o.lcore.prefetch_slot(*hash);
+        }
+    }
+    for (i, hash) in staged.hashes.iter().enumerate() {
+        if staged.parsed & (1 << i) != 0 {
+            o.lcore.prefetch_ct_steps(*hash);
+        }
+    }
+    let ct = o.conntrack.conntrack();
+    for (i, hash) in staged.hashes.iter().enumerate() {
+        if staged.parsed & (1 << i) != 0 {
+            o.lcore.prefetch_conntrack(*hash, ct);
         }
     }
 }

@@ -207,6 +207,9 @@ struct ShardCell {
     /// Current incarnation of every slot, readable without the lock: an index
     /// entry whose incarnation differs is stale.
     incarnation: Box<[AtomicU32]>,
+    /// Address of the shard's entry array (reserved at creation and never
+    /// reallocated), for prefetching an entry before taking the lock.
+    entries_at: usize,
 }
 
 /// An index entry in another shard left to remove after a connection died.
@@ -227,6 +230,9 @@ pub struct Conntrack {
     max_timeout: u64,
     nat_attempts: usize,
     expire_start: AtomicUsize,
+    /// Connections created per zone (wrapping), so that a flow cache can
+    /// tell that nothing was committed in a zone since it looked.
+    zone_commits: Box<[AtomicU32]>,
 }
 
 /// Spins on `try_lock` a bounded number of times (for a lock taken out of
@@ -246,15 +252,20 @@ impl Conntrack {
         let shards = config.shards.clamp(1, 1024).next_power_of_two();
         let per_shard = (config.capacity / shards).max(1);
         let cells = (0..shards)
-            .map(|_| ShardCell {
-                lock: Mutex::new(Shard {
-                    index: HashTable::with_capacity(per_shard * 2 + 8),
-                    entries: Vec::with_capacity(per_shard),
-                    free: Vec::with_capacity(per_shard),
-                    live: 0,
-                    cursor: 0,
-                }),
-                incarnation: (0..per_shard).map(|_| AtomicU32::new(0)).collect(),
+            .map(|_| {
+                let entries: Vec<Entry> = Vec::with_capacity(per_shard);
+                let entries_at = entries.as_ptr() as usize;
+                ShardCell {
+                    lock: Mutex::new(Shard {
+                        index: HashTable::with_capacity(per_shard * 2 + 8),
+                        entries,
+                        free: Vec::with_capacity(per_shard),
+                        live: 0,
+                        cursor: 0,
+                    }),
+                    incarnation: (0..per_shard).map(|_| AtomicU32::new(0)).collect(),
+                    entries_at,
+                }
             })
             .collect();
         Conntrack {
@@ -265,6 +276,7 @@ impl Conntrack {
             max_timeout: config.timeouts.max_ns(),
             nat_attempts: config.nat_attempts.max(1),
             expire_start: AtomicUsize::new(0),
+            zone_commits: (0..=u16::MAX).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -409,6 +421,37 @@ impl Conntrack {
                 }
             }
         }
+    }
+
+    /// How many connections zone `zone` has had created (wrapping): a
+    /// lookup that found no connection gives the same answer for as long
+    /// as this does not change.
+    #[inline(always)]
+    pub fn zone_commits(&self, zone: u16) -> u32 {
+        self.zone_commits
+            .get(usize::from(zone))
+            .map_or(0, |n| n.load(Ordering::Acquire))
+    }
+
+    /// What [`Conntrack::touch`] of connection `id` will read, for a caller
+    /// that prefetches it: the addresses of its shard's lock and of its
+    /// entry, and the entry's size (the entry arrays are reserved whole at
+    /// creation, so a slot's address never changes); `None` for a slot
+    /// outside the table. Computing them reads nothing.
+    #[inline(always)]
+    pub fn touch_addresses(&self, id: ConnId) -> Option<[usize; 3]> {
+        let shard = (id.slot as usize) & (self.shards.len() - 1);
+        let slot = (id.slot >> self.shard_bits) as usize;
+        if slot >= self.per_shard {
+            return None;
+        }
+        let cell = self.shards.get(shard)?;
+        let size = std::mem::size_of::<Entry>();
+        Some([
+            &cell.lock as *const _ as usize,
+            cell.entries_at + slot * size,
+            size,
+        ])
     }
 
     /// The cheap per-packet path of a flow-cache hit: `id` from an earlier
@@ -720,6 +763,9 @@ impl Conntrack {
         nat_bits: u32,
         now: u64,
     ) -> CtResult {
+        if let Some(n) = self.zone_commits.get(usize::from(key.zone)) {
+            n.fetch_add(1, Ordering::Release);
+        }
         let slot = match gs.free.pop() {
             Some(i) => i,
             None => {

@@ -23,6 +23,23 @@ pub fn rdtsc() -> u64 {
     unsafe { dpdk_sys::fp_rdtsc() }
 }
 
+/// Starts loading the cache line at `addr` into all cache levels: for an
+/// address computed ahead of a locked access (a conntrack entry), where no
+/// reference can be formed without the lock.
+#[inline(always)]
+pub fn prefetch_addr(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has; a
+    // prefetch does not dereference its address and never faults, whatever
+    // the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 /// Asks the CPU to bring the cache line holding `value` into every cache
 /// level (`rte_prefetch0`), without waiting for it. A hint only: it never
 /// faults and changes nothing the program can observe.

@@ -82,6 +82,9 @@ pub struct CachedCt {
     /// What the pipeline saw (a hit is valid while `touch` reports the
     /// same).
     pub result: CtResult,
+    /// For a step without a connection: the zone's creation count when it
+    /// found none (while unchanged, a hit skips the lookup).
+    pub zone_commits: Option<u32>,
 }
 
 /// Most conntrack operations a cacheable verdict may have.
@@ -487,6 +490,20 @@ impl FlowCache {
                 crate::dpdk::prefetch(&s.entry);
             }
         }
+    }
+
+    /// The entry the home bucket names for `hash` by tag, without
+    /// comparing keys (a hint for prefetching what a hit will touch: a tag
+    /// collision only prefetches the wrong lines).
+    #[inline(always)]
+    pub fn tagged_entry(&self, hash: u64) -> Option<&FlowEntry> {
+        let b = self.buckets.get(self.home(hash))?;
+        let m = b.ways_tagged(tag(hash));
+        if m == 0 {
+            return None;
+        }
+        let w = m.trailing_zeros() as usize / 16 % WAYS;
+        self.slots.get(b.slots[w] as usize).map(|s| &s.entry)
     }
 
     /// The slot of bucket `b` holding `key` (of tag `t`).

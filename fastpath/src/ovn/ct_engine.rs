@@ -80,6 +80,11 @@ pub struct EngineOp {
     /// The packet as this operation classified it (its headers at this
     /// point of the pipeline).
     pub packet: CtPacket,
+    /// The zone's creation count (`Conntrack::zone_commits`) read just
+    /// before the operation looked the packet up (`None`: it did not look
+    /// up): while it stays the same, a lookup that found no connection
+    /// would find none again.
+    pub zone_commits: Option<u32>,
 }
 
 /// One affinity binding: client, VIP (address, port) and protocol.
@@ -200,6 +205,9 @@ pub struct ConntrackEngine {
     echo_id: Option<u16>,
     ops: Vec<EngineOp>,
     zones: Vec<ZoneResult>,
+    /// The zone creation count read by the last lookup, for the operation
+    /// that records it.
+    zone_commits: std::cell::Cell<Option<u32>>,
     /// The zone of the last operation of this packet (what OVS's
     /// `ct_nw_dst` / `ct_tp_dst` describe: the last `ct()` executed).
     last_zone: Option<CtZone>,
@@ -218,6 +226,7 @@ impl ConntrackEngine {
             echo_id: None,
             ops: Vec::new(),
             zones: Vec::new(),
+            zone_commits: std::cell::Cell::new(None),
             last_zone: None,
         }
     }
@@ -308,6 +317,7 @@ impl ConntrackEngine {
         if let Some(r) = self.again(zone, p, None) {
             return r;
         }
+        self.zone_commits.set(Some(self.ct.zone_commits(zone)));
         match self.mode {
             Mode::Live => self.ct.lookup(zone, p, self.now),
             Mode::ReadOnly => self.ct.peek(zone, p, self.now),
@@ -348,6 +358,7 @@ impl ConntrackEngine {
             translation: None,
             needs_frame: needs_frame(&packet),
             packet,
+            zone_commits: self.zone_commits.take(),
         };
         let mut tracked = [packet.tuple; 2];
         if apply_nat {

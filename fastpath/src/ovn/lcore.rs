@@ -186,6 +186,36 @@ impl OvnLcore {
         self.cache.prefetch_slot(hash);
     }
 
+    /// Stage three (a): starts loading the conntrack steps (`ct` list) of
+    /// the entry the (prefetched) slot for `hash` holds.
+    #[inline(always)]
+    pub fn prefetch_ct_steps(&self, hash: u64) {
+        if let Some(first) = self.cache.tagged_entry(hash).and_then(|e| e.ct.first()) {
+            crate::dpdk::prefetch(first);
+        }
+    }
+
+    /// Stage three (b): starts loading the conntrack entries a hit of the
+    /// slot for `hash` will touch (its steps were
+    /// prefetched by [`OvnLcore::prefetch_ct_steps`]), so that an
+    /// established connection's `touch` does not wait for memory.
+    #[inline(always)]
+    pub fn prefetch_conntrack(&self, hash: u64, ct: &crate::conntrack::Conntrack) {
+        let Some(e) = self.cache.tagged_entry(hash) else {
+            return;
+        };
+        for c in &e.ct {
+            // (The shard locks are a few lines that stay cached: only the
+            // entry is worth a fill buffer.)
+            if let Some([_, entry, size]) = c.conn.and_then(|(id, _)| ct.touch_addresses(id)) {
+                crate::dpdk::prefetch_addr(entry);
+                if size > 64 {
+                    crate::dpdk::prefetch_addr(entry + 64);
+                }
+            }
+        }
+    }
+
     /// The decision for a packet whose key hashes to `hash`
     /// ([`key_hash`]), with conntrack when `ct` is given: what
     /// [`OvnLcore::decide`] and [`OvnLcore::decide_tracked`] do, except
@@ -308,6 +338,14 @@ fn still_valid(cts: &[CachedCt], key: &FlowKey, ct: Option<&CtInput<'_>>) -> boo
                     },
                 }
             }
+            // Nothing created in the zone since the entry found no
+            // connection there: the lookup would find none again.
+            None if c
+                .zone_commits
+                .is_some_and(|n| table.zone_commits(c.zone) == n) =>
+            {
+                c.result
+            }
             None => {
                 let p = CtPacket {
                     tuple: c.tuple,
@@ -401,6 +439,7 @@ fn run(
                 conn: found.conn,
                 tuple: found.packet.tuple,
                 result: op.result,
+                zone_commits: found.zone_commits,
             });
             if found.needs_frame {
                 ct_cacheable = false;
@@ -542,4 +581,92 @@ fn tunnel_out(chassis: u16, key: &FlowKey, v: &FlowVector) -> Option<TunnelOut> 
         ingress,
         egress,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::{ConntrackConfig, CtCommit};
+    use crate::ovn::ct_engine::{LbAffinity, Mode};
+    use fastpath_packet::flowkey::flags;
+
+    const SYN: u16 = 0x02;
+    const ACK: u16 = 0x10;
+
+    fn key(src: u8, sport: u16, dst: u8, dport: u16, tcp_flags: u16) -> FlowKey {
+        let v4 = |a: u8| {
+            std::net::Ipv4Addr::new(10, 0, 0, a)
+                .to_ipv6_mapped()
+                .octets()
+        };
+        let mut k = FlowKey::zeroed();
+        k.set_flags(flags::IPV4 | flags::L4);
+        k.set_eth_type(0x0800);
+        k.set_ip_proto(6);
+        k.set_ttl(64);
+        k.set_src(v4(src));
+        k.set_dst(v4(dst));
+        k.set_tp_src(sport);
+        k.set_tp_dst(dport);
+        k.set_tcp_flags(tcp_flags);
+        k
+    }
+
+    #[test]
+    fn an_uncommitted_step_is_looked_up_again_only_after_a_commit_in_its_zone() {
+        let ct = Arc::new(crate::conntrack::Conntrack::new(&ConntrackConfig {
+            capacity: 64,
+            shards: 4,
+            ..Default::default()
+        }));
+        let mut engine =
+            ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
+        let valid = |engine: &mut ConntrackEngine, steps: &[CachedCt], k: &FlowKey, now: u64| {
+            let input = CtInput {
+                engine,
+                now_ns: now,
+                received: None,
+                ip_len: 40,
+            };
+            still_valid(steps, k, Some(&input))
+        };
+        // A mid-stream segment in a zone where nothing is committed: new,
+        // without a connection.
+        let ack = key(11, 5555, 12, 80, ACK);
+        let p = CtPacket::from_key(&ack);
+        let r = ct.lookup(7, &p, 1);
+        assert!(r.conn.is_none());
+        assert_eq!(r.state, ct_state::TRK | ct_state::NEW);
+        let step = [CachedCt {
+            zone: 7,
+            conn: None,
+            tuple: p.tuple,
+            result: CtResult {
+                state: r.state,
+                mark: r.mark,
+                label: r.label,
+            },
+            zone_commits: Some(ct.zone_commits(7)),
+        }];
+        assert!(valid(&mut engine, &step, &ack, 2));
+        // A connection created in another zone changes nothing here.
+        let syn = key(11, 5555, 12, 80, SYN);
+        let before = ct.zone_commits(7);
+        ct.commit(8, &CtPacket::from_key(&syn), &CtCommit::default(), 3)
+            .unwrap();
+        assert_eq!(ct.zone_commits(7), before);
+        assert!(valid(&mut engine, &step, &ack, 4));
+        // Committed in its zone and answered: the segment is established
+        // now, and the hit must not keep answering "new".
+        ct.commit(7, &CtPacket::from_key(&syn), &CtCommit::default(), 5)
+            .unwrap();
+        assert_ne!(ct.zone_commits(7), before);
+        let synack = key(12, 80, 11, 5555, SYN | ACK);
+        ct.lookup(7, &CtPacket::from_key(&synack), 6);
+        assert!(!valid(&mut engine, &step, &ack, 7));
+        // A step recorded without a count is always looked up.
+        let mut unknown = step;
+        unknown[0].zone_commits = None;
+        assert!(!valid(&mut engine, &unknown, &ack, 8));
+    }
 }
