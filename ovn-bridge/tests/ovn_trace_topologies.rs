@@ -219,7 +219,7 @@ fn router_to_router_matches_ovn_trace() {
 }
 
 #[test]
-fn ecmp_route_matches_ovn_trace_or_is_refused_by_name() {
+fn ecmp_route_matches_ovn_trace_with_the_choice_pinned() {
     let c = Central::start();
     kube_ovn_routers(&c);
     let (program, _) = c.program();
@@ -230,42 +230,47 @@ fn ecmp_route_matches_ovn_trace_or_is_refused_by_name() {
             .any(|f| f.actions_text.contains("select(")),
         "northd emits select() for the ECMP route"
     );
-    let probe = Probe {
-        name: "ecmp route",
-        datapath: "ovn-default",
-        inport: "pod1",
-        eth_src: mac(POD1),
-        eth_dst: mac(CLUSTER_GW),
-        net: Net::Udp4 {
-            src: ip("10.16.0.11"),
-            dst: ip("192.168.0.7"),
-            ttl: 64,
-        },
-    };
-    let (diffs, verdicts) = trace::probe_differences(&c, &program, std::slice::from_ref(&probe));
-    let v = &verdicts[0];
-    // ovn-trace picks one of the two next hops at random.
-    let theirs = trace::parse_generated(&c.trace(probe.datapath, &probe.microflow(), &[], None));
-    assert_eq!(theirs.len(), 1, "{theirs:?}");
-    assert!(
-        ["ext1", "ext2"].contains(&theirs[0].port.as_str()),
-        "{theirs:?}"
-    );
-    assert!(
-        theirs[0]
-            .edits
-            .iter()
-            .any(|e| e.starts_with("reg8[16..31] = ")),
-        "{theirs:?}"
-    );
-    // Once the interpreter executes `select`, this comparison needs the
-    // choice pinned on both sides (ovn-trace's `--select-id`).
-    if unsupported(v).contains(&"select") {
-        // Not executed yet: dropped under its named reason, nothing sent.
-        assert!(v.emissions.is_empty(), "{v:?}");
-    } else {
-        assert_no_differences(&diffs);
+    // Many flows to the ECMP prefix: each takes one next hop, the one
+    // ovn-trace takes when told to pick the same member (`--select-id`),
+    // and both next hops are used.
+    let probes: Vec<Probe> = (0..24u8)
+        .map(|i| Probe {
+            name: "ecmp route",
+            datapath: "ovn-default",
+            inport: "pod1",
+            eth_src: mac(POD1),
+            eth_dst: mac(CLUSTER_GW),
+            net: Net::Udp4 {
+                src: ip("10.16.0.11"),
+                dst: std::net::Ipv4Addr::new(192, 168, 0, 7 + i),
+                ttl: 64,
+            },
+        })
+        .collect();
+    let mut chosen = std::collections::BTreeSet::new();
+    for probe in &probes {
+        let mut matched = None;
+        let mut all = Vec::new();
+        for id in ["1", "2"] {
+            let arg = format!("--select-id={id}");
+            let (diffs, verdicts) = trace::probe_differences_with(
+                &c,
+                &program,
+                std::slice::from_ref(probe),
+                &[arg.as_str()],
+            );
+            assert!(unsupported(&verdicts[0]).is_empty(), "{verdicts:?}");
+            if diffs.is_empty() {
+                matched = Some((id, verdicts[0].emissions.len()));
+            }
+            all.extend(diffs);
+        }
+        let (id, outputs) = matched
+            .unwrap_or_else(|| panic!("no select-id makes ovn-trace agree:\n{}", all.join("\n")));
+        assert_eq!(outputs, 1);
+        chosen.insert(id);
     }
+    assert_eq!(chosen.len(), 2, "every flow took one next hop: {chosen:?}");
 }
 
 // --------------------------------------------------------------- localnet

@@ -660,7 +660,15 @@ impl Interpreter {
                         return Outcome::Went;
                     }
                 }
-                op::CT_ADDRESS => {}
+                op::CT_ADDRESS | op::SELECT_MEMBER => {}
+                op::SELECT => {
+                    let n = (ins.count as usize).min(code.len() - i);
+                    let members = &code[i..i + n];
+                    i += n;
+                    if let Some(m) = select_member(members, v) {
+                        v.write(&ins.dst, m.imm_value());
+                    }
+                }
                 op::CHK_LB_HAIRPIN => {
                     let zone = self.zone(ctx, v, ct::NEXT);
                     match ct.lb_hairpin(zone, v, ins.arg == 1) {
@@ -981,6 +989,37 @@ impl Interpreter {
     }
 }
 
+/// The member `select(...)` picks for the packet of `v`: a hash of its
+/// addresses, protocol and transport ports (so every packet of a flow, and
+/// every flow of a cache entry, takes the same member), scaled onto the
+/// members' weights. `None` when the weights sum to zero.
+fn select_member<'c>(members: &'c [OvnInstruction], v: &FlowVector) -> Option<&'c OvnInstruction> {
+    let total: u64 = members.iter().map(|m| u64::from(m.arg)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in [field::SRC, field::DST, field::TP_SRC, field::TP_DST] {
+        for b in v.field(f) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h = (h ^ u64::from(v.bytes()[field::IP_PROTO])).wrapping_mul(0x0000_0100_0000_01b3);
+    // Final mix, so that the low bits depend on every input bit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    let mut point = ((u128::from(h) * u128::from(total)) >> 64) as u64;
+    for m in members {
+        let w = u64::from(m.arg);
+        if point < w {
+            return Some(m);
+        }
+        point -= w;
+    }
+    members.last()
+}
+
 /// The backend an [`op::CT_ADDRESS`] operand names.
 fn backend_of(ins: &OvnInstruction) -> LbBackend {
     LbBackend {
@@ -1230,6 +1269,38 @@ fn port_security_violation(
 mod tests {
     use super::*;
     use fastpath_packet::extract;
+
+    #[test]
+    fn select_is_stable_per_flow_and_follows_the_weights() {
+        let member = |value: u128, weight: u16| {
+            let mut m = OvnInstruction::new(op::SELECT_MEMBER);
+            m.imm = value.to_le_bytes();
+            m.arg = weight;
+            m
+        };
+        let members = [member(1, 100), member(2, 300)];
+        let flow = |sport: u16| {
+            let mut v = FlowVector::default();
+            v.bytes_mut()[field::IP_PROTO] = 17;
+            v.field_mut(field::SRC)[15] = 11;
+            v.field_mut(field::DST)[15] = 7;
+            v.field_mut(field::TP_SRC)
+                .copy_from_slice(&sport.to_be_bytes());
+            v
+        };
+        let mut second = 0;
+        for sport in 0..4000u16 {
+            let v = flow(sport);
+            let pick = select_member(&members, &v).unwrap().imm_value();
+            assert_eq!(select_member(&members, &v).unwrap().imm_value(), pick);
+            if pick == 2 {
+                second += 1;
+            }
+        }
+        // Weights 100:300: three flows in four take the second member.
+        assert!((2800..3200).contains(&second), "{second} of 4000");
+        assert!(select_member(&[member(5, 0)], &flow(1)).is_none());
+    }
 
     /// The slot `ovn-bridge compile` publishes for sw0 (p1, p2) and sw1
     /// (p3) behind router lr0 (see the miss-path benchmark).

@@ -452,8 +452,17 @@ pub mod op {
     /// `log(...)`: `arg` the verdict ([`super::log_verdict`]), `count` the
     /// severity (syslog number); name and meter are in the flow's text.
     pub const LOG: u16 = 25;
+    /// `dst = select(...)`: the next `count` instructions are its
+    /// [`SELECT_MEMBER`] operands; one is chosen by a hash of the packet's
+    /// addresses, protocol and ports, in proportion to the weights. Followed
+    /// by a [`NEXT`] to the following table (OVN continues there, as a
+    /// group bucket does).
+    pub const SELECT: u16 = 26;
+    /// An operand of the preceding [`SELECT`]: the value in `imm`, its
+    /// weight in `arg` (at least 1).
+    pub const SELECT_MEMBER: u16 = 27;
     /// Highest opcode.
-    pub const MAX: u16 = 25;
+    pub const MAX: u16 = 27;
 }
 
 /// OVS `ct_state` bits, as the vector's `ct_state` slot holds them.
@@ -661,6 +670,7 @@ pub const UNSUPPORTED_ACTIONS: &[&str] = &[
     "meter_queue_log",
     "lb_affinity_hairpin",
     "ecmp",
+    // Executable since; kept so that the indices after it stay stable.
     "select",
     "vport_svc",
     "other",
@@ -727,7 +737,8 @@ impl OvnInstruction {
             | op::CHECK_OUT_PORT_SEC
             | op::CHECK_PKT_LARGER
             | op::CHK_LB_HAIRPIN
-            | op::CHK_LB_AFF => (true, false, 0),
+            | op::CHK_LB_AFF
+            | op::SELECT => (true, false, 0),
             op::MOVE | op::EXCHANGE | op::GET_BINDING | op::GET_FDB | op::PUT_FDB => {
                 (true, true, 0)
             }
@@ -869,12 +880,22 @@ pub(crate) fn validate_ovn(sections: &SlotSections<'_>) -> Result<(), RefusalRea
         let program = &s.actions[f.first_action as usize..][..f.action_count as usize];
         for (i, ins) in program.iter().enumerate() {
             let operands = match ins.op {
-                op::NESTED | op::CT => u64::from(ins.count),
+                op::NESTED | op::CT | op::SELECT => u64::from(ins.count),
                 op::LB_AFF_COMMIT => 2,
                 _ => 0,
             };
             if i as u64 + 1 + operands > program.len() as u64 {
                 return Err(refs);
+            }
+            if ins.op == op::SELECT {
+                let members = &program[i + 1..i + 1 + operands as usize];
+                if members.is_empty()
+                    || members
+                        .iter()
+                        .any(|x| x.op != op::SELECT_MEMBER || x.arg == 0)
+                {
+                    return Err(refs);
+                }
             }
             if ins.op == op::LB_AFF_COMMIT || (ins.op == op::CT && ins.arg & 0xff != ct::COMMIT) {
                 let n = operands as usize;

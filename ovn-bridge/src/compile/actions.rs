@@ -392,6 +392,37 @@ impl ActionContext<'_> {
                 }
                 Some(i)
             })(),
+            Function::Select => (|| {
+                let mut members = Vec::with_capacity(args.len());
+                for a in args {
+                    let (value, weight) = match a {
+                        Arg::Int(c) => (c.value, 100),
+                        Arg::Named { key, value } => match (&**key, &**value) {
+                            (Arg::Int(k), Arg::Int(w)) => (k.value, u16::try_from(w.value).ok()?),
+                            _ => return None,
+                        },
+                        _ => return None,
+                    };
+                    if weight == 0 {
+                        return None;
+                    }
+                    let mut m = OvnInstruction::new(op::SELECT_MEMBER);
+                    m.imm = value.to_le_bytes();
+                    m.arg = weight;
+                    members.push(m);
+                }
+                if members.is_empty() {
+                    return None;
+                }
+                let mut i = OvnInstruction::new(op::SELECT);
+                i.dst = d?;
+                i.count = members.len() as u32;
+                self.pending.extend(members);
+                // Like a group bucket in OVN, the chosen member continues
+                // in the next table.
+                self.pending.push(self.next_table());
+                Some(i)
+            })(),
             Function::LookupFdb => (|| {
                 let mut i = OvnInstruction::new(op::LOOKUP_FDB);
                 i.dst = d?;
@@ -406,7 +437,6 @@ impl ActionContext<'_> {
                     Function::PutNdRaOpts => "nd_ra",
                     Function::TriggerEvent => "controller_event",
                     Function::SetQueue => "meter_queue_log",
-                    Function::Select => "select",
                     Function::CommitEcmpNh | Function::ChkEcmpNh | Function::ChkEcmpNhMac => "ecmp",
                     Function::BindVport | Function::HandleSvcCheck => "vport_svc",
                     _ => "other",
@@ -525,6 +555,27 @@ mod tests {
             (op::MOVE, 96, 32, 60)
         );
         assert_eq!((c[3].op, c[3].arg, c[3].count), (op::NEXT, 5, 0));
+    }
+
+    #[test]
+    fn select_compiles_to_weighted_members_then_next() {
+        let (c, u) = compile("reg8[16..31] = select(1=100, 2=50);");
+        assert!(u.is_empty(), "{u:?}");
+        assert_eq!((c[0].op, c[0].count, c[0].dst.width), (op::SELECT, 2, 16));
+        assert_eq!(
+            (c[1].op, c[1].imm_value(), c[1].arg),
+            (op::SELECT_MEMBER, 1, 100)
+        );
+        assert_eq!(
+            (c[2].op, c[2].imm_value(), c[2].arg),
+            (op::SELECT_MEMBER, 2, 50)
+        );
+        assert_eq!((c[3].op, c[3].arg), (op::NEXT, 5));
+        // Unweighted members weigh 100; a zero weight is refused by name.
+        let (c, _) = compile("reg8[16..31] = select(1, 2);");
+        assert_eq!((c[1].arg, c[2].arg), (100, 100));
+        let (_, u) = compile("reg8[16..31] = select(1=0);");
+        assert_eq!(u, ["other"]);
     }
 
     #[test]

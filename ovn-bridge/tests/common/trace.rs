@@ -154,8 +154,22 @@ impl Central {
         ct: &[&str],
         lb_dst: Option<&str>,
     ) -> String {
+        self.trace_with(datapath, microflow, ct, lb_dst, &[])
+    }
+
+    /// [`Central::trace`] with further options (`--select-id=N`).
+    pub fn trace_with(
+        &self,
+        datapath: &str,
+        microflow: &str,
+        ct: &[&str],
+        lb_dst: Option<&str>,
+        extra: &[&str],
+    ) -> String {
         let mut cmd = Command::new("ovn-trace");
-        cmd.arg(format!("--db={}", self.sb.remote)).arg("--minimal");
+        cmd.arg(format!("--db={}", self.sb.remote))
+            .arg("--minimal")
+            .args(extra);
         for c in ct {
             cmd.arg(format!("--ct={c}"));
         }
@@ -899,13 +913,23 @@ pub fn probe_differences(
     program: &Program,
     probes: &[Probe],
 ) -> (Vec<String>, Vec<Verdict>) {
+    probe_differences_with(c, program, probes, &[])
+}
+
+/// [`probe_differences`] with further `ovn-trace` options.
+pub fn probe_differences_with(
+    c: &Central,
+    program: &Program,
+    probes: &[Probe],
+    extra: &[&str],
+) -> (Vec<String>, Vec<Verdict>) {
     let symtab = SymbolTable::ovn_23_03();
     let mut diffs = Vec::new();
     let mut verdicts = Vec::new();
     let mut interp = Interpreter::new();
     interp.tracing = true;
     for p in probes {
-        let text = c.trace(p.datapath, &p.microflow(), &[], None);
+        let text = c.trace_with(p.datapath, &p.microflow(), &[], None, extra);
         let expected = parse_generated(&text);
         let frame = p.frame();
         let (key, _) = extract(&frame, 0).expect("test frame parses");
