@@ -39,6 +39,24 @@ use super::ct::{
     NatDirection, NatRequest, NatTarget,
 };
 use super::vector::FlowVector;
+
+// The connection table's `ct_state` bits are the ones the compiled tables
+// match on (the conntrack module keeps its own copy: it is also built
+// alone, for fuzzing, without the tables crate).
+const _: () = {
+    use crate::conntrack::ct_state as engine;
+    use fastpath_tables::ovn::ct_state as tables;
+    assert!(
+        engine::NEW == tables::NEW
+            && engine::EST == tables::EST
+            && engine::REL == tables::REL
+            && engine::RPL == tables::RPL
+            && engine::INV == tables::INV
+            && engine::TRK == tables::TRK
+            && engine::SNAT == tables::SNAT
+            && engine::DNAT == tables::DNAT
+    );
+};
 use crate::conntrack::{
     self, addr_from_bytes, ConnId, Conntrack, CtPacket, Dir, NatRange, PacketClass, Translation,
     Tuple,
