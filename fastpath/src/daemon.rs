@@ -103,6 +103,14 @@ pub enum PortRequestError {
     /// Every port index is taken.
     #[error("no free port index (all {MAX_PORTS} are in use)")]
     Full,
+    /// DPDK's own port table is full: the DPDK build caps ethdev ports.
+    #[error("DPDK port table full: this DPDK build allows {max} ports (RTE_MAX_ETHPORTS); {in_use} in use")]
+    DpdkPortTableFull {
+        /// RTE_MAX_ETHPORTS of the linked DPDK.
+        max: usize,
+        /// Ports the fastpath holds.
+        in_use: usize,
+    },
     /// The device could not be created or set up.
     #[error("{0}")]
     Device(#[from] crate::dpdk::PortError),
@@ -817,6 +825,13 @@ impl State {
         };
         let nworkers = self.port_commands.len().max(1) as u16;
         let devargs = runtime_devargs(index, &kind, nworkers)?;
+        // Each port is one DPDK ethdev; DPDK refuses a probe past its
+        // compile-time cap with an opaque error, so say so first.
+        let in_use = slots.iter().filter(|s| s.is_some()).count();
+        let max = dpdk_sys::RTE_MAX_ETHPORTS as usize;
+        if in_use >= max {
+            return Err(PortRequestError::DpdkPortTableFull { max, in_use });
+        }
         let port = EthPort::create(
             &PortConfig {
                 name: name.to_string(),

@@ -385,7 +385,10 @@ async fn cni_add_claims_restart_keeps_everything_del_releases() {
         eventually("release", || {
             let pb = pod_binding(c);
             uuid_of(&pb["chassis"]).is_none() && pb["up"] == false
-        })
+        });
+        // The node counts the release once its transaction's reply is in,
+        // which may come after the row is visible here.
+        eventually("release counted", || node.writes().releases >= 1);
     });
     assert_eq!(node.writes().releases, 1);
     assert_eq!(

@@ -8,6 +8,7 @@
 mod ct_scenarios;
 mod ovn_scenarios;
 mod plot;
+mod pod_add;
 mod runner;
 
 use anyhow::Result;

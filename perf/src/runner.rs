@@ -20,6 +20,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("new-flows", "OVN pipeline, every packet a flow-cache miss (more flows than cache entries): new flows per second per core"),
     ("acl-lb", "OVN pipeline with conntrack: a stateful NetworkPolicy ACL and a UDP load balancer, established connections (--connections N, default 1, 10000 and 100000), vs the xconnect floor"),
     ("new-connections", "OVN pipeline with conntrack: every packet opens a new connection through the ACL and load balancer: new connections per second per core"),
+    ("pod-add", "the whole node with --pods-present pods (default 1000) over --nodes nodes: CNI ADD of --adds new pods to their first packet forwarded, and --edits manifest edits (egress_rate) to the new table generation in use"),
     ("tables", "publish-to-acknowledgement latency of table generations with traffic flowing, and the cost of a 10 MB slot"),
 ];
 
@@ -60,6 +61,19 @@ pub struct RunArgs {
     /// Skip the testpmd floor run.
     #[arg(long)]
     pub no_floor: bool,
+    /// pod-add: pods in the manifests before the measured ones.
+    #[arg(long, default_value_t = 1000)]
+    pub pods_present: usize,
+    /// pod-add: nodes the pods are spread over (this one included); the
+    /// pods of this node are attached, at most 28 (one DPDK port each).
+    #[arg(long, default_value_t = 40)]
+    pub nodes: usize,
+    /// pod-add: new pods measured.
+    #[arg(long, default_value_t = 30)]
+    pub adds: usize,
+    /// pod-add: manifest edits measured.
+    #[arg(long, default_value_t = 10)]
+    pub edits: usize,
     /// Path of dpdk-testpmd.
     #[arg(long, default_value = "dpdk-testpmd")]
     pub testpmd: String,
@@ -546,6 +560,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("fastpath-perf-")
         .tempdir()?;
+    if args.scenario == "pod-add" {
+        return crate::pod_add::run(&args, dir.path());
+    }
     if args.scenario == "tables" {
         return tables_scenario(&args, dir.path());
     }

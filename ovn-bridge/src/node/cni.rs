@@ -1,7 +1,11 @@
 //! The node's side of the CNI plugin: ADD makes a pod's logical port
-//! (`<pod>.<namespace>`) local, has the fastpath port created, waits until
-//! the Port_Binding is claimed here and answers the addresses from it; DEL
-//! and GC release; CHECK verifies; STATUS reports the Southbound session.
+//! (`<pod>.<namespace>`) local, has the fastpath port created, configures
+//! the pod's interface as soon as the Port_Binding's addresses are known
+//! (while the node claims the port and publishes tables that map it; a
+//! packet the pod sends before that is dropped by the fastpath), waits
+//! until the Port_Binding is claimed here and up, and answers the
+//! addresses from it; DEL and GC release; CHECK verifies; STATUS reports
+//! the Southbound session.
 //!
 //! Owns the mapping of CNI attachments to local ports. It must not write
 //! the Southbound database itself (the node loop claims and releases).
@@ -16,10 +20,11 @@ use fastpath_cni::{
     PluginConfig, Route,
 };
 use ipnet::IpNet;
-use ovsdb::{sb, Database, Uuid};
+use ovsdb::{Database, Uuid};
 
 use super::daemon::Shared;
 use super::netns::KernelInterface;
+use super::port_bindings::PortBindings;
 use super::state::{LocalPort, PortKind};
 
 /// Serves CNI requests for a running node (see [`super::Node::cni_handler`]).
@@ -50,21 +55,22 @@ fn mac_entry(macs: &std::collections::BTreeSet<String>) -> Option<(String, Vec<I
     })
 }
 
-/// The addresses of `logical_port` as the Southbound snapshot has them:
-/// the port's `mac` column and, for the prefix and gateway, the router port
-/// peered with the switch (`"MAC IP/PLEN"` in its `mac` column).
-pub fn port_addresses(db: &Database, logical_port: &str) -> Option<PortAddresses> {
-    let pbs: Vec<sb::PortBinding> = db.rows().ok()?;
-    let pb = pbs.iter().find(|p| p.logical_port == logical_port)?;
+/// The addresses of `logical_port` as the Southbound snapshot's
+/// Port_Binding rows `pbs` have them: the port's `mac` column and, for the
+/// prefix and gateway, the router port peered with the switch
+/// (`"MAC IP/PLEN"` in its `mac` column).
+pub fn port_addresses(pbs: &PortBindings, logical_port: &str) -> Option<PortAddresses> {
+    let pb = pbs.get(logical_port)?;
     let (mac, ips) = mac_entry(&pb.mac)?;
     let mut nets: Vec<IpNet> = Vec::new();
     let mut gateway = None;
     for ip in ips {
         let router_net = pbs
+            .rows()
             .iter()
             .filter(|p| p.datapath == pb.datapath && p.r#type == "patch")
             .filter_map(|p| p.options.get("peer"))
-            .filter_map(|peer| pbs.iter().find(|q| &q.logical_port == peer))
+            .filter_map(|peer| pbs.get(peer))
             .flat_map(|q| q.mac.iter())
             .flat_map(|m| m.split_whitespace().skip(1))
             .filter_map(|w| w.parse::<IpNet>().ok())
@@ -87,23 +93,28 @@ pub fn port_addresses(db: &Database, logical_port: &str) -> Option<PortAddresses
 /// Whether every patch peer of the port's switch is in the snapshot (the
 /// router port holding the subnet's gateway is monitored only once the
 /// port is local, one monitor update later).
-fn peers_known(db: &Database, logical_port: &str) -> bool {
-    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
-    let Some(pb) = pbs.iter().find(|p| p.logical_port == logical_port) else {
+fn peers_known(pbs: &PortBindings, logical_port: &str) -> bool {
+    let Some(pb) = pbs.get(logical_port) else {
         return false;
     };
-    pbs.iter()
+    pbs.rows()
+        .iter()
         .filter(|p| p.datapath == pb.datapath && p.r#type == "patch")
         .filter_map(|p| p.options.get("peer"))
-        .all(|peer| pbs.iter().any(|q| &q.logical_port == peer))
+        .all(|peer| pbs.get(peer).is_some())
 }
 
-fn claimed(db: &Database, logical_port: &str, own: Option<Uuid>) -> bool {
+/// The port's addresses, once its switch's router peers are known too.
+fn known_addresses(pbs: &PortBindings, logical_port: &str) -> Option<PortAddresses> {
+    peers_known(pbs, logical_port)
+        .then(|| port_addresses(pbs, logical_port))
+        .flatten()
+}
+
+fn claimed(pbs: &PortBindings, logical_port: &str, own: Option<Uuid>) -> bool {
     let Some(own) = own else { return false };
-    db.rows::<sb::PortBinding>()
-        .unwrap_or_default()
-        .iter()
-        .any(|p| p.logical_port == logical_port && p.chassis == Some(own) && p.up == Some(true))
+    pbs.get(logical_port)
+        .is_some_and(|p| p.chassis == Some(own) && p.up == Some(true))
 }
 
 fn internal(e: impl std::fmt::Display) -> CniError {
@@ -136,7 +147,7 @@ impl CniHandler {
     }
 
     /// Blocks until `pred` holds for a snapshot, or `timeout`.
-    fn wait_sb(&self, timeout: Duration, mut pred: impl FnMut(&Database) -> bool) -> bool {
+    fn wait_sb(&self, timeout: Duration, mut pred: impl FnMut(&Arc<Database>) -> bool) -> bool {
         let mut rx = self.shared.sb.clone();
         self.runtime.block_on(async move {
             tokio::time::timeout(timeout, rx.wait_for(|db| pred(db)))
@@ -161,6 +172,7 @@ impl CniHandler {
 impl Handler for CniHandler {
     fn add(&self, attachment: &Attachment, config: &PluginConfig) -> Result<CniResult, CniError> {
         let name = Self::logical_port(attachment)?;
+        let started = std::time::Instant::now();
         let kind = match (config.interface_type, &attachment.vhost_socket_dir) {
             (InterfaceType::Kernel, _) | (InterfaceType::Auto, None) => PortKind::Kernel,
             (InterfaceType::VhostUser | InterfaceType::Auto, Some(_)) => PortKind::VhostUser,
@@ -214,36 +226,77 @@ impl Handler for CniHandler {
             }
         }
         self.shared.wake.notify_one();
+        let port_created = started.elapsed();
 
-        let own_name = self.shared.cfg.chassis.name.clone();
-        let ready = self.wait_sb(self.shared.cfg.port_wait, |db| {
-            let own = super::chassis::chassis_uuid(db, &own_name);
-            claimed(db, &name, own) && peers_known(db, &name) && port_addresses(db, &name).is_some()
+        // The addresses: in the snapshot already when the node follows the
+        // port's switch, else one monitor update after the wake-up.
+        let cache = &self.shared.port_bindings;
+        let mut early = None;
+        let known = self.wait_sb(self.shared.cfg.port_wait, |db| {
+            early = known_addresses(&cache.get(db), &name);
+            early.is_some()
         });
-        if !ready {
-            return Err(CniError::new(
+        let not_ready = || {
+            CniError::new(
                 ErrorCode::TryAgainLater,
                 format!(
                     "port binding {name} is not in the southbound database (or not claimed) after {} s",
                     self.shared.cfg.port_wait.as_secs()
                 ),
-            ));
+            )
+        };
+        let Some(early) = early.filter(|_| known) else {
+            return Err(not_ready());
+        };
+        let addressed = started.elapsed();
+        // The pod's interface, while the node claims the port and publishes
+        // tables that map it.
+        let attach = |addrs: &PortAddresses| -> Result<(), CniError> {
+            if let (PortKind::Kernel, Some(netns)) = (kind, &attachment.netns) {
+                let iface = KernelInterface {
+                    ifname: attachment.ifname.clone(),
+                    mac: addrs.mac.clone(),
+                    mtu: config.mtu,
+                    ips: addrs.ips.clone(),
+                    gateway: addrs.gateway,
+                };
+                self.shared
+                    .plumber
+                    .attach_kernel(&endpoint, netns, &iface)
+                    .map_err(internal)?;
+            }
+            Ok(())
+        };
+        attach(&early)?;
+        let configured = started.elapsed();
+
+        let own_name = self.shared.cfg.chassis.name.clone();
+        let mut bound = None;
+        let ready = self.wait_sb(self.shared.cfg.port_wait, |db| {
+            let pbs = cache.get(db);
+            let own = super::chassis::chassis_uuid(db, &own_name);
+            bound = claimed(&pbs, &name, own)
+                .then(|| known_addresses(&pbs, &name))
+                .flatten();
+            bound.is_some()
+        });
+        let Some(addrs) = bound.filter(|_| ready) else {
+            return Err(not_ready());
+        };
+        if addrs != early {
+            // The row changed while the node claimed it: configure again.
+            log::info!("CNI ADD {name}: addresses changed while binding ({early:?} -> {addrs:?})");
+            attach(&addrs)?;
         }
-        let addrs = port_addresses(&self.shared.sb.borrow(), &name)
-            .ok_or_else(|| internal(format!("port binding {name} lost its addresses")))?;
-        if let (PortKind::Kernel, Some(netns)) = (kind, &attachment.netns) {
-            let iface = KernelInterface {
-                ifname: attachment.ifname.clone(),
-                mac: addrs.mac.clone(),
-                mtu: config.mtu,
-                ips: addrs.ips.clone(),
-                gateway: addrs.gateway,
-            };
-            self.shared
-                .plumber
-                .attach_kernel(&endpoint, netns, &iface)
-                .map_err(internal)?;
-        }
+
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        log::info!(
+            "CNI ADD {name}: fastpath port after {:.1} ms, addresses after {:.1} ms, interface configured after {:.1} ms, port binding claimed and up after {:.1} ms",
+            ms(port_created),
+            ms(addressed),
+            ms(configured),
+            ms(started.elapsed())
+        );
 
         let mut result = CniResult::new(config.cni_version.clone());
         result.interfaces.push(Interface {
@@ -309,7 +362,9 @@ impl Handler for CniHandler {
                 ),
             ));
         }
-        if !claimed(&self.shared.sb.borrow(), &name, self.shared.chassis_uuid()) {
+        let db = self.shared.sb.borrow().clone();
+        let pbs = self.shared.port_bindings.get(&db);
+        if !claimed(&pbs, &name, self.shared.chassis_uuid()) {
             return Err(CniError::new(
                 ErrorCode::TryAgainLater,
                 format!("port binding {name} is not bound to this chassis"),

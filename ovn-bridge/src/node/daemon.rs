@@ -2,11 +2,13 @@
 //! database with conditions limited to the datapaths this node needs, claim
 //! and release the Port_Binding rows of local pod ports, keep conntrack
 //! zones, and compile and publish the fastpath tables after every change
-//! (debounced).
+//! (Southbound updates debounced; a CNI request is acted on at once).
 //!
 //! A local port is claimed (`chassis`) as soon as the CNI plugin asked for
 //! it, and marked `up` only once its fastpath port exists and tables that
-//! map it were published. After publishing the tables of a Southbound
+//! map it, compiled from a snapshot where it is bound here, were published
+//! and taken into use by every live reader of the table file (or half a
+//! second passed). After publishing the tables of a Southbound
 //! snapshot the node copies SB_Global `nb_cfg` to its Chassis_Private row
 //! (so `ovn-nbctl --wait=hv` works), and it writes the MAC bindings the
 //! fastpath learned as MAC_Binding rows, as ovn-controller does.
@@ -29,6 +31,7 @@ use tokio::sync::{watch, Notify};
 
 use super::chassis::{self, ChassisConfig};
 use super::plumber::PortPlumber;
+use super::port_bindings::{self, PortBindingCache, PortBindings};
 use super::state::{NodeState, STATE_FILE};
 use super::NodeError;
 use crate::compile::{
@@ -46,7 +49,8 @@ pub struct NodeConfig {
     pub tables: PathBuf,
     /// Directory of the state file.
     pub state_dir: PathBuf,
-    /// Quiet time after a change before compiling.
+    /// Quiet time after a Southbound change before compiling (none after
+    /// a CNI request).
     pub debounce: Duration,
     /// How long CNI ADD waits for the port's Port_Binding.
     pub port_wait: Duration,
@@ -80,6 +84,10 @@ pub struct PublishReport {
     pub db_generation: u64,
     /// Time from the first Port_Binding change compiled in to the publish.
     pub port_binding_latency: Option<Duration>,
+    /// Time spent compiling the snapshot into a slot.
+    pub compile_time: Duration,
+    /// Time spent checksumming and publishing the slot.
+    pub publish_time: Duration,
     /// Compiler statistics.
     pub stats: CompileStats,
 }
@@ -115,6 +123,8 @@ pub(crate) struct Shared {
     pub plumber: Arc<dyn PortPlumber>,
     pub published: watch::Sender<PublishReport>,
     pub writes: Mutex<WriteCounts>,
+    /// Parsed Port_Binding rows of the last snapshot looked at.
+    pub port_bindings: PortBindingCache,
 }
 
 impl Shared {
@@ -176,22 +186,20 @@ fn or_false(c: Vec<Condition>) -> Vec<Condition> {
 
 /// The datapaths this node needs: those of local ports, and every datapath
 /// reachable from them through patch ports (as far as the snapshot shows).
-pub fn local_datapaths(db: &Database, local: &BTreeSet<String>) -> BTreeSet<Uuid> {
-    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
-    let by_name: HashMap<&str, &sb::PortBinding> =
-        pbs.iter().map(|p| (p.logical_port.as_str(), p)).collect();
+pub fn local_datapaths(pbs: &PortBindings, local: &BTreeSet<String>) -> BTreeSet<Uuid> {
     let mut dps: BTreeSet<Uuid> = pbs
+        .rows()
         .iter()
         .filter(|p| local.contains(&p.logical_port))
         .map(|p| p.datapath)
         .collect();
     loop {
         let mut added = false;
-        for p in &pbs {
+        for p in pbs.rows() {
             if !dps.contains(&p.datapath) || p.r#type != "patch" {
                 continue;
             }
-            let peer = p.options.get("peer").and_then(|n| by_name.get(n.as_str()));
+            let peer = p.options.get("peer").and_then(|n| pbs.get(n));
             if let Some(peer) = peer {
                 added |= dps.insert(peer.datapath);
             }
@@ -203,19 +211,26 @@ pub fn local_datapaths(db: &Database, local: &BTreeSet<String>) -> BTreeSet<Uuid
 }
 
 /// The monitor conditions for `db` and the local ports: Port_Binding rows
-/// of local datapaths, of local ports and of patch peers; flows, multicast
-/// groups and MAC bindings of local datapaths (and datapath groups holding
-/// one); our own Chassis_Private row.
+/// of local datapaths, of local ports not seen in one yet and of patch
+/// peers; flows, multicast groups and MAC bindings of local datapaths (and
+/// datapath groups holding one); our own Chassis_Private row. `pbs` are the
+/// Port_Binding rows of `db`. A new pod of a switch the node follows
+/// already changes no condition, so its ADD waits for no condition change.
 pub fn conditions(
     db: &Database,
+    pbs: &PortBindings,
     chassis_name: &str,
     own: Option<Uuid>,
     local: &BTreeSet<String>,
 ) -> Conditions {
-    let dps = local_datapaths(db, local);
-    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
-    let mut names: BTreeSet<String> = local.clone();
+    let dps = local_datapaths(pbs, local);
+    let mut names: BTreeSet<String> = local
+        .iter()
+        .filter(|n| !pbs.get(n).is_some_and(|p| dps.contains(&p.datapath)))
+        .cloned()
+        .collect();
     for p in pbs
+        .rows()
         .iter()
         .filter(|p| dps.contains(&p.datapath) && p.r#type == "patch")
     {
@@ -264,18 +279,17 @@ pub fn conditions(
 
 /// Claims and releases for the snapshot: local ports not bound here are
 /// claimed; a local port is marked `up` only when it is in `ready` (its
-/// fastpath port exists and published tables map it), and marked down
-/// again when it leaves `ready`; VIF ports bound here that are no longer
-/// local are released.
+/// fastpath port exists and published tables map it as bound here), and
+/// marked down again when it leaves `ready`; VIF ports bound here that are
+/// no longer local are released.
 pub fn binding_ops(
-    db: &Database,
+    pbs: &PortBindings,
     own: Uuid,
     local: &BTreeSet<String>,
     ready: &BTreeSet<String>,
 ) -> (Vec<Operation>, u64, u64) {
-    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
     let (mut ops, mut claims, mut releases) = (Vec::new(), 0, 0);
-    for p in pbs {
+    for p in pbs.rows() {
         let is_local = local.contains(&p.logical_port);
         let here = p.chassis == Some(own);
         let up = ready.contains(&p.logical_port);
@@ -389,6 +403,51 @@ pub fn mac_binding_ops(
     ops
 }
 
+/// The snapshot, its Port_Binding rows, the port map and the conntrack
+/// zones of the last compile.
+type LastCompiled = (
+    Arc<Database>,
+    Arc<PortBindings>,
+    HashMap<String, u16>,
+    BTreeMap<String, u16>,
+);
+
+/// Whether `b` holds the same compiler input as `a`: every table the
+/// compiler reads is the same allocation (a snapshot shares the tables an
+/// update left untouched; the caller keeps `a` alive, so an address is never
+/// reused), or, for Port_Binding, the same rows once `up` is left out (the
+/// compiler does not read it, and the node's own `up` writes must not cost
+/// a compile). Chassis_Private and SB_Global are not compiler input.
+pub fn same_compile_input(a: &Database, b: &Database) -> bool {
+    same_other_tables(a, b)
+        && (port_bindings::same_table(a, b)
+            || PortBindings::of(a).same_except_up(&PortBindings::of(b)))
+}
+
+/// [`same_compile_input`] with the Port_Binding rows of both parsed
+/// already.
+fn same_compile_input_parsed(
+    a: &Database,
+    a_rows: &PortBindings,
+    b: &Database,
+    b_rows: &PortBindings,
+) -> bool {
+    same_other_tables(a, b) && (port_bindings::same_table(a, b) || a_rows.same_except_up(b_rows))
+}
+
+/// Whether every compiler input table but Port_Binding is the same
+/// allocation in `a` and `b`.
+fn same_other_tables(a: &Database, b: &Database) -> bool {
+    crate::compile::SB_TABLES
+        .iter()
+        .filter(|name| **name != sb::PortBinding::TABLE)
+        .all(|name| match (a.table(name), b.table(name)) {
+            (None, None) => true,
+            (Some(x), Some(y)) => std::ptr::eq(x, y),
+            _ => false,
+        })
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -398,6 +457,35 @@ fn now_ms() -> i64 {
 
 /// How often the node asks the fastpath for learned MAC bindings.
 const LEARNED_POLL: Duration = Duration::from_secs(1);
+
+/// How long the node waits for every fastpath reader to use newly
+/// published tables before it marks their new ports `up` anyway.
+const IN_USE_WAIT: Duration = Duration::from_millis(500);
+
+/// A table reader whose heartbeat is older than this is taken for gone
+/// (fastpath lcores beat ten times a second).
+const READER_ALIVE: Duration = Duration::from_secs(1);
+
+/// Waits until every live reader of the table file (the fastpath's control
+/// thread and lcores) uses `generation` or a later one, at most
+/// [`IN_USE_WAIT`]; whether they all do. Publishing only hands the tables
+/// over: a pod told its port is up before its lcore switched would lose its
+/// first packets (and the kernel resends an unanswered ARP only after 1 s).
+async fn wait_in_use(writer: &fastpath_tables::Writer, generation: u64) -> bool {
+    let deadline = Instant::now() + IN_USE_WAIT;
+    loop {
+        let behind = writer.readers().iter().any(|r| {
+            u128::from(r.heartbeat_age_ns) < READER_ALIVE.as_nanos() && r.generation < generation
+        });
+        if !behind {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
 
 impl Node {
     /// Connects, registers the chassis and starts following the
@@ -415,7 +503,13 @@ impl Node {
         }
         let client = Client::connect(&cfg.sb, "OVN_Southbound", ClientOptions::default()).await?;
         let local: BTreeSet<String> = state.ports.keys().cloned().collect();
-        let initial = conditions(&Database::default(), &cfg.chassis.name, None, &local);
+        let initial = conditions(
+            &Database::default(),
+            &PortBindings::default(),
+            &cfg.chassis.name,
+            None,
+            &local,
+        );
         let replica = client.monitor(monitored_tables(&initial)).await?;
         let (published, _) = watch::channel(PublishReport::default());
         let shared = Arc::new(Shared {
@@ -427,6 +521,7 @@ impl Node {
             plumber,
             published,
             writes: Mutex::new(WriteCounts::default()),
+            port_bindings: PortBindingCache::default(),
         });
         let mut replica = replica;
         register(&shared, &mut replica).await?;
@@ -475,7 +570,10 @@ impl Node {
             // `chassis` but leave `up` true), then remove the chassis.
             let db = self.shared.sb.borrow().clone();
             let mut ops = match chassis::chassis_uuid(&db, &self.shared.cfg.chassis.name) {
-                Some(own) => binding_ops(&db, own, &BTreeSet::new(), &BTreeSet::new()).0,
+                Some(own) => {
+                    let pbs = self.shared.port_bindings.get(&db);
+                    binding_ops(&pbs, own, &BTreeSet::new(), &BTreeSet::new()).0
+                }
                 None => Vec::new(),
             };
             ops.extend(chassis::unregister_ops(&self.shared.cfg.chassis.name));
@@ -540,7 +638,9 @@ async fn run(
 ) -> Result<(), NodeError> {
     let mut writer =
         open_tables(&shared.cfg.tables).map_err(|e| NodeError::Tables(format!("{e:#}")))?;
-    let mut last: Option<(u64, HashMap<String, u16>)> = None;
+    // The snapshot, port map and zones last compiled (the snapshot is held
+    // so that its tables stay allocated: see `same_compile_input`).
+    let mut last: Option<LastCompiled> = None;
     // Per-flow results kept from one compilation to the next.
     let mut memo = CompileMemo::default();
     // Ports mapped by the tables last published.
@@ -568,41 +668,64 @@ async fn run(
             continue;
         }
         let own = chassis::chassis_uuid(&db, &shared.cfg.chassis.name);
-        let local: BTreeSet<String> = shared.state.lock().ports.keys().cloned().collect();
+        // One read of the local ports for the whole pass: a port the CNI
+        // adds meanwhile waits for the next pass, so it is never compiled
+        // in before it is claimed.
+        let port_map: HashMap<String, u16> = shared
+            .state
+            .lock()
+            .ports
+            .iter()
+            .map(|(n, p)| (n.clone(), p.fastpath_port))
+            .collect();
+        let local: BTreeSet<String> = port_map.keys().cloned().collect();
+        // Parsed once for the whole pass (and shared with CNI waits).
+        let pbs = shared.port_bindings.get(&db);
 
         // Conditions.
-        let wanted = conditions(&db, &shared.cfg.chassis.name, own, &local);
+        let wanted = conditions(&db, &pbs, &shared.cfg.chassis.name, own, &local);
         for (table, c) in &wanted {
             if sent.get(table) != Some(c) {
+                let started = Instant::now();
                 replica.set_conditions(table, c.clone()).await?;
+                log::debug!(
+                    "monitor conditions of {table} changed in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
             }
         }
         sent = wanted;
 
         // Claims and releases; `up` for ports that exist and are published.
         // A port already up here (a restart) stays up while it exists.
-        let up_here: BTreeSet<String> = db
-            .rows::<sb::PortBinding>()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| own.is_some() && p.chassis == own && p.up == Some(true))
-            .map(|p| p.logical_port)
-            .collect();
-        let ready: BTreeSet<String> = local
+        let up_here: BTreeSet<&str> = pbs
+            .rows()
             .iter()
-            .filter(|n| published_ports.contains(*n) || up_here.contains(*n))
-            .filter(|n| match shared.plumber.has_port(n) {
-                Ok(there) => there,
-                Err(e) => {
-                    log::warn!("cannot tell whether fastpath port {n} exists: {e}");
-                    false
-                }
+            .filter(|p| own.is_some() && p.chassis == own && p.up == Some(true))
+            .map(|p| p.logical_port.as_str())
+            .collect();
+        let candidates: Vec<&String> = local
+            .iter()
+            .filter(|n| published_ports.contains(*n) || up_here.contains(n.as_str()))
+            .collect();
+        // One question to the fastpath for every candidate.
+        let present = if candidates.is_empty() {
+            BTreeSet::new()
+        } else {
+            shared.plumber.port_names().unwrap_or_else(|e| {
+                log::warn!("cannot tell which fastpath ports exist: {e}");
+                BTreeSet::new()
             })
+        };
+        let ready: BTreeSet<String> = candidates
+            .into_iter()
+            .filter(|n| present.contains(*n))
             .cloned()
             .collect();
         if let Some(own) = own {
-            let (ops, claims, releases) = binding_ops(&db, own, &local, &ready);
+            let (ops, claims, releases) = binding_ops(&pbs, own, &local, &ready);
             if !ops.is_empty() {
+                let started = Instant::now();
                 shared.client.transact(ops).await?;
                 {
                     let mut w = shared.writes.lock();
@@ -611,9 +734,17 @@ async fn run(
                 }
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
-                    replica.wait_for(|db| binding_ops(db, own, &local, &ready).0.is_empty()),
+                    replica.wait_for(|db| {
+                        binding_ops(&PortBindings::of(db), own, &local, &ready)
+                            .0
+                            .is_empty()
+                    }),
                 )
                 .await;
+                log::debug!(
+                    "port bindings written ({claims} claims, {releases} releases) and seen in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
                 continue;
             }
         }
@@ -623,7 +754,7 @@ async fn run(
             let mut state = shared.state.lock();
             let mut owners: BTreeSet<String> = state.ports.keys().cloned().collect();
             let dps: Vec<sb::DatapathBinding> = db.rows().unwrap_or_default();
-            let locals = local_datapaths(&db, &local);
+            let locals = local_datapaths(&pbs, &local);
             for d in dps.iter().filter(|d| locals.contains(&d.uuid)) {
                 owners.insert(format!("{}_dnat", d.uuid));
                 owners.insert(format!("{}_snat", d.uuid));
@@ -641,41 +772,66 @@ async fn run(
         }
 
         // Compile and publish.
-        let port_map: HashMap<String, u16> = shared
-            .state
-            .lock()
-            .ports
-            .iter()
-            .map(|(n, p)| (n.clone(), p.fastpath_port))
-            .collect();
-        let key = (db.generation(), port_map.clone());
-        if last.as_ref() != Some(&key) {
+        let zones = shared.state.lock().ct_zones.clone();
+        let unchanged = last.as_ref().is_some_and(|(prev, prev_pbs, map, z)| {
+            *map == port_map && *z == zones && same_compile_input_parsed(prev, prev_pbs, &db, &pbs)
+        });
+        if !unchanged {
             let opts = CompileOptions {
                 chassis: shared.cfg.chassis.name.clone(),
-                port_map,
+                port_map: port_map.clone(),
             };
-            let zones = shared.state.lock().ct_zones.clone();
+            let started = Instant::now();
             let compiled = compile_incremental(&db, &opts, Some(&zones), &mut memo)?;
+            let compile_time = started.elapsed();
+            let started = Instant::now();
             let generation = writer
                 .publish(compiled.builder)
                 .map_err(|e| NodeError::Tables(e.to_string()))?;
+            let publish_time = started.elapsed();
             let latency = pb_changed_at.take().map(|t| t.elapsed());
             log::info!(
-                "tables generation {generation}: {} logical flows, {} rules; port binding to publish {:?}",
+                "tables generation {generation}: {} logical flows, {} rules, compiled in {:.1} ms, published in {:.1} ms; port binding to publish {:?}",
                 compiled.stats.logical_flows,
                 compiled.stats.rules,
+                compile_time.as_secs_f64() * 1e3,
+                publish_time.as_secs_f64() * 1e3,
                 latency
             );
             shared.published.send_replace(PublishReport {
                 generation,
                 db_generation: db.generation(),
                 port_binding_latency: latency,
+                compile_time,
+                publish_time,
                 stats: compiled.stats,
             });
-            let now_published: BTreeSet<String> = key.1.keys().cloned().collect();
-            last = Some(key);
+            // Ports these tables map as bound here: only they may go up.
+            let now_published: BTreeSet<String> = port_map
+                .keys()
+                .filter(|n| {
+                    pbs.get(n)
+                        .is_some_and(|p| own.is_some() && p.chassis == own)
+                })
+                .cloned()
+                .collect();
+            last = Some((db.clone(), pbs.clone(), port_map, zones));
             if now_published != published_ports {
-                // Ports that became mappable may go up now.
+                // Ports that became mapped may go up once the fastpath
+                // forwards with these tables.
+                if !now_published.is_subset(&published_ports) {
+                    let started = Instant::now();
+                    let in_use = wait_in_use(&writer, generation).await;
+                    log::debug!(
+                        "tables generation {generation} in use by every reader: {in_use} after {:.1} ms",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                    if !in_use {
+                        log::warn!(
+                            "tables generation {generation} not in use by every fastpath reader after {IN_USE_WAIT:?}; marking its ports up anyway"
+                        );
+                    }
+                }
                 published_ports = now_published;
                 continue;
             }
@@ -693,15 +849,150 @@ async fn run(
             continue;
         }
 
-        // Wait for a change, then let a burst settle.
-        tokio::select! {
-            r = replica.changed() => { r?; }
-            _ = shared.wake.notified() => {}
+        // Wait for a change, then let a burst of Southbound updates settle
+        // (a CNI request is acted on at once: a pod waits for it).
+        let settle = tokio::select! {
+            r = replica.changed() => { r?; true }
+            _ = shared.wake.notified() => false,
             _ = learned_tick.tick() => {
                 write_learned(&shared, &mut replica).await?;
+                true
             }
             _ = stop.notified() => return Ok(()),
+        };
+        if settle {
+            tokio::time::sleep(shared.cfg.debounce).await;
         }
-        tokio::time::sleep(shared.cfg.debounce).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ovsdb::testing::OvnCentral;
+
+    /// The row of `logical_port` in `db`.
+    fn binding(db: &Database, logical_port: &str) -> Option<sb::PortBinding> {
+        PortBindings::of(db).get(logical_port).cloned()
+    }
+
+    fn nb_cfg(db: &Database) -> i64 {
+        db.rows::<sb::SbGlobal>()
+            .ok()
+            .and_then(|g| g.first().map(|g| g.nb_cfg))
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_compile_input_ignores_up_and_non_compiler_tables_only() {
+        let central = OvnCentral::start().unwrap();
+        for cmd in [
+            vec!["ls-add", "ls0"],
+            vec!["lsp-add", "ls0", "pod1.ns1"],
+            vec![
+                "lsp-set-addresses",
+                "pod1.ns1",
+                "0a:00:00:00:00:05 10.16.0.5",
+            ],
+        ] {
+            central.nbctl(&cmd).unwrap();
+        }
+        central.sync(Duration::from_secs(10)).unwrap();
+        central
+            .sbctl(&["chassis-add", "node-1", "geneve", "192.0.2.11"])
+            .unwrap();
+        let client = Client::connect(
+            std::slice::from_ref(&central.sb.remote),
+            "OVN_Southbound",
+            ClientOptions::default(),
+        )
+        .await
+        .unwrap();
+        let mut tables: Vec<MonitorTable> = crate::compile::SB_TABLES
+            .iter()
+            .map(|t| MonitorTable::all(t))
+            .collect();
+        tables.push(MonitorTable::all(sb::SbGlobal::TABLE));
+        let mut replica = client.monitor(tables).await.unwrap();
+        let wait = Duration::from_secs(10);
+        let a = tokio::time::timeout(
+            wait,
+            replica.wait_for(|db| {
+                binding(db, "pod1.ns1").is_some() && chassis::chassis_uuid(db, "node-1").is_some()
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(same_compile_input(&a, &a));
+
+        // The node's own `up` write: a new Port_Binding table, same input.
+        central
+            .sbctl(&["set", "Port_Binding", "pod1.ns1", "up=true"])
+            .unwrap();
+        let b = tokio::time::timeout(
+            wait,
+            replica.wait_for(|db| binding(db, "pod1.ns1").is_some_and(|p| p.up == Some(true))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(!port_bindings::same_table(&a, &b));
+        assert!(same_compile_input(&a, &b) && same_compile_input(&b, &a));
+        assert!(same_compile_input_parsed(
+            &a,
+            &PortBindings::of(&a),
+            &b,
+            &PortBindings::of(&b)
+        ));
+
+        // SB_Global (nb_cfg) is not compiler input.
+        let before = nb_cfg(&b);
+        central.nbctl(&["--wait=sb", "sync"]).unwrap();
+        let c = tokio::time::timeout(wait, replica.wait_for(|db| nb_cfg(db) > before))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(same_compile_input(&b, &c));
+        // The parse cache: one parse per Port_Binding table.
+        let cache = PortBindingCache::default();
+        let (rows_b, rows_c) = (cache.get(&b), cache.get(&c));
+        assert!(Arc::ptr_eq(&rows_b, &rows_c));
+        assert!(!Arc::ptr_eq(&rows_b, &cache.get(&a)));
+
+        // A claim changes a column the compiler reads.
+        central.sbctl(&["lsp-bind", "pod1.ns1", "node-1"]).unwrap();
+        let d = tokio::time::timeout(
+            wait,
+            replica.wait_for(|db| binding(db, "pod1.ns1").is_some_and(|p| p.chassis.is_some())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(!same_compile_input(&c, &d) && !same_compile_input(&d, &c));
+        assert!(!same_compile_input_parsed(
+            &c,
+            &PortBindings::of(&c),
+            &d,
+            &PortBindings::of(&d)
+        ));
+
+        // A new port: new Port_Binding row and new logical flows.
+        central.nbctl(&["lsp-add", "ls0", "pod2.ns1"]).unwrap();
+        let e = tokio::time::timeout(
+            wait,
+            replica.wait_for(|db| binding(db, "pod2.ns1").is_some()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(!same_compile_input(&d, &e));
+        let rows = PortBindings::of(&e);
+        assert_eq!(rows.rows().len(), 2);
+        assert_eq!(
+            rows.get("pod2.ns1").map(|p| p.logical_port.as_str()),
+            Some("pod2.ns1")
+        );
+        assert!(rows.rows().windows(2).all(|w| w[0].uuid < w[1].uuid));
     }
 }

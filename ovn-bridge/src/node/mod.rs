@@ -15,6 +15,7 @@ pub mod cni;
 pub mod daemon;
 pub mod netns;
 pub mod plumber;
+pub mod port_bindings;
 pub mod state;
 
 pub use chassis::{ChassisConfig, FEATURES};
@@ -22,6 +23,7 @@ pub use cni::CniHandler;
 pub use daemon::{Node, NodeConfig, PublishReport, Shutdown, WriteCounts};
 pub use netns::{KernelInterface, NetnsError};
 pub use plumber::{FastpathPlumber, PlumbError, PortPlumber, RecordingPlumber};
+pub use port_bindings::{PortBindingCache, PortBindings};
 pub use state::{LocalPort, NodeState, PortKind, StateError};
 
 /// Failures of the node role.

@@ -7,7 +7,7 @@
 //!
 //! Owns no Southbound or state-file access (the node does both).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
 
@@ -47,6 +47,9 @@ pub trait PortPlumber: Send + Sync {
     fn remove_port(&self, name: &str) -> Result<(), PlumbError>;
     /// Whether port `name` exists in the fastpath now.
     fn has_port(&self, name: &str) -> Result<bool, PlumbError>;
+    /// The names of every port the fastpath has now (one request, however
+    /// many ports the node holds).
+    fn port_names(&self) -> Result<BTreeSet<String>, PlumbError>;
     /// Moves the kernel side of kernel port `endpoint` into the pod's
     /// namespace `netns` and configures it as `iface`.
     fn attach_kernel(
@@ -132,6 +135,11 @@ impl PortPlumber for FastpathPlumber {
         Ok(ports.iter().any(|p| p.name == name))
     }
 
+    fn port_names(&self) -> Result<BTreeSet<String>, PlumbError> {
+        let ports: Vec<PortInfo> = self.call("(ports)", &Request::Ports)?;
+        Ok(ports.into_iter().map(|p| p.name).collect())
+    }
+
     fn attach_kernel(
         &self,
         endpoint: &str,
@@ -212,6 +220,10 @@ impl PortPlumber for RecordingPlumber {
         Ok(self.ports.lock().contains_key(name))
     }
 
+    fn port_names(&self) -> Result<BTreeSet<String>, PlumbError> {
+        Ok(self.ports.lock().keys().cloned().collect())
+    }
+
     /// Nothing was created, so there is nothing to move.
     fn attach_kernel(&self, _: &str, _: &str, _: &KernelInterface) -> Result<(), PlumbError> {
         Ok(())
@@ -239,6 +251,8 @@ mod tests {
         let c = p.add_port("c", PortKind::Kernel, "fpc", Some(7)).unwrap();
         assert!(c != a && c != b);
         assert!(p.has_port("a").unwrap());
+        let names: Vec<String> = p.port_names().unwrap().into_iter().collect();
+        assert_eq!(names, ["a", "b", "c"]);
         p.remove_port("a").unwrap();
         p.remove_port("a").unwrap();
         assert!(!p.ports().contains_key("a"));
@@ -249,6 +263,8 @@ mod tests {
     fn fastpath_plumber_reports_a_missing_fastpath() {
         let p = FastpathPlumber::new("/nonexistent/fastpath.sock");
         let e = p.add_port("a", PortKind::Kernel, "fpa", None).unwrap_err();
+        assert!(e.to_string().contains("fastpath is not running"), "{e}");
+        let e = p.port_names().unwrap_err();
         assert!(e.to_string().contains("fastpath is not running"), "{e}");
     }
 }
