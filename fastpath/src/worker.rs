@@ -501,18 +501,27 @@ fn stage_burst(
             }
         }
     }
+    prefetch_staged(staged, lcore, conntrack);
+}
+
+/// Stage 3 over a staged burst: the cache slot of each parsed packet, then
+/// its entry's conntrack steps, then the conntrack entries they name (each
+/// pass over the burst gives the previous one's loads time to arrive).
+#[inline(always)]
+fn prefetch_staged(staged: &Staged, lcore: &OvnLcore, conntrack: &crate::conntrack::Conntrack) {
+    let parsed = |i: usize| staged.parsed & (1 << i) != 0;
     for (i, hash) in staged.hashes.iter().enumerate() {
-        if staged.parsed & (1 << i) != 0 {
+        if parsed(i) {
             lcore.prefetch_slot(*hash);
         }
     }
     for (i, hash) in staged.hashes.iter().enumerate() {
-        if staged.parsed & (1 << i) != 0 {
+        if parsed(i) {
             lcore.prefetch_ct_steps(*hash);
         }
     }
     for (i, hash) in staged.hashes.iter().enumerate() {
-        if staged.parsed & (1 << i) != 0 {
+        if parsed(i) {
             lcore.prefetch_conntrack(*hash, conntrack);
         }
     }
@@ -604,22 +613,7 @@ fn stage_uplink(
             }
         }
     }
-    for (i, hash) in staged.hashes.iter().enumerate() {
-        if staged.parsed & (1 << i) != 0 {
-            o.lcore.prefetch_slot(*hash);
-        }
-    }
-    for (i, hash) in staged.hashes.iter().enumerate() {
-        if staged.parsed & (1 << i) != 0 {
-            o.lcore.prefetch_ct_steps(*hash);
-        }
-    }
-    let ct = o.conntrack.conntrack();
-    for (i, hash) in staged.hashes.iter().enumerate() {
-        if staged.parsed & (1 << i) != 0 {
-            o.lcore.prefetch_conntrack(*hash, ct);
-        }
-    }
+    prefetch_staged(staged, &o.lcore, o.conntrack.conntrack());
 }
 
 /// Sends a frame built in a buffer (ARP, ICMP) from a fresh mbuf.

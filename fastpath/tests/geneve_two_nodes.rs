@@ -13,6 +13,7 @@
 
 mod common;
 
+use common::netns::{ip, run, Net};
 use common::Fastpath;
 use fastpath_api::{LcoreInfo, Request, Stats, TablesInfo, TunnelInfo};
 use ovsdb::testing::OvnCentral;
@@ -31,48 +32,6 @@ const UNDERLAY_B: &str = "192.168.77.2";
 /// The uplink MTU; pods get 58 bytes less.
 const UPLINK_MTU: u16 = 1500;
 const POD_MTU: u16 = UPLINK_MTU - 58;
-
-fn run(cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn ip(args: &[&str]) {
-    let out = run("ip", args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces, the veth pair and helper processes, removed on drop.
-struct Net {
-    ns: Vec<String>,
-    links: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{}", c.id())])
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        for l in &self.links {
-            let _ = Command::new("ip").args(["link", "del", l]).status();
-        }
-    }
-}
 
 /// One `ovn-bridge compile --follow` per chassis.
 struct Compilers(Vec<Child>);
@@ -161,24 +120,16 @@ fn pods_on_two_fastpath_nodes_talk_over_geneve() {
     let id = std::process::id() % 100_000;
     let ns = |p: &str| format!("gv{p}{id}");
     let (ula, ulb) = (format!("gvula{id}"), format!("gvulb{id}"));
-    let mut net = Net {
-        ns: PODS.iter().map(|p| ns(p.0)).collect(),
-        links: vec![ula.clone()],
-        children: Vec::new(),
-    };
-    for n in &net.ns {
-        ip(&["netns", "add", n]);
-        for conf in ["all", "default"] {
-            let key = format!("net.ipv6.conf.{conf}.disable_ipv6=1");
-            let out = run("ip", &["netns", "exec", n, "sysctl", "-qw", &key]);
-            assert!(out.status.success(), "sysctl in {n}");
-        }
+    let mut net = Net::default();
+    for p in PODS {
+        net.add_ns(&ns(p.0));
     }
     // The underlay: a veth pair whose ends the fastpaths own; the kernel
     // holds no address on it.
     ip(&[
         "link", "add", &ula, "mtu", "1500", "type", "veth", "peer", "name", &ulb, "mtu", "1500",
     ]);
+    net.links.push(ula.clone());
     for l in [&ula, &ulb] {
         let key = format!("net.ipv6.conf.{l}.disable_ipv6=1");
         let _ = run("sysctl", &["-qw", &key]);
@@ -463,15 +414,10 @@ fn wait_capturing(capture: &mut Child) {
 /// `addr:5001`; returns how many the server received.
 fn tcp_transfer(net: &mut Net, server: &str, client: &str, addr: &str, bytes: usize) -> usize {
     let out_file = tempfile::NamedTempFile::new().expect("temp file");
-    let script = format!("nc -l 5001 > {}", out_file.path().display());
-    let child = Command::new("ip")
-        .args(["netns", "exec", server, "setsid", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nc server");
-    let pid = child.id();
-    net.children.push(child);
+    let pid = net.spawn(
+        server,
+        &format!("nc -l 5001 > {}", out_file.path().display()),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let send = format!("head -c {bytes} /dev/zero | nc -N -w 5 {addr} 5001");
     let sent = run("ip", &["netns", "exec", client, "sh", "-c", &send]);
@@ -484,13 +430,7 @@ fn tcp_transfer(net: &mut Net, server: &str, client: &str, addr: &str, bytes: us
     loop {
         let len = std::fs::metadata(out_file.path()).map_or(0, |m| m.len() as usize);
         if len >= bytes || start.elapsed() > Duration::from_secs(10) {
-            if let Some(i) = net.children.iter().position(|c| c.id() == pid) {
-                let mut c = net.children.remove(i);
-                let _ = Command::new("kill")
-                    .args(["-TERM", "--", &format!("-{pid}")])
-                    .status();
-                let _ = c.wait();
-            }
+            net.stop(pid);
             return len;
         }
         std::thread::sleep(Duration::from_millis(50));

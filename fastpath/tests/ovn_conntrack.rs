@@ -12,16 +12,16 @@
 
 mod common;
 
+use common::netns::{ip, run, settle, Net};
 use common::Fastpath;
 use fastpath_api::{
-    ConntrackCount, ConntrackFilter, ConntrackFlushed, ConntrackList, LcoreInfo, Request, Stats,
-    TablesInfo,
+    ConntrackCount, ConntrackFilter, ConntrackFlushed, ConntrackList, Request, Stats,
 };
 use ovsdb::testing::OvnCentral;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const VIP: &str = "10.96.0.10";
 
@@ -34,59 +34,6 @@ const PODS: [(&str, &str, &str, &str, u16); 4] = [
     ("p3", "50:54:00:00:00:03", "10.0.0.13", "b", 2),
     ("p4", "50:54:00:00:00:04", "10.0.0.14", "d", 3),
 ];
-
-fn run(cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn ip(args: &[&str]) {
-    let out = run("ip", args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces and servers of the test, removed on drop.
-struct Net {
-    ns: Vec<String>,
-    servers: Vec<Child>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            // Each server runs in its own session: end its process group.
-            let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{}", s.id())])
-                .status();
-            let _ = s.wait();
-        }
-        for n in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-impl Net {
-    /// A TCP server on `port` in namespace `ns` that answers each
-    /// connection with `name` and closes it.
-    fn serve(&mut self, ns: &str, port: u16, name: &str) {
-        let script = format!("while :; do echo {name} | nc -N -l {port} >/dev/null; done");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "setsid", "sh", "-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nc server");
-        self.servers.push(child);
-    }
-}
 
 /// Connects from namespace `ns` to `addr:port` and returns what the server
 /// said (empty when the connection failed). Retries briefly: a server
@@ -158,46 +105,6 @@ impl Central {
                 .spawn()
                 .expect("ovn-bridge compile"),
         );
-    }
-}
-
-fn wait_generation(fp: &Fastpath, above: u64) -> u64 {
-    let start = Instant::now();
-    loop {
-        let t: TablesInfo = fp.client().call_as(&Request::Tables).unwrap();
-        let lcores: Vec<LcoreInfo> = fp.client().call_as(&Request::Lcores).unwrap();
-        if t.generation > above && lcores.iter().all(|l| l.table_generation == t.generation) {
-            return t.generation;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no generation above {above}: {t:?}\n{}",
-            fp.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Waits until the published generation stops changing (northd and the
-/// compiler settled), then until the fastpath uses it.
-fn settle(fp: &Fastpath) -> u64 {
-    let mut last = 0;
-    let mut stable_since = Instant::now();
-    let start = Instant::now();
-    loop {
-        let t: TablesInfo = fp.client().call_as(&Request::Tables).unwrap();
-        if t.published_generation != last {
-            last = t.published_generation;
-            stable_since = Instant::now();
-        }
-        if last > 0 && stable_since.elapsed() > Duration::from_millis(700) {
-            return wait_generation(fp, last.saturating_sub(1));
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "tables never settled"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -297,26 +204,9 @@ fn diagnostics(fp: &Fastpath) -> String {
 fn cluster_ip_affinity_network_policy_and_qos_through_the_fastpath() {
     let id = std::process::id() % 100_000;
     let ns = |s: &str| format!("fp{s}{id}");
-    let mut net = Net {
-        ns: PODS.iter().map(|p| ns(p.3)).collect(),
-        servers: Vec::new(),
-    };
-    for n in &net.ns {
-        ip(&["netns", "add", n]);
-        for conf in ["all", "default"] {
-            let out = run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    n,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{conf}.disable_ipv6=1"),
-                ],
-            );
-            assert!(out.status.success(), "sysctl in {n}");
-        }
+    let mut net = Net::default();
+    for p in PODS {
+        net.add_ns(&ns(p.3));
     }
 
     let mut central = Central {

@@ -24,15 +24,14 @@
 
 mod common;
 
+use common::netns::{in_ns, ip, settle, Net};
 use common::Fastpath;
-use fastpath_api::{
-    ConntrackEntry, ConntrackFilter, ConntrackList, LcoreInfo, Request, TablesInfo,
-};
+use fastpath_api::{ConntrackEntry, ConntrackFilter, ConntrackList, Request};
 use ovsdb::testing::OvnCentral;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The ClusterIP of the Service (TCP 80 and UDP 53).
 const VIP: &str = "10.96.0.10";
@@ -98,66 +97,6 @@ const PODS: [Pod; 4] = [
         port: 3,
     },
 ];
-
-fn run(cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn ip(args: &[&str]) {
-    let out = run("ip", args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `args` in namespace `ns`.
-fn in_ns(ns: &str, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["netns", "exec", ns];
-    all.extend_from_slice(args);
-    run("ip", &all)
-}
-
-/// Namespaces and servers of the test, removed on drop.
-struct Net {
-    ns: Vec<String>,
-    servers: Vec<Child>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            // Each server runs in its own session: end its process group.
-            let _ = Command::new("kill")
-                .args(["-TERM", "--", &format!("-{}", s.id())])
-                .status();
-            let _ = s.wait();
-        }
-        for n in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-impl Net {
-    /// A TCP server on `port` in namespace `ns` that answers each
-    /// connection with `name` and closes it.
-    fn serve(&mut self, ns: &str, port: u16, name: &str) {
-        let script = format!("while :; do echo {name} | nc -N -l {port} >/dev/null; done");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "setsid", "sh", "-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nc server");
-        self.servers.push(child);
-    }
-}
 
 /// What one TCP connection attempt gave.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -307,46 +246,6 @@ fn northbound(c: &Central) {
     c.sync();
 }
 
-fn wait_generation(fp: &Fastpath, above: u64) -> u64 {
-    let start = Instant::now();
-    loop {
-        let t: TablesInfo = fp.client().call_as(&Request::Tables).expect("tables");
-        let lcores: Vec<LcoreInfo> = fp.client().call_as(&Request::Lcores).expect("lcores");
-        if t.generation > above && lcores.iter().all(|l| l.table_generation == t.generation) {
-            return t.generation;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no generation above {above}: {t:?}\n{}",
-            fp.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Waits until the published generation stops changing (northd and the
-/// compiler settled), then until the fastpath uses it.
-fn settle(fp: &Fastpath) -> u64 {
-    let mut last = 0;
-    let mut stable_since = Instant::now();
-    let start = Instant::now();
-    loop {
-        let t: TablesInfo = fp.client().call_as(&Request::Tables).expect("tables");
-        if t.published_generation != last {
-            last = t.published_generation;
-            stable_since = Instant::now();
-        }
-        if last > 0 && stable_since.elapsed() > Duration::from_millis(700) {
-            return wait_generation(fp, last.saturating_sub(1));
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "tables never settled"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The running lab: namespaces, OVN central with the compiler, fastpath.
 /// Field order is drop order: the fastpath stops before its namespaces go.
 struct Lab {
@@ -360,20 +259,9 @@ struct Lab {
 impl Lab {
     fn start() -> Lab {
         let id = std::process::id() % 100_000;
-        let net = Net {
-            ns: PODS
-                .iter()
-                .map(|p| format!("fph{}{id}", p.suffix))
-                .collect(),
-            servers: Vec::new(),
-        };
-        for n in &net.ns {
-            ip(&["netns", "add", n]);
-            for conf in ["all", "default"] {
-                let key = format!("net.ipv6.conf.{conf}.disable_ipv6=1");
-                let out = in_ns(n, &["sysctl", "-qw", &key]);
-                assert!(out.status.success(), "sysctl in {n}");
-            }
+        let mut net = Net::default();
+        for p in PODS.iter() {
+            net.add_ns(&format!("fph{}{id}", p.suffix));
         }
         let mut central = Central {
             ovn: OvnCentral::start().expect("NB, SB and ovn-northd"),

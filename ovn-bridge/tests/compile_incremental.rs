@@ -17,30 +17,7 @@ use ovsdb::Database;
 use trace::Central;
 
 fn snapshot(c: &Central) -> std::sync::Arc<Database> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = ovsdb::Client::connect(
-            std::slice::from_ref(&c.sb.remote),
-            "OVN_Southbound",
-            ovsdb::ClientOptions::default(),
-        )
-        .await
-        .expect("connect sb");
-        let replica = client
-            .monitor(
-                ovn_bridge::compile::SB_TABLES
-                    .iter()
-                    .map(|t| ovsdb::MonitorTable::all(t))
-                    .collect(),
-            )
-            .await
-            .expect("monitor sb");
-        replica.snapshot()
-    })
+    c.snapshot()
 }
 
 fn opts() -> CompileOptions {

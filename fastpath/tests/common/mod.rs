@@ -358,6 +358,8 @@ pub mod frames {
     }
 }
 
+pub mod netns;
+
 /// The `ovn-bridge` binary, built beside the fastpath binary.
 pub fn ovn_bridge_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_fastpath")).with_file_name("ovn-bridge");

@@ -85,15 +85,14 @@ impl Central {
         }
     }
 
-    /// Compiles the current Southbound for chassis `hv1` (deterministic
-    /// conntrack zones) and loads it; also returns the compile statistics.
-    pub fn program(&self) -> (Program, ovn_bridge::compile::CompileStats) {
+    /// A snapshot of the whole Southbound the compiler reads.
+    pub fn snapshot(&self) -> std::sync::Arc<ovsdb::Database> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let db = rt.block_on(async {
+        rt.block_on(async {
             let client = ovsdb::Client::connect(
                 std::slice::from_ref(&self.sb.remote),
                 "OVN_Southbound",
@@ -111,7 +110,13 @@ impl Central {
                 .await
                 .expect("monitor sb");
             replica.snapshot()
-        });
+        })
+    }
+
+    /// Compiles the current Southbound for chassis `hv1` (deterministic
+    /// conntrack zones) and loads it; also returns the compile statistics.
+    pub fn program(&self) -> (Program, ovn_bridge::compile::CompileStats) {
+        let db = self.snapshot();
         let opts = ovn_bridge::compile::CompileOptions {
             chassis: "hv1".into(),
             port_map: HashMap::new(),
