@@ -47,6 +47,10 @@ enum Role {
         /// start and when the database changes under us).
         #[arg(long, default_value_t = 300)]
         resync_period: u64,
+        /// How often the manifest directory is checked for changes, in
+        /// milliseconds (with --manifests).
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
+        manifest_poll_ms: u64,
     },
     /// Compile the Southbound logical flows into the fastpath's table file
     /// and republish on every Southbound change.
@@ -142,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             lease_namespace,
             max_ops_per_txn,
             resync_period,
+            manifest_poll_ms,
         } => rt.block_on(async move {
             let config = Config {
                 default_cidr,
@@ -156,7 +161,7 @@ fn main() -> anyhow::Result<()> {
                 full_resync: (resync_period > 0).then(|| Duration::from_secs(resync_period)),
             });
             if let Some(dir) = manifests {
-                run::run_manifests(&dir, &mut ctl, Duration::from_millis(500)).await?;
+                run::run_manifests(&dir, &mut ctl, Duration::from_millis(manifest_poll_ms)).await?;
                 return Ok(());
             }
             let path = kubeconfig.context("--kubeconfig or --manifests is required")?;
