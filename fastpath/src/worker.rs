@@ -277,6 +277,7 @@ impl Worker {
                                 }
                             }
                             stats.cache.hits.add(hits);
+                            o.lcore.end_burst();
                             for (out, buf) in tx.iter_mut().enumerate() {
                                 if !buf.is_empty() {
                                     flush(buf, out, &port_ids, tx_queue, &stats);
@@ -505,8 +506,9 @@ fn stage_burst(
 }
 
 /// Stage 3 over a staged burst: the cache slot of each parsed packet, then
-/// its entry's conntrack steps, then the conntrack entries they name (each
-/// pass over the burst gives the previous one's loads time to arrive).
+/// (when the program tracks connections) its entry's conntrack steps, then
+/// the conntrack entries they name (each pass over the burst gives the
+/// previous one's loads time to arrive).
 #[inline(always)]
 fn prefetch_staged(staged: &Staged, lcore: &OvnLcore, conntrack: &crate::conntrack::Conntrack) {
     let parsed = |i: usize| staged.parsed & (1 << i) != 0;
@@ -514,6 +516,9 @@ fn prefetch_staged(staged: &Staged, lcore: &OvnLcore, conntrack: &crate::conntra
         if parsed(i) {
             lcore.prefetch_slot(*hash);
         }
+    }
+    if !lcore.tracks_connections() {
+        return;
     }
     for (i, hash) in staged.hashes.iter().enumerate() {
         if parsed(i) {

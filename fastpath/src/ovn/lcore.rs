@@ -98,6 +98,10 @@ pub struct OvnLcore {
     pub learned_lost: u64,
     /// The fastpath port of the Geneve uplink, if a tunnel is configured.
     uplink: Option<u16>,
+    /// A hit of this burst depended on connections.
+    ct_in_burst: bool,
+    /// The last burst had such hits: prefetch conntrack state for this one.
+    prefetch_ct: bool,
 }
 
 impl OvnLcore {
@@ -113,6 +117,8 @@ impl OvnLcore {
             learned,
             learned_lost: 0,
             uplink: None,
+            ct_in_burst: false,
+            prefetch_ct: true,
         }
     }
 
@@ -186,6 +192,21 @@ impl OvnLcore {
         self.cache.prefetch_slot(hash);
     }
 
+    /// Whether stage three should prefetch conntrack state: the program
+    /// runs conntrack actions and the last burst's hits depended on
+    /// connections (stateless traffic skips the two passes).
+    #[inline(always)]
+    pub fn tracks_connections(&self) -> bool {
+        self.prefetch_ct && self.program.as_ref().is_some_and(|p| p.uses_conntrack)
+    }
+
+    /// Ends a burst: what its hits were decides stage three of the next.
+    #[inline(always)]
+    pub fn end_burst(&mut self) {
+        self.prefetch_ct = self.ct_in_burst;
+        self.ct_in_burst = false;
+    }
+
     /// Stage three (a): starts loading the conntrack steps (`ct` list) of
     /// the entry the (prefetched) slot for `hash` holds.
     #[inline(always)]
@@ -238,7 +259,9 @@ impl OvnLcore {
         let stale = match self.cache.lookup_hashed(key, hash, generation) {
             Lookup::Hit(slot) => {
                 let e = self.cache.entry_mut(slot);
-                if e.ct.is_empty() || still_valid(&e.ct, key, ct.as_ref()) {
+                let tracked = !e.ct.is_empty();
+                self.ct_in_burst |= tracked;
+                if !tracked || still_valid(&e.ct, key, ct.as_ref()) {
                     e.hits += 1;
                     return Some(Decision {
                         entry: self.cache.entry(slot),

@@ -158,6 +158,9 @@ pub struct Program {
     pub code: Vec<OvnInstruction>,
     /// Remote chassis, by index (ascending by name).
     pub chassis: Vec<RemoteEndpoint>,
+    /// Some flow runs a conntrack action (cache entries may then depend on
+    /// connections, which the worker prefetches).
+    pub uses_conntrack: bool,
     dp_by_key: HashMap<u32, u32>,
     port_by_key: HashMap<(u32, u32), u32>,
     port_by_name: HashMap<String, u32>,
@@ -287,6 +290,11 @@ impl Program {
             }
         }
         p.code = s.actions.to_vec();
+        // (`ct_clear` alone tracks nothing.)
+        p.uses_conntrack = p
+            .code
+            .iter()
+            .any(|i| i.op == op::CT && i.arg & 0xff != fastpath_tables::ovn::ct::CLEAR);
         let mut rules: HashMap<(u32, u8, u8), Vec<Rule>> = HashMap::new();
         for (i, f) in s.flows.iter().enumerate() {
             let Some(&dp) = p.dp_by_key.get(&f.datapath) else {
