@@ -464,6 +464,25 @@ impl Staged {
             parsed: 0,
         }
     }
+
+    /// Stage 2 for packet `i`: keeps its key and layout, hashes the key and
+    /// starts loading its flow-cache bucket.
+    #[inline(always)]
+    fn stage(&mut self, i: usize, key: FlowKey, layout: Layout, lcore: &OvnLcore) {
+        let hash = crate::ovn::cache::key_hash(&key);
+        lcore.prefetch(hash);
+        self.keys[i] = key;
+        self.layouts[i] = layout;
+        self.hashes[i] = hash;
+        self.parsed |= 1 << i;
+    }
+}
+
+/// Counts a frame the packet layer could not parse.
+#[cold]
+fn count_parse_drop(e: fastpath_packet::ParseError, stats: &LcoreStats) {
+    stats.parse_drops[e.index()].add(1);
+    stats.drop_packets(DropReason::Malformed, 1);
 }
 
 /// Stages 1 to 3 of the OVN pipeline over a received burst (see the module
@@ -488,18 +507,8 @@ fn stage_burst(
             continue;
         }
         match fastpath_packet::extract(m.data(), in_port as u16) {
-            Ok((key, layout)) => {
-                let hash = crate::ovn::cache::key_hash(&key);
-                lcore.prefetch(hash);
-                staged.keys[i] = key;
-                staged.layouts[i] = layout;
-                staged.hashes[i] = hash;
-                staged.parsed |= 1 << i;
-            }
-            Err(e) => {
-                stats.parse_drops[e.index()].add(1);
-                stats.drop_packets(DropReason::Malformed, 1);
-            }
+            Ok((key, layout)) => staged.stage(i, key, layout, lcore),
+            Err(e) => count_parse_drop(e, stats),
         }
     }
     prefetch_staged(staged, lcore, conntrack);
@@ -605,17 +614,9 @@ fn stage_uplink(
                     stats.drop_tunnel(&TunnelError::VniOutOfRange(d.vni));
                     continue;
                 }
-                let hash = crate::ovn::cache::key_hash(&key);
-                o.lcore.prefetch(hash);
-                staged.keys[i] = key;
-                staged.layouts[i] = layout;
-                staged.hashes[i] = hash;
-                staged.parsed |= 1 << i;
+                staged.stage(i, key, layout, &o.lcore);
             }
-            Err(e) => {
-                stats.parse_drops[e.index()].add(1);
-                stats.drop_packets(DropReason::Malformed, 1);
-            }
+            Err(e) => count_parse_drop(e, stats),
         }
     }
     prefetch_staged(staged, &o.lcore, o.conntrack.conntrack());

@@ -3,6 +3,9 @@
 //! by tshark, whose Geneve dissector must see OVN's VNI, option class 0x0102,
 //! type 0x80 and the logical port keys in the option data.
 
+#[path = "common/tshark.rs"]
+mod tshark;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
@@ -127,95 +130,60 @@ fn tshark_decodes_ovn_geneve() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pcap = dir.path().join("geneve.pcap");
     write_pcap(&pcap, &frames);
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(&pcap)
-        .args([
+    let rows = tshark::fields(
+        &pcap,
+        &[
             "-o",
             "ip.check_checksum:TRUE",
             "-o",
             "udp.check_checksum:TRUE",
-        ])
-        .args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"])
-        .args([
-            "-e",
+        ],
+        &[
             "geneve.vni",
-            "-e",
             "geneve.option.class",
-            "-e",
             "geneve.option.type",
-            "-e",
             "geneve.option.unknown.data",
-            "-e",
             "geneve.flags.critical",
-            "-e",
             "udp.dstport",
-            "-e",
             "udp.srcport",
-            "-e",
             "ip.checksum.status",
-            "-e",
             "udp.checksum.status",
-            "-e",
             "ip.flags.df",
-            "-e",
             "ip.ttl",
-            "-e",
             "geneve.proto_type",
-        ])
-        .output()
-        .expect("run tshark");
-    assert!(
-        out.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let text = String::from_utf8(out.stdout).expect("tshark prints UTF-8");
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), cases.len(), "tshark output:\n{text}");
-    for ((line, case), frame) in lines.iter().zip(&cases).zip(&frames) {
-        let f: Vec<&str> = line.split('|').collect();
-        assert_eq!(f.len(), 12, "{line}");
-        let num = |s: &str| -> u64 {
-            let s = s.trim();
-            match s.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => s.parse(),
-            }
-            .unwrap_or_else(|_| panic!("not a number: {s:?} in {line}"))
-        };
-        assert_eq!(num(f[0]), u64::from(case.encap.vni), "VNI in {line}");
-        assert_eq!(num(f[1]), 0x0102, "option class in {line}");
-        assert_eq!(num(f[2]), 0x80, "option type in {line}");
-        // The option data as tshark shows it (hex), decoded per ovn-architecture(7).
-        let data: Vec<u8> = (0..f[3].len() / 2)
-            .map(|i| u8::from_str_radix(&f[3][2 * i..2 * i + 2], 16).expect("hex option data"))
-            .collect();
-        let data: [u8; 4] = data.try_into().expect("4 bytes of option data");
-        let word = u32::from_be_bytes(data);
-        assert_eq!(word >> 31, 0, "reserved bit");
+    assert_eq!(rows.len(), cases.len(), "tshark rows:\n{rows:?}");
+    for ((f, case), frame) in rows.iter().zip(&cases).zip(&frames) {
+        let line = f.join("|");
+        let num = tshark::number;
+        assert_eq!(num(&f[0]), u64::from(case.encap.vni), "VNI in {line}");
+        assert_eq!(num(&f[1]), 0x0102, "option class in {line}");
+        assert_eq!(num(&f[2]), 0x80, "option type in {line}");
+        let (reserved, ingress, egress) = tshark::ovn_option(&f[3]);
+        assert_eq!(reserved, 0, "reserved bit");
         assert_eq!(
-            (word >> 16) & 0x7fff,
+            ingress,
             u32::from(case.encap.metadata.ingress_port),
             "ingress key in {line}"
         );
         assert_eq!(
-            word & 0xffff,
+            egress,
             u32::from(case.encap.metadata.egress_port),
             "egress key in {line}"
         );
-        assert!(matches!(f[4], "1" | "True"), "C bit in {line}");
-        assert_eq!(num(f[5]), 6081);
+        assert!(matches!(f[4].as_str(), "1" | "True"), "C bit in {line}");
+        assert_eq!(num(&f[5]), 6081);
         assert!(
-            (32768..=60999).contains(&num(f[6])),
+            (32768..=60999).contains(&num(&f[6])),
             "source port in {line}"
         );
-        assert_eq!(num(f[11]), 0x6558, "protocol type in {line}");
+        assert_eq!(num(&f[11]), 0x6558, "protocol type in {line}");
         if case.encap.src_ip.is_ipv4() {
             // tshark's checksum status: 0 bad, 1 good, 2 unverified, 3 not present.
             assert_eq!(f[7], "1", "IPv4 header checksum in {line}");
-            assert!(matches!(f[9], "1" | "True"), "DF in {line}");
-            assert_eq!(num(f[10]), 64, "TTL in {line}");
+            assert!(matches!(f[9].as_str(), "1" | "True"), "DF in {line}");
+            assert_eq!(num(&f[10]), 64, "TTL in {line}");
         }
         let udp_status = if case.encap.udp_checksum { "1" } else { "3" };
         assert_eq!(f[8], udp_status, "UDP checksum in {line}");

@@ -12,6 +12,8 @@
 //! uplink is answered with "fragmentation needed" carrying the pod MTU.
 
 mod common;
+#[path = "common/tshark.rs"]
+mod tshark;
 
 use common::netns::{ip, run, Net};
 use common::Fastpath;
@@ -441,84 +443,43 @@ fn tcp_transfer(net: &mut Net, server: &str, client: &str, addr: &str, bytes: us
 /// option, a VNI that is a logical switch's tunnel key, and port keys of
 /// that switch; both directions and both switches appear.
 fn check_capture(pcap: &Path, central: &OvnCentral) {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"])
-        .args([
-            "-e",
+    let rows = tshark::fields(
+        pcap,
+        &[],
+        &[
             "ip.src",
-            "-e",
             "geneve.vni",
-            "-e",
             "geneve.option.class",
-            "-e",
             "geneve.option.type",
-            "-e",
             "geneve.option.unknown.data",
-            "-e",
             "udp.srcport",
-            "-e",
             "eth.type",
-        ])
-        .output()
-        .expect("tshark");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
     // Tunnel keys of the switches and ports, from the Southbound.
-    let sb = |args: &[&str]| central.sbctl(args).expect("sbctl");
-    let dp_key = |name: &str| -> u64 {
-        let s = sb(&[
-            "--bare",
-            "--columns=tunnel_key",
-            "find",
-            "Datapath_Binding",
-            &format!("external_ids:name={name}"),
-        ]);
+    let key = |table: &str, condition: String| -> u64 {
+        let s = central
+            .sbctl(&["--bare", "--columns=tunnel_key", "find", table, &condition])
+            .expect("sbctl");
         s.trim()
             .parse()
-            .unwrap_or_else(|_| panic!("key of {name}: {s:?}"))
+            .unwrap_or_else(|_| panic!("key of {condition}: {s:?}"))
     };
-    let port_key = |name: &str| -> u64 {
-        let s = sb(&[
-            "--bare",
-            "--columns=tunnel_key",
-            "find",
-            "Port_Binding",
-            &format!("logical_port={name}"),
-        ]);
-        s.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("key of {name}: {s:?}"))
-    };
+    let dp_key = |name: &str| key("Datapath_Binding", format!("external_ids:name={name}"));
+    let port_key = |name: &str| key("Port_Binding", format!("logical_port={name}"));
     let (sw1, sw2) = (dp_key("sw1"), dp_key("sw2"));
     let mut seen = std::collections::BTreeSet::new();
     let mut packets = 0;
-    for line in text.lines() {
-        let f: Vec<&str> = line.split('|').collect();
-        assert_eq!(f.len(), 7, "{line}");
-        let num = |s: &str| -> u64 {
-            let s = s.trim();
-            match s.strip_prefix("0x") {
-                Some(h) => u64::from_str_radix(h, 16),
-                None => s.parse(),
-            }
-            .unwrap_or_else(|_| panic!("not a number {s:?} in {line}"))
-        };
+    for f in &rows {
+        let line = f.join("|");
+        let num = tshark::number;
         packets += 1;
-        let vni = num(f[1]);
-        assert_eq!(num(f[2]), 0x0102, "option class in {line}");
-        assert_eq!(num(f[3]), 0x80, "option type in {line}");
-        let data: Vec<u8> = (0..f[4].len() / 2)
-            .map(|i| u8::from_str_radix(&f[4][2 * i..2 * i + 2], 16).expect("hex"))
-            .collect();
-        let word = u32::from_be_bytes(data.try_into().expect("4 bytes of option data"));
-        let (ingress, egress) = (u64::from((word >> 16) & 0x7fff), u64::from(word & 0xffff));
-        assert!((32768..=60999).contains(&num(f[5])), "source port {line}");
+        let vni = num(&f[1]);
+        assert_eq!(num(&f[2]), 0x0102, "option class in {line}");
+        assert_eq!(num(&f[3]), 0x80, "option type in {line}");
+        let (_, ingress, egress) = tshark::ovn_option(&f[4]);
+        let (ingress, egress) = (u64::from(ingress), u64::from(egress));
+        assert!((32768..=60999).contains(&num(&f[5])), "source port {line}");
         let from_a = f[0] == UNDERLAY_A;
         let flow = if vni == sw1 && from_a {
             // a1 -> b1 on sw1 (the router's traffic to sw1 comes from B).
@@ -546,13 +507,13 @@ fn check_capture(pcap: &Path, central: &OvnCentral) {
         };
         seen.insert(flow);
     }
-    assert!(packets >= 8, "only {packets} Geneve packets:\n{text}");
+    assert!(packets >= 8, "only {packets} Geneve packets:\n{rows:?}");
     for flow in [
         "a1->b1",
         "b1->a1",
         "a1->b2 (routed on A)",
         "b2->a1 (routed on B)",
     ] {
-        assert!(seen.contains(flow), "no {flow} in the capture:\n{text}");
+        assert!(seen.contains(flow), "no {flow} in the capture:\n{rows:?}");
     }
 }

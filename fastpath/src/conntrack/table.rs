@@ -433,25 +433,20 @@ impl Conntrack {
             .map_or(0, |n| n.load(Ordering::Acquire))
     }
 
-    /// What [`Conntrack::touch`] of connection `id` will read, for a caller
-    /// that prefetches it: the addresses of its shard's lock and of its
-    /// entry, and the entry's size (the entry arrays are reserved whole at
-    /// creation, so a slot's address never changes); `None` for a slot
-    /// outside the table. Computing them reads nothing.
+    /// The address and size of the entry of connection `id`, for a caller
+    /// that prefetches what [`Conntrack::touch`] will read (the entry
+    /// arrays are reserved whole at creation, so a slot's address never
+    /// changes); `None` for a slot outside the table. Computing it reads
+    /// nothing.
     #[inline(always)]
-    pub fn touch_addresses(&self, id: ConnId) -> Option<[usize; 3]> {
+    pub fn entry_address(&self, id: ConnId) -> Option<(usize, usize)> {
         let shard = (id.slot as usize) & (self.shards.len() - 1);
         let slot = (id.slot >> self.shard_bits) as usize;
         if slot >= self.per_shard {
             return None;
         }
-        let cell = self.shards.get(shard)?;
         let size = std::mem::size_of::<Entry>();
-        Some([
-            &cell.lock as *const _ as usize,
-            cell.entries_at + slot * size,
-            size,
-        ])
+        Some((self.shards.get(shard)?.entries_at + slot * size, size))
     }
 
     /// The cheap per-packet path of a flow-cache hit: `id` from an earlier

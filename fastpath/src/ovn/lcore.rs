@@ -228,7 +228,7 @@ impl OvnLcore {
         for c in &e.ct {
             // (The shard locks are a few lines that stay cached: only the
             // entry is worth a fill buffer.)
-            if let Some([_, entry, size]) = c.conn.and_then(|(id, _)| ct.touch_addresses(id)) {
+            if let Some((entry, size)) = c.conn.and_then(|(id, _)| ct.entry_address(id)) {
                 crate::dpdk::prefetch_addr(entry);
                 if size > 64 {
                     crate::dpdk::prefetch_addr(entry + 64);
