@@ -15,11 +15,11 @@ mod common;
 #[path = "common/tshark.rs"]
 mod tshark;
 
-use common::netns::{ip, run, Net};
+use common::netns::{follow, ip, run, Net};
 use common::Fastpath;
 use fastpath_api::{LcoreInfo, Request, Stats, TablesInfo, TunnelInfo};
 use ovsdb::testing::OvnCentral;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,33 +34,6 @@ const UNDERLAY_B: &str = "192.168.77.2";
 /// The uplink MTU; pods get 58 bytes less.
 const UPLINK_MTU: u16 = 1500;
 const POD_MTU: u16 = UPLINK_MTU - 58;
-
-/// One `ovn-bridge compile --follow` per chassis.
-struct Compilers(Vec<Child>);
-
-impl Drop for Compilers {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn follow(sb: &str, chassis: &str, ports: &[(&str, u16)], tables: &Path, log: PathBuf) -> Child {
-    let mut cmd = Command::new(common::ovn_bridge_bin());
-    cmd.args(["compile", "--sb", sb, "--chassis", chassis])
-        .arg("--tables")
-        .arg(tables);
-    for (p, id) in ports {
-        cmd.args(["--port", &format!("{p}={id}")]);
-    }
-    let log = std::fs::File::create(log).expect("log");
-    cmd.stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("ovn-bridge compile")
-}
 
 /// Waits until the fastpath's workers use a generation that has `remote`
 /// ports bound to another chassis (the other chassis's claims have been
@@ -186,7 +159,7 @@ fn pods_on_two_fastpath_nodes_talk_over_geneve() {
     let dir_b = tempfile::Builder::new().prefix("gv-b-").tempdir().unwrap();
     let (tables_a, tables_b) = (dir_a.path().join("tables"), dir_b.path().join("tables"));
     let sb = central.sb.remote.clone();
-    let _compilers = Compilers(vec![
+    let _compilers = [
         follow(
             &sb,
             "hv-a",
@@ -201,7 +174,7 @@ fn pods_on_two_fastpath_nodes_talk_over_geneve() {
             &tables_b,
             dir_b.path().join("compile.log"),
         ),
-    ]);
+    ];
     let tap = |p: &str| format!("gvt{p}{id}");
     let node_args = |pods: &[&str], uplink: &str, local: &str, tables: &Path| {
         let mut args = Vec::new();

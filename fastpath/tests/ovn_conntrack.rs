@@ -12,15 +12,14 @@
 
 mod common;
 
-use common::netns::{ip, run, settle, Net};
+use common::netns::{ip, run, settle, Central, Net};
 use common::Fastpath;
 use fastpath_api::{
     ConntrackCount, ConntrackFilter, ConntrackFlushed, ConntrackList, Request, Stats,
 };
-use ovsdb::testing::OvnCentral;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const VIP: &str = "10.96.0.10";
@@ -61,51 +60,6 @@ fn connect(ns: &str, addr: &str, port: u16, attempts: usize) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
     String::new()
-}
-
-struct Central {
-    ovn: OvnCentral,
-    compile: Option<Child>,
-}
-
-impl Drop for Central {
-    fn drop(&mut self) {
-        if let Some(c) = self.compile.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Central {
-    fn nb(&self, args: &[&str]) {
-        self.ovn
-            .nbctl(args)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    }
-
-    fn sync(&self) {
-        self.ovn
-            .sync(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("northd never caught up: {e}"));
-    }
-
-    fn follow(&mut self, tables: &Path, log: PathBuf) {
-        let mut cmd = Command::new(common::ovn_bridge_bin());
-        cmd.args(["compile", "--sb", &self.ovn.sb.remote, "--chassis", "hv1"])
-            .arg("--tables")
-            .arg(tables);
-        for (p, _, _, _, id) in PODS {
-            cmd.args(["--port", &format!("{p}={id}")]);
-        }
-        let log = std::fs::File::create(log).expect("log");
-        self.compile = Some(
-            cmd.stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("ovn-bridge compile"),
-        );
-    }
 }
 
 /// UDP from namespace `ns` to `addr` at `offered` for `secs`; the rate in
@@ -209,10 +163,7 @@ fn cluster_ip_affinity_network_policy_and_qos_through_the_fastpath() {
         net.add_ns(&ns(p.3));
     }
 
-    let mut central = Central {
-        ovn: OvnCentral::start().expect("NB, SB and ovn-northd"),
-        compile: None,
-    };
+    let mut central = Central::start();
     central.nb(&["ls-add", "sw0"]);
     central.nb(&["lr-add", "lr0"]);
     central.nb(&["lrp-add", "lr0", "lrp0", "00:00:00:00:ff:01", "10.0.0.1/24"]);
@@ -278,7 +229,8 @@ fn cluster_ip_affinity_network_policy_and_qos_through_the_fastpath() {
         .tempdir()
         .expect("tempdir");
     let tables = dir.path().join("tables");
-    central.follow(&tables, dir.path().join("compile.log"));
+    let ports: Vec<(&str, u16)> = PODS.iter().map(|p| (p.0, p.4)).collect();
+    central.follow(&ports, &tables, dir.path().join("compile.log"));
     let taps: Vec<String> = PODS.iter().map(|p| format!("fpt{}{id}", p.3)).collect();
     let mut args = Vec::new();
     for (i, t) in taps.iter().enumerate() {

@@ -24,13 +24,12 @@
 
 mod common;
 
-use common::netns::{in_ns, ip, settle, Net};
+use common::netns::{in_ns, ip, settle, Central, Net};
 use common::Fastpath;
 use fastpath_api::{ConntrackEntry, ConntrackFilter, ConntrackList, Request};
-use ovsdb::testing::OvnCentral;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 /// The ClusterIP of the Service (TCP 80 and UDP 53).
@@ -138,52 +137,6 @@ fn connect(ns: &str, addr: &str, port: u16) -> Attempt {
     last
 }
 
-/// The real NB + SB + northd, and the compiler following the Southbound.
-struct Central {
-    ovn: OvnCentral,
-    compile: Option<Child>,
-}
-
-impl Drop for Central {
-    fn drop(&mut self) {
-        if let Some(c) = self.compile.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Central {
-    fn nb(&self, args: &[&str]) {
-        self.ovn
-            .nbctl(args)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    }
-
-    fn sync(&self) {
-        self.ovn
-            .sync(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("northd never caught up: {e}"));
-    }
-
-    fn follow(&mut self, tables: &Path, log: PathBuf) {
-        let mut cmd = Command::new(common::ovn_bridge_bin());
-        cmd.args(["compile", "--sb", &self.ovn.sb.remote, "--chassis", "hv1"])
-            .arg("--tables")
-            .arg(tables);
-        for p in &PODS {
-            cmd.args(["--port", &format!("{}={}", p.lsp, p.port)]);
-        }
-        let log = std::fs::File::create(log).expect("log");
-        self.compile = Some(
-            cmd.stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("ovn-bridge compile"),
-        );
-    }
-}
-
 /// The Northbound of the test, as Kube-OVN writes it: the pod switch
 /// behind the cluster router with the Service's load balancers, and the
 /// external network on a distributed gateway port with a floating IP.
@@ -263,10 +216,7 @@ impl Lab {
         for p in PODS.iter() {
             net.add_ns(&format!("fph{}{id}", p.suffix));
         }
-        let mut central = Central {
-            ovn: OvnCentral::start().expect("NB, SB and ovn-northd"),
-            compile: None,
-        };
+        let mut central = Central::start();
         northbound(&central);
 
         let dir = tempfile::Builder::new()
@@ -274,7 +224,8 @@ impl Lab {
             .tempdir()
             .expect("tempdir");
         let tables = dir.path().join("tables");
-        central.follow(&tables, dir.path().join("compile.log"));
+        let ports: Vec<(&str, u16)> = PODS.iter().map(|p| (p.lsp, p.port)).collect();
+        central.follow(&ports, &tables, dir.path().join("compile.log"));
         let taps: Vec<String> = PODS
             .iter()
             .map(|p| format!("fph{}{id}", p.suffix))
@@ -606,10 +557,7 @@ fn hairpinned_syn_leaves_through_its_own_port_from_the_vip() {
     use fastpath::ovn::ct_engine::{received_packet, ConntrackEngine, LbAffinity, Mode};
     use std::sync::Arc;
 
-    let central = Central {
-        ovn: OvnCentral::start().expect("NB, SB and ovn-northd"),
-        compile: None,
-    };
+    let central = Central::start();
     northbound(&central);
     let dir = tempfile::tempdir().expect("tempdir");
     let ports: Vec<(&str, u16)> = PODS.iter().map(|p| (p.lsp, p.port)).collect();

@@ -149,3 +149,80 @@ pub fn settle(fp: &Fastpath) -> u64 {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A running `ovn-bridge compile --follow`, stopped on drop.
+pub struct Compiler(Child);
+
+impl Drop for Compiler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ovn-bridge compile --follow` for `chassis` on the Southbound at
+/// `sb`, publishing into `tables` with logical ports mapped to fastpath
+/// ports as `ports` says; its log goes to `log`.
+pub fn follow(
+    sb: &str,
+    chassis: &str,
+    ports: &[(&str, u16)],
+    tables: &std::path::Path,
+    log: std::path::PathBuf,
+) -> Compiler {
+    let mut cmd = Command::new(super::ovn_bridge_bin());
+    cmd.args(["compile", "--sb", sb, "--chassis", chassis])
+        .arg("--tables")
+        .arg(tables);
+    for (p, id) in ports {
+        cmd.args(["--port", &format!("{p}={id}")]);
+    }
+    let log = std::fs::File::create(log).expect("log");
+    Compiler(
+        cmd.stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ovn-bridge compile"),
+    )
+}
+
+/// The real NB + SB + ovn-northd, and the compiler following it for
+/// chassis `hv1` once [`Central::follow`] is called.
+pub struct Central {
+    pub ovn: ovsdb::testing::OvnCentral,
+    pub compile: Option<Compiler>,
+}
+
+impl Central {
+    /// Starts NB, SB and ovn-northd.
+    pub fn start() -> Central {
+        Central {
+            ovn: ovsdb::testing::OvnCentral::start().expect("NB, SB and ovn-northd"),
+            compile: None,
+        }
+    }
+
+    /// `ovn-nbctl ARGS`, which must succeed.
+    pub fn nb(&self, args: &[&str]) {
+        self.ovn
+            .nbctl(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+
+    /// Waits until northd has caught up.
+    pub fn sync(&self) {
+        self.ovn
+            .sync(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("northd never caught up: {e}"));
+    }
+
+    /// Compiles for chassis `hv1` into `tables` from now on.
+    pub fn follow(
+        &mut self,
+        ports: &[(&str, u16)],
+        tables: &std::path::Path,
+        log: std::path::PathBuf,
+    ) {
+        self.compile = Some(follow(&self.ovn.sb.remote, "hv1", ports, tables, log));
+    }
+}
