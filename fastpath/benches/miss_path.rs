@@ -124,7 +124,7 @@ fn bench_miss_path(c: &mut Criterion) {
             } = *e
             {
                 let c = program.table(datapath, pipeline, table);
-                let stage = flow.map_or("", |f| program.flows[f as usize].stage.as_str());
+                let stage = flow.map_or("", |f| program.text(program.flows[f as usize].stage));
                 println!(
                     "dp {datapath} pipe {pipeline} table {table:2} {stage:30} rules {:4} masks {:3} skip {:?}",
                     c.map_or(0, |c| c.len()),

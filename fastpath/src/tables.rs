@@ -191,6 +191,7 @@ impl Watcher {
             return;
         }
         let Some(handle) = &self.handle else { return };
+        let started = std::time::Instant::now();
         match handle.current() {
             Ok(snap) => {
                 let generation = snap.generation();
@@ -216,7 +217,10 @@ impl Watcher {
                 // Release: a worker that sees the new number finds the new
                 // snapshot stored.
                 self.shared.latest.store(generation, Ordering::Release);
-                log::info!("tables: generation {generation} in use");
+                log::info!(
+                    "tables: generation {generation} in use (validated and loaded in {:.1} ms)",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
             }
             Err(refused) => {
                 if matches!(

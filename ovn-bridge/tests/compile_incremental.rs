@@ -131,8 +131,30 @@ fn incremental_compilation_equals_a_full_one_after_each_change() {
     c.nb("lsp-add sw0 p21");
     c.nb_args(&["lsp-set-addresses", "p21", "50:54:00:00:00:21 10.0.0.40"]);
     c.sync();
+    // Mapped to a fastpath port here but not claimed yet, the pod compiles
+    // as bound here: the node publishes these tables before its claim is
+    // back from the Southbound, and the claim then changes nothing.
+    let mapped = CompileOptions {
+        port_map: opts()
+            .port_map
+            .into_iter()
+            .chain([("p21".to_string(), 2u16)])
+            .collect(),
+        ..opts()
+    };
+    let unclaimed = snapshot(&c);
     c.sb("lsp-bind p21 hv1");
     c.sync();
+    let claimed = snapshot(&c);
+    let tables = |db: &Database, o: &CompileOptions| compile(db, o).expect("compile").builder;
+    assert!(
+        tables(&unclaimed, &mapped).same_content(&tables(&claimed, &mapped)),
+        "a mapped port's claim changes the tables"
+    );
+    assert!(
+        !tables(&unclaimed, &opts()).same_content(&tables(&claimed, &opts())),
+        "an unmapped port's claim changes nothing"
+    );
     let (compiled, reused) = both(&snapshot(&c), &mut memo, "pod added");
     assert!(
         compiled > 0 && compiled < flows / 4,

@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use hashbrown::HashMap;
 
+use fastpath_tables::layout::StrRef;
 use fastpath_tables::ovn::{
     datapath_kind, op, zone_kind, OvnInstruction, OvnPortSecurity, OvnSections, NONE_U16, NONE_U32,
     OVN_PORT_LOCAL,
@@ -133,12 +134,12 @@ pub struct Flow {
     pub priority: u16,
     /// Instructions in [`Program::code`].
     pub actions: Range<usize>,
-    /// Stage name.
-    pub stage: String,
+    /// Stage name (see [`Program::text`]).
+    pub stage: StrRef,
     /// Match text.
-    pub match_text: String,
+    pub match_text: StrRef,
     /// Actions text.
-    pub actions_text: String,
+    pub actions_text: StrRef,
     /// Logical flow UUID prefix.
     pub lflow: u32,
 }
@@ -155,6 +156,8 @@ pub struct Program {
     /// Flows (classifier rule ids index this).
     pub flows: Vec<Flow>,
     /// All instructions.
+    /// The generation's string blob (a copy): the flows' texts.
+    pub texts: Box<[u8]>,
     pub code: Vec<OvnInstruction>,
     /// Remote chassis, by index (ascending by name).
     pub chassis: Vec<RemoteEndpoint>,
@@ -289,6 +292,9 @@ impl Program {
                 p.bindings.insert((dp, b.port_key, b.ip), b.mac);
             }
         }
+        // One copy of the string blob for the flows' texts (shown by
+        // traces and dumps only), not one allocation per text.
+        p.texts = s.strings.blob().into();
         p.code = s.actions.to_vec();
         // (`ct_clear` alone tracks nothing.)
         p.uses_conntrack = p
@@ -310,9 +316,9 @@ impl Program {
                 table: f.table,
                 priority: f.priority,
                 actions: start..start + f.action_count as usize,
-                stage: s.string(f.stage),
-                match_text: s.string(f.match_text),
-                actions_text: s.string(f.actions_text),
+                stage: f.stage,
+                match_text: f.match_text,
+                actions_text: f.actions_text,
                 lflow: f.lflow,
             });
             let tests = s
@@ -341,6 +347,17 @@ impl Program {
             }
         }
         Ok(p)
+    }
+
+    /// A text of the generation's string blob (`"<invalid>"` for a bad
+    /// reference or bytes that are not UTF-8).
+    pub fn text(&self, r: StrRef) -> &str {
+        let start = r.offset as usize;
+        start
+            .checked_add(r.len as usize)
+            .and_then(|end| self.texts.get(start..end))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("<invalid>")
     }
 
     /// A table is a pass-through when every packet gets the same flow and
@@ -456,7 +473,7 @@ impl Program {
         eat(&dp.to_be_bytes());
         eat(&[f.pipeline, f.table]);
         eat(&f.priority.to_be_bytes());
-        eat(f.match_text.as_bytes());
+        eat(self.text(f.match_text).as_bytes());
         h
     }
 
@@ -487,16 +504,26 @@ impl Program {
 mod tests {
     use super::*;
 
-    fn flow(table: u8, match_text: &str, lflow: u32, at: usize) -> Flow {
+    /// `text` appended to `blob`.
+    fn text(blob: &mut Vec<u8>, text: &str) -> StrRef {
+        let r = StrRef {
+            offset: blob.len() as u32,
+            len: text.len() as u32,
+        };
+        blob.extend_from_slice(text.as_bytes());
+        r
+    }
+
+    fn flow(blob: &mut Vec<u8>, table: u8, match_text: &str, lflow: u32, at: usize) -> Flow {
         Flow {
             datapath: 0,
             pipeline: 0,
             table,
             priority: 100,
             actions: at..at + 2,
-            stage: "ls_in_qos_meter".into(),
-            match_text: match_text.into(),
-            actions_text: String::new(),
+            stage: text(blob, "ls_in_qos_meter"),
+            match_text: text(blob, match_text),
+            actions_text: text(blob, ""),
             lflow,
         }
     }
@@ -524,10 +551,20 @@ mod tests {
             meter(500, 50),
             OvnInstruction::new(op::NEXT),
         ];
+        let mut blob = Vec::new();
         p.flows = vec![
-            flow(8, "inport == \"p1\"", lflow, 0),
-            flow(8, "inport == \"p2\"", 0x2222, 2),
+            flow(&mut blob, 8, "inport == \"p1\"", lflow, 0),
+            flow(&mut blob, 8, "inport == \"p2\"", 0x2222, 2),
         ];
+        p.texts = blob.into();
+        assert_eq!(p.text(p.flows[1].match_text), "inport == \"p2\"");
+        assert_eq!(
+            p.text(StrRef {
+                offset: 9999,
+                len: 1
+            }),
+            "<invalid>"
+        );
         p
     }
 

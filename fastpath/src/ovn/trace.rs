@@ -385,7 +385,11 @@ pub fn render(program: &Program, inport: u32, key: &FlowKey, it: &Interpreter) -
                         let _ = writeln!(
                             s,
                             " {table:>2}. {}, priority {}, uuid {:08x}\n     match: {}\n     actions: {}",
-                            f.stage, f.priority, f.lflow, f.match_text, f.actions_text
+                            program.text(f.stage),
+                            f.priority,
+                            f.lflow,
+                            program.text(f.match_text),
+                            program.text(f.actions_text)
                         );
                     }
                     None => {
@@ -479,7 +483,7 @@ pub fn render(program: &Program, inport: u32, key: &FlowKey, it: &Interpreter) -
         let text = program
             .flows
             .get(l.flow as usize)
-            .map_or("?", |f| f.actions_text.as_str());
+            .map_or("?", |f| program.text(f.actions_text));
         let _ = writeln!(
             s,
             "  log (verdict {}, severity {}): {text}",

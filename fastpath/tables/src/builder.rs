@@ -5,7 +5,6 @@
 //! checksum). It must not touch the file: the [`crate::Writer`] copies the
 //! finished image into a slot.
 
-use std::collections::HashMap;
 use std::mem::size_of;
 
 use bytemuck::Pod;
@@ -51,7 +50,8 @@ pub enum BuildError {
 pub struct SlotBuilder {
     sections: Vec<(SectionEntry, Vec<u8>)>,
     strings: Vec<u8>,
-    interned: HashMap<String, StrRef>,
+    /// Fast hashing: a compile interns every flow's texts.
+    interned: rustc_hash::FxHashMap<String, StrRef>,
 }
 
 impl SlotBuilder {
@@ -142,6 +142,30 @@ impl SlotBuilder {
             return Err(BuildError::DuplicatePort(pair[0].port_id));
         }
         self.add_section(SectionKind::PORTS, &entries)
+    }
+
+    /// A copy of the sections and strings (without the interning index),
+    /// to compare a later build with through [`Self::same_content`].
+    pub fn content_copy(&self) -> SlotBuilder {
+        SlotBuilder {
+            sections: self.sections.clone(),
+            strings: self.strings.clone(),
+            interned: Default::default(),
+        }
+    }
+
+    /// Whether both would publish the same sections and strings: a writer
+    /// can skip publishing a build that changes nothing.
+    pub fn same_content(&self, other: &SlotBuilder) -> bool {
+        self.strings == other.strings
+            && self.sections.len() == other.sections.len()
+            && self
+                .sections
+                .iter()
+                .zip(&other.sections)
+                .all(|((ea, ba), (eb, bb))| {
+                    bytemuck::bytes_of(ea) == bytemuck::bytes_of(eb) && ba == bb
+                })
     }
 
     /// Size of the finished image in bytes.
@@ -240,6 +264,26 @@ mod tests {
                 is_local: true,
             },
         ]
+    }
+
+    #[test]
+    fn same_content_compares_sections_and_strings() {
+        let build = |extra: u64, name: &str| {
+            let mut b = SlotBuilder::new();
+            b.add_ports(&ports()).unwrap();
+            b.add_section(SectionKind(77), &[1u64, extra]).unwrap();
+            b.intern(name).unwrap();
+            b
+        };
+        let a = build(2, "x");
+        let copy = a.content_copy();
+        assert!(copy.same_content(&a) && a.same_content(&build(2, "x")));
+        assert!(!a.same_content(&build(3, "x")), "section bytes differ");
+        assert!(!a.same_content(&build(2, "y")), "strings differ");
+        let mut more = build(2, "x");
+        more.add_section(SectionKind(78), &[0u8]).unwrap();
+        assert!(!a.same_content(&more), "one more section");
+        assert_eq!(copy.image_len(), a.image_len());
     }
 
     #[test]

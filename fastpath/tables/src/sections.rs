@@ -277,6 +277,12 @@ impl<'a> Strings<'a> {
         String::from_utf8(self.bytes(string)?.to_vec()).ok()
     }
 
+    /// The whole blob (strings are UTF-8 only once checked, see
+    /// [`Self::get`]).
+    pub fn blob(&self) -> &'a [u8] {
+        self.blob
+    }
+
     /// Size of the blob in bytes.
     pub fn len(&self) -> usize {
         self.blob.len()

@@ -55,7 +55,7 @@ pub use datum::{Atom, Datum, Uuid};
 pub use ops::{
     Condition, Function, Mutation, Mutator, OpResult, Operation, TransactError, WaitUntil,
 };
-pub use replica::{ChangeKind, Database, Replica, Row, RowChange, Table};
+pub use replica::{ChangeKind, Database, Replica, Row, RowCache, RowChange, Table};
 pub use txn::{transact_optimistic, Txn};
 pub use typed::{RowError, TableRow};
 

@@ -155,6 +155,67 @@ impl Table {
     }
 }
 
+/// Typed rows of one table, converted incrementally: a row an update left
+/// untouched is the same allocation in the next snapshot, so only rows
+/// inserted or modified since the last [`RowCache::refresh`] are converted
+/// again. A reader that looks at a large table after every small update
+/// (the node compiling thousands of logical flows after one port changed)
+/// pays for what changed, not for the table.
+#[derive(Debug)]
+pub struct RowCache<T> {
+    /// (source row, typed row), in uuid order.
+    rows: Vec<(Arc<Row>, Arc<T>)>,
+    typed: Vec<Arc<T>>,
+}
+
+impl<T> Default for RowCache<T> {
+    fn default() -> Self {
+        RowCache {
+            rows: Vec::new(),
+            typed: Vec::new(),
+        }
+    }
+}
+
+impl<T: TableRow> RowCache<T> {
+    /// Brings the typed rows up to `db`; true when they changed. A row that
+    /// does not fit its type fails the whole table, as [`Database::rows`]
+    /// does, and leaves the cache empty.
+    pub fn refresh(&mut self, db: &Database) -> Result<bool, RowError> {
+        let empty = Table::default();
+        let table = db.table(T::TABLE).unwrap_or(&empty);
+        let same = table.rows.len() == self.rows.len()
+            && table
+                .rows
+                .values()
+                .zip(&self.rows)
+                .all(|(r, (held, _))| Arc::ptr_eq(r, held));
+        if same {
+            return Ok(false);
+        }
+        // Both in uuid order: one merge walk.
+        let mut old = std::mem::take(&mut self.rows).into_iter().peekable();
+        self.typed.clear();
+        let mut rows = Vec::with_capacity(table.rows.len());
+        for (uuid, r) in &table.rows {
+            while old.next_if(|(held, _)| held.uuid < *uuid).is_some() {}
+            let typed = match old.next_if(|(held, _)| Arc::ptr_eq(held, r)) {
+                Some((_, t)) => t,
+                None => Arc::new(T::from_row(r)?),
+            };
+            rows.push((r.clone(), typed));
+        }
+        self.typed = rows.iter().map(|(_, t)| t.clone()).collect();
+        self.rows = rows;
+        Ok(true)
+    }
+
+    /// The typed rows of the last refresh, in uuid order.
+    pub fn rows(&self) -> &[Arc<T>] {
+        &self.typed
+    }
+}
+
 /// What happened to a row in one update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -509,5 +570,87 @@ impl Replica {
             ))
             .map_err(|_| crate::Error::Closed)?;
         rx.await.map_err(|_| crate::Error::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sb;
+    use serde_json::json;
+
+    fn schema() -> DatabaseSchema {
+        let text = std::fs::read_to_string(crate::testing::sb_schema()).expect("SB schema");
+        DatabaseSchema::parse(&serde_json::from_str(&text).unwrap()).unwrap()
+    }
+
+    fn chassis_row(name: &str) -> Value {
+        json!({"name": name, "hostname": name, "encaps": ["set", []]})
+    }
+
+    /// Applies `updates` to `work` and returns the snapshot.
+    fn apply(work: &mut Database, schema: &DatabaseSchema, updates: Value) -> Arc<Database> {
+        let mut changes = Vec::new();
+        work.apply_update2(schema, &updates, &mut changes).unwrap();
+        work.publish(changes)
+    }
+
+    #[test]
+    fn row_cache_converts_only_what_changed() {
+        let schema = schema();
+        let mut work = Database::default();
+        let (a, b, c) = (
+            "11111111-0000-0000-0000-000000000001",
+            "11111111-0000-0000-0000-000000000002",
+            "11111111-0000-0000-0000-000000000003",
+        );
+        let first = apply(
+            &mut work,
+            &schema,
+            json!({"Chassis": {a: {"insert": chassis_row("a")}, b: {"insert": chassis_row("b")}}}),
+        );
+        let mut cache: RowCache<sb::Chassis> = RowCache::default();
+        assert!(cache.refresh(&first).unwrap());
+        let names: Vec<&str> = cache.rows().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let held_b = cache.rows()[1].clone();
+        assert!(!cache.refresh(&first).unwrap(), "nothing changed");
+
+        // Modify a, insert c: b keeps its typed row, a is converted again.
+        let second = apply(
+            &mut work,
+            &schema,
+            json!({"Chassis": {a: {"modify": {"hostname": "a2"}}, c: {"insert": chassis_row("c")}}}),
+        );
+        assert!(cache.refresh(&second).unwrap());
+        let rows = cache.rows();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].hostname, "a2");
+        assert!(Arc::ptr_eq(&rows[1], &held_b), "untouched row reused");
+        assert_eq!(rows[2].name, "c");
+        // The earlier snapshot still reads as it was.
+        assert!(cache.refresh(&first).unwrap());
+        assert_eq!(cache.rows()[0].hostname, "a");
+        assert_eq!(cache.rows().len(), 2);
+
+        // A delete.
+        let third = apply(
+            &mut work,
+            &schema,
+            json!({"Chassis": {b: {"delete": null}}}),
+        );
+        assert!(cache.refresh(&third).unwrap());
+        let names: Vec<&str> = cache.rows().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        // Every typed row equals a full conversion.
+        let full: Vec<sb::Chassis> = third.rows().unwrap();
+        assert_eq!(
+            cache
+                .rows()
+                .iter()
+                .map(|r| (**r).clone())
+                .collect::<Vec<_>>(),
+            full
+        );
     }
 }

@@ -523,13 +523,12 @@ fn host_port(text: &str) -> Option<OvnInstruction> {
 mod tests {
     use super::*;
     use ovn_lflow::parse_actions;
-    use std::collections::HashMap;
 
     fn compile(text: &str) -> (Vec<OvnInstruction>, Vec<String>) {
         let symtab = SymbolTable::ovn_23_03();
         let ports = PortIndex {
-            keys: HashMap::from([("p3".to_string(), (1, 3))]),
-            resident: HashMap::new(),
+            keys: [("p3".to_string(), (1, 3))].into_iter().collect(),
+            resident: Default::default(),
         };
         let mut ctx = ActionContext {
             symtab: &symtab,

@@ -169,12 +169,15 @@ pub(crate) fn compile_dnf(dnf: &[Conjunction], ports: &PortIndex) -> Vec<Vec<Ovn
 mod tests {
     use super::*;
     use ovn_lflow::{normalize, parse_match, NoSets, SymbolTable};
-    use std::collections::HashMap;
 
     fn ports() -> PortIndex {
         PortIndex {
-            keys: HashMap::from([("p1".to_string(), (1, 2)), ("lrp".to_string(), (2, 1))]),
-            resident: HashMap::from([("p1".to_string(), true), ("lrp".to_string(), false)]),
+            keys: [("p1".to_string(), (1, 2)), ("lrp".to_string(), (2, 1))]
+                .into_iter()
+                .collect(),
+            resident: [("p1".to_string(), true), ("lrp".to_string(), false)]
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -65,7 +65,9 @@ pub enum CompileError {
 pub struct CompileOptions {
     /// Name of this chassis (`Chassis.name`): ports bound to it are local.
     pub chassis: String,
-    /// Fastpath port id of each local logical port (VIFs, localnet).
+    /// Fastpath port id of each local logical port (VIFs, localnet). A
+    /// mapped port is bound here (once this chassis' row exists) even before
+    /// the Southbound shows this chassis' claim.
     pub port_map: HashMap<String, u16>,
 }
 
@@ -96,9 +98,9 @@ pub struct Compiled {
 /// The ports the compiler knows, by name.
 pub(crate) struct PortIndex {
     /// Logical port name -> (datapath key, port key).
-    pub keys: HashMap<String, (u32, u32)>,
+    pub keys: rustc_hash::FxHashMap<String, (u32, u32)>,
     /// Logical port name -> bound to this chassis.
-    pub resident: HashMap<String, bool>,
+    pub resident: rustc_hash::FxHashMap<String, bool>,
 }
 
 /// Address sets and the per-datapath port groups of the Southbound.
@@ -303,11 +305,19 @@ pub fn compile_incremental(
     }
 
     // Ports.
-    let mut pb_rows: Vec<sb::PortBinding> = rows(db)?;
+    memo.port_rows.refresh(db)?;
+    let mut pb_rows: Vec<std::sync::Arc<sb::PortBinding>> = memo.port_rows.rows().to_vec();
     pb_rows.retain(|p| dp_key.contains_key(&p.datapath) && u32::try_from(p.tunnel_key).is_ok());
     pb_rows.sort_by(|a, b| {
         (dp_key[&a.datapath], a.tunnel_key).cmp(&(dp_key[&b.datapath], b.tunnel_key))
     });
+    // Bound here: claimed by this chassis, or a port this node has (its
+    // claim may not be back from the Southbound yet: ovn-controller, too,
+    // binds a port whose interface it has in the same pass as it claims it).
+    let resident = |p: &sb::PortBinding| {
+        own_chassis.is_some()
+            && (p.chassis == own_chassis || opts.port_map.contains_key(&p.logical_port))
+    };
     let index_of: HashMap<String, u32> = pb_rows
         .iter()
         .enumerate()
@@ -316,12 +326,12 @@ pub fn compile_incremental(
     let mut ports = Vec::new();
     let mut security = Vec::new();
     let mut port_index = PortIndex {
-        keys: HashMap::new(),
-        resident: HashMap::new(),
+        keys: Default::default(),
+        resident: Default::default(),
     };
     for p in &pb_rows {
         let kind = port_kind_of(&p.r#type);
-        let bound_here = own_chassis.is_some() && p.chassis == own_chassis;
+        let bound_here = resident(p);
         let everywhere = matches!(
             kind,
             port_kind::PATCH | port_kind::LOCALNET | port_kind::LOCALPORT
@@ -460,17 +470,20 @@ pub fn compile_incremental(
         .map(|g| (g.uuid, g.datapaths.into_iter().collect()))
         .collect();
 
+    let port_groups_by_dp = port_groups_by_datapath(&port_groups);
+
     // Logical flows.
-    let mut lflows: Vec<sb::LogicalFlow> = rows(db)?;
-    lflows.sort_by_key(|l| l.uuid);
+    memo.lflow_rows.refresh(db)?;
+    // In uuid order already.
+    let lflows = memo.lflow_rows.rows();
     stats.logical_flows = lflows.len();
     let mut flows: Vec<OvnFlow> = Vec::new();
     let mut tests: Vec<OvnMatchTest> = Vec::new();
     let mut program: Vec<OvnInstruction> = Vec::new();
-    let mut seen: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    let mut seen: rustc_hash::FxHashSet<Uuid> = Default::default();
     memo.reused = 0;
     memo.compiled = 0;
-    for lf in &lflows {
+    for lf in lflows {
         let pipe = if lf.pipeline == "egress" {
             pipeline::EGRESS
         } else {
@@ -506,9 +519,11 @@ pub fn compile_incremental(
             ports: &port_index,
             address_sets: &address_sets,
             port_groups: &port_groups,
+            port_groups_by_dp: &port_groups_by_dp,
         };
         let entry = match memo.flows.get_mut(&lf.uuid) {
             Some(e) if e.same_texts(lf) => {
+                e.row = lf.clone();
                 let fp = inputs.fingerprint(&e.refs);
                 if e.fingerprint == fp {
                     memo.reused += 1;
@@ -525,8 +540,7 @@ pub fn compile_incremental(
                 let refs = FlowRefs::of(&lf.r#match, &lf.actions);
                 let e = MemoEntry {
                     fingerprint: inputs.fingerprint(&refs),
-                    match_text: lf.r#match.clone(),
-                    actions_text: lf.actions.clone(),
+                    row: lf.clone(),
                     refs,
                     outcome: compile_flow(&inputs, &symtab),
                 };
@@ -543,7 +557,7 @@ pub fn compile_incremental(
         };
         for name in &outcome.unsupported {
             let n = stats.unsupported.entry(name.clone()).or_insert(0);
-            if *n == 0 {
+            if *n == 0 && memo.logged_unsupported.insert(name.clone()) {
                 log::info!(
                     "action {name} is not executable in the fastpath yet: flows using it drop and count (first: {} table {} {:?})",
                     lf.pipeline,
@@ -612,6 +626,7 @@ pub fn compile_incremental(
                 port_kind::PATCH | port_kind::LOCALNET | port_kind::LOCALPORT
             )
         })
+        .filter(|(_, p)| !resident(p))
         .filter_map(|(i, p)| {
             let name = chassis_name.get(&p.chassis?)?;
             Some((i as u32, *chassis_index.get(name)?))
@@ -626,7 +641,12 @@ pub fn compile_incremental(
 /// documentation).
 #[derive(Debug, Default)]
 pub struct CompileMemo {
-    flows: HashMap<Uuid, MemoEntry>,
+    flows: rustc_hash::FxHashMap<Uuid, MemoEntry>,
+    /// Typed Logical_Flow and Port_Binding rows, converted as they change.
+    lflow_rows: ovsdb::RowCache<sb::LogicalFlow>,
+    port_rows: ovsdb::RowCache<sb::PortBinding>,
+    /// Unsupported actions already logged (each is logged once).
+    logged_unsupported: std::collections::BTreeSet<String>,
     /// Logical flows whose kept result was reused by the last compilation.
     pub reused: usize,
     /// Logical flows the last compilation compiled.
@@ -648,15 +668,17 @@ impl CompileMemo {
 #[derive(Debug)]
 struct MemoEntry {
     fingerprint: u64,
-    match_text: String,
-    actions_text: String,
+    /// The row compiled (its texts).
+    row: std::sync::Arc<sb::LogicalFlow>,
     refs: FlowRefs,
     outcome: FlowOutcome,
 }
 
 impl MemoEntry {
-    fn same_texts(&self, lf: &sb::LogicalFlow) -> bool {
-        self.match_text == lf.r#match && self.actions_text == lf.actions
+    fn same_texts(&self, lf: &std::sync::Arc<sb::LogicalFlow>) -> bool {
+        // The same row allocation when the update left the row alone.
+        std::sync::Arc::ptr_eq(&self.row, lf)
+            || (self.row.r#match == lf.r#match && self.row.actions == lf.actions)
     }
 }
 
@@ -716,6 +738,23 @@ struct FlowInputs<'a> {
     ports: &'a PortIndex,
     address_sets: &'a HashMap<String, Vec<String>>,
     port_groups: &'a HashMap<String, Vec<String>>,
+    /// `port_groups` named `<datapath key>_<name>`, by (key, name).
+    port_groups_by_dp: &'a PortGroupsByDatapath<'a>,
+}
+
+type PortGroupsByDatapath<'a> = rustc_hash::FxHashMap<(u32, &'a str), &'a Vec<String>>;
+
+/// The per-datapath port groups (`<datapath key>_<name>`) by key and name.
+fn port_groups_by_datapath(groups: &HashMap<String, Vec<String>>) -> PortGroupsByDatapath<'_> {
+    groups
+        .iter()
+        .filter_map(|(k, v)| {
+            let (dp, name) = k.split_once('_')?;
+            let key: u32 = dp.parse().ok()?;
+            // Exactly the names `format!("{key}_{name}")` gives.
+            (key.to_string() == dp).then_some(((key, name), v))
+        })
+        .collect()
 }
 
 impl FlowInputs<'_> {
@@ -740,8 +779,9 @@ impl FlowInputs<'_> {
             g.hash(&mut h);
             for dp in self.dps {
                 let members = self
-                    .port_groups
-                    .get(&format!("{dp}_{g}"))
+                    .port_groups_by_dp
+                    .get(&(*dp, g.as_str()))
+                    .copied()
                     .or_else(|| self.port_groups.get(g));
                 members.hash(&mut h);
                 for m in members.into_iter().flatten() {

@@ -7,17 +7,17 @@
 //! Owns the parsed rows and the cache of the last snapshot's rows. It must
 //! not write anything, and it reads no table but Port_Binding.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use ovsdb::{sb, Database, TableRow};
+use ovsdb::{sb, Database, RowCache, TableRow};
 use parking_lot::Mutex;
 
 /// The Port_Binding rows of one snapshot, in uuid order, with an index by
 /// logical port name.
 #[derive(Debug, Default)]
 pub struct PortBindings {
-    rows: Vec<sb::PortBinding>,
+    rows: Vec<Arc<sb::PortBinding>>,
     by_name: HashMap<String, usize>,
 }
 
@@ -25,14 +25,21 @@ impl PortBindings {
     /// Parses the rows of `db` (none when a row does not fit its type, as
     /// the typed reader reports the table as a whole).
     pub fn of(db: &Database) -> PortBindings {
-        let mut rows: Vec<sb::PortBinding> = match db.rows() {
-            Ok(rows) => rows,
-            Err(e) => {
-                log::warn!("southbound Port_Binding rows unreadable: {e}");
-                Vec::new()
-            }
-        };
-        rows.sort_by_key(|r| r.uuid);
+        let mut rows = RowCache::default();
+        Self::refreshed(&mut rows, db);
+        Self::from_cache(&rows)
+    }
+
+    /// Brings `rows` up to `db`; true when they changed.
+    fn refreshed(rows: &mut RowCache<sb::PortBinding>, db: &Database) -> bool {
+        rows.refresh(db).unwrap_or_else(|e| {
+            log::warn!("southbound Port_Binding rows unreadable: {e}");
+            true
+        })
+    }
+
+    fn from_cache(cache: &RowCache<sb::PortBinding>) -> PortBindings {
+        let rows = cache.rows().to_vec();
         let by_name = rows
             .iter()
             .enumerate()
@@ -42,29 +49,49 @@ impl PortBindings {
     }
 
     /// Every row, in uuid order.
-    pub fn rows(&self) -> &[sb::PortBinding] {
+    pub fn rows(&self) -> &[Arc<sb::PortBinding>] {
         &self.rows
     }
 
     /// The row of `logical_port`.
     pub fn get(&self, logical_port: &str) -> Option<&sb::PortBinding> {
-        self.by_name.get(logical_port).map(|&i| &self.rows[i])
+        self.by_name.get(logical_port).map(|&i| &*self.rows[i])
     }
 
     /// Whether both hold the same rows once `up` is left out.
     pub fn same_except_up(&self, other: &PortBindings) -> bool {
         self.rows.len() == other.rows.len()
             && self.rows.iter().zip(&other.rows).all(|(a, b)| {
-                if a.up == b.up {
+                if Arc::ptr_eq(a, b) {
+                    true
+                } else if a.up == b.up {
                     a == b
                 } else {
                     // Rarely taken: only rows whose `up` differs are copied.
-                    let mut a = a.clone();
+                    let mut a = sb::PortBinding::clone(a);
                     a.up = b.up;
-                    a == *b
+                    a == **b
                 }
             })
     }
+}
+
+/// The typed rows of `db` whose logical port is one of `names` (the others
+/// are not parsed).
+pub fn rows_named(db: &Database, names: &BTreeSet<&str>) -> Vec<sb::PortBinding> {
+    let Some(table) = db.table(sb::PortBinding::TABLE) else {
+        return Vec::new();
+    };
+    table
+        .rows()
+        .filter(|r| {
+            matches!(
+                r.get("logical_port").and_then(|d| d.as_atom()),
+                Some(ovsdb::Atom::String(s)) if names.contains(s.as_str())
+            )
+        })
+        .filter_map(|r| sb::PortBinding::from_row(r).ok())
+        .collect()
 }
 
 /// Whether `a` and `b` hold the same Port_Binding table (a snapshot shares
@@ -80,26 +107,26 @@ pub fn same_table(a: &Database, b: &Database) -> bool {
     }
 }
 
-/// The parsed rows of the last snapshot asked for. The snapshot is held so
-/// that its table stays allocated and an address compared with it is never
-/// a reused one.
+/// The parsed rows of the last snapshot asked for, kept up to date row by
+/// row (see [`RowCache`]): only rows an update touched are parsed again.
 #[derive(Debug, Default)]
 pub struct PortBindingCache {
-    last: Mutex<Option<(Arc<Database>, Arc<PortBindings>)>>,
+    last: Mutex<(RowCache<sb::PortBinding>, Option<Arc<PortBindings>>)>,
 }
 
 impl PortBindingCache {
-    /// The rows of `db`: parsed now unless its Port_Binding table is the
-    /// one parsed last.
-    pub fn get(&self, db: &Arc<Database>) -> Arc<PortBindings> {
+    /// The rows of `db`.
+    pub fn get(&self, db: &Database) -> Arc<PortBindings> {
         let mut last = self.last.lock();
-        if let Some((held, rows)) = last.as_ref() {
-            if same_table(held, db) {
-                return rows.clone();
+        let (cache, held) = &mut *last;
+        let changed = PortBindings::refreshed(cache, db);
+        match held {
+            Some(rows) if !changed => rows.clone(),
+            _ => {
+                let rows = Arc::new(PortBindings::from_cache(cache));
+                *held = Some(rows.clone());
+                rows
             }
         }
-        let rows = Arc::new(PortBindings::of(db));
-        *last = Some((db.clone(), rows.clone()));
-        rows
     }
 }

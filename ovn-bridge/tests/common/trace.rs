@@ -73,7 +73,7 @@ impl Central {
             if program
                 .flows
                 .iter()
-                .any(|f| f.actions_text.contains(marker))
+                .any(|f| program.text(f.actions_text).contains(marker))
             {
                 return (program, stats);
             }
