@@ -96,6 +96,18 @@ async fn port_goes_up_and_wait_hv_returns() {
     let handler = Arc::new(node.cni_handler());
     std::thread::spawn(move || fastpath_cni::serve(listener, handler));
 
+    // The tables before the pod.
+    let mut published = node.published();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        published.wait_for(|p| p.generation > 0),
+    )
+    .await
+    .expect("first tables published")
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = node.published().borrow().generation;
+
     let reply = call(&socket, request(Command::Add, &socket)).await;
     assert!(!matches!(reply, DaemonReply::Error(_)), "{reply:?}");
     assert!(plumber.has_port("pod1.ns1").unwrap());
@@ -104,8 +116,12 @@ async fn port_goes_up_and_wait_hv_returns() {
         .find(|r| r["logical_port"] == "pod1.ns1")
         .unwrap();
     assert_eq!(pb["up"], Value::Bool(true), "{pb}");
-    // The port is up only with tables that map it.
-    assert!(node.published().borrow().generation > 0);
+    // The port is up only with tables that map it: one generation, which
+    // bound it before its claim came back. The claim and the `up` write
+    // compile to the same tables, which are not published again.
+    assert_eq!(node.published().borrow().generation, before + 1);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(node.published().borrow().generation, before + 1);
 
     // --wait=hv returns: the chassis copies nb_cfg after publishing.
     let central2 = Arc::new(central);

@@ -357,8 +357,6 @@ pub fn mac_binding_ops(
     learned: &[fastpath_api::LearnedBinding],
     now_ms: i64,
 ) -> Vec<Operation> {
-    let pbs: Vec<sb::PortBinding> = db.rows().unwrap_or_default();
-    let rows: Vec<sb::MacBinding> = db.rows().unwrap_or_default();
     let mut latest: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for l in learned {
         if l.ip.is_empty() || l.port.is_empty() || l.mac.is_empty() {
@@ -366,6 +364,13 @@ pub fn mac_binding_ops(
         }
         latest.insert((l.port.as_str(), l.ip.as_str()), l.mac.as_str());
     }
+    if latest.is_empty() {
+        return Vec::new();
+    }
+    // Only the rows of the ports that learned something are parsed.
+    let ports: BTreeSet<&str> = latest.keys().map(|(p, _)| *p).collect();
+    let pbs = port_bindings::rows_named(db, &ports);
+    let rows: Vec<sb::MacBinding> = db.rows().unwrap_or_default();
     let mut ops = Vec::new();
     for ((port, ip), mac) in latest {
         let Some(pb) = pbs.iter().find(|p| p.logical_port == port) else {
@@ -630,6 +635,26 @@ async fn write_learned(shared: &Shared, replica: &mut ovsdb::Replica) -> Result<
     Ok(())
 }
 
+/// Waits (at most 2 s) until the Southbound shows the claims, releases and
+/// `up` values `binding_ops` asked for.
+async fn wait_bindings_seen(
+    shared: &Shared,
+    replica: &mut ovsdb::Replica,
+    own: Uuid,
+    local: &BTreeSet<String>,
+    ready: &BTreeSet<String>,
+) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        replica.wait_for(|db| {
+            binding_ops(&shared.port_bindings.get(db), own, local, ready)
+                .0
+                .is_empty()
+        }),
+    )
+    .await;
+}
+
 async fn run(
     shared: Arc<Shared>,
     mut replica: ovsdb::Replica,
@@ -643,6 +668,8 @@ async fn run(
     let mut last: Option<LastCompiled> = None;
     // Per-flow results kept from one compilation to the next.
     let mut memo = CompileMemo::default();
+    // The content of the tables last published.
+    let mut last_content: Option<fastpath_tables::SlotBuilder> = None;
     // Ports mapped by the tables last published.
     let mut published_ports: BTreeSet<String> = BTreeSet::new();
     let mut learned_tick = tokio::time::interval(LEARNED_POLL);
@@ -684,8 +711,10 @@ async fn run(
 
         // Conditions.
         let wanted = conditions(&db, &pbs, &shared.cfg.chassis.name, own, &local);
+        let mut widened = false;
         for (table, c) in &wanted {
             if sent.get(table) != Some(c) {
+                widened = true;
                 let started = Instant::now();
                 replica.set_conditions(table, c.clone()).await?;
                 log::debug!(
@@ -695,6 +724,12 @@ async fn run(
             }
         }
         sent = wanted;
+        if widened {
+            // The rows the new conditions select (a new local datapath's
+            // flows) are in a later snapshot: compiling this one would
+            // publish tables without them.
+            continue;
+        }
 
         // Claims and releases; `up` for ports that exist and are published.
         // A port already up here (a restart) stays up while it exists.
@@ -722,30 +757,32 @@ async fn run(
             .filter(|n| present.contains(*n))
             .cloned()
             .collect();
+        // A claim is not waited for before compiling: the tables bind the
+        // port here at once (see `CompileOptions::port_map`), and the
+        // claim's round trip through the Southbound overlaps the compile.
+        let mut claims_sent = None;
         if let Some(own) = own {
             let (ops, claims, releases) = binding_ops(&pbs, own, &local, &ready);
             if !ops.is_empty() {
                 let started = Instant::now();
-                shared.client.transact(ops).await?;
                 {
                     let mut w = shared.writes.lock();
                     w.claims += claims;
                     w.releases += releases;
                 }
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    replica.wait_for(|db| {
-                        binding_ops(&PortBindings::of(db), own, &local, &ready)
-                            .0
-                            .is_empty()
-                    }),
-                )
-                .await;
-                log::debug!(
-                    "port bindings written ({claims} claims, {releases} releases) and seen in {:.1} ms",
-                    started.elapsed().as_secs_f64() * 1e3
-                );
-                continue;
+                if claims > 0 {
+                    let client = shared.client.clone();
+                    let txn = tokio::spawn(async move { client.transact(ops).await });
+                    claims_sent = Some((started, txn));
+                } else {
+                    shared.client.transact(ops).await?;
+                    wait_bindings_seen(&shared, &mut replica, own, &local, &ready).await;
+                    log::debug!(
+                        "port bindings written (0 claims, {releases} releases) and seen in {:.1} ms",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                    continue;
+                }
             }
         }
 
@@ -773,10 +810,13 @@ async fn run(
 
         // Compile and publish.
         let zones = shared.state.lock().ct_zones.clone();
+        let mut republished = false;
         let unchanged = last.as_ref().is_some_and(|(prev, prev_pbs, map, z)| {
             *map == port_map && *z == zones && same_compile_input_parsed(prev, prev_pbs, &db, &pbs)
         });
-        if !unchanged {
+        let compiled = if unchanged {
+            None
+        } else {
             let opts = CompileOptions {
                 chassis: shared.cfg.chassis.name.clone(),
                 port_map: port_map.clone(),
@@ -784,6 +824,26 @@ async fn run(
             let started = Instant::now();
             let compiled = compile_incremental(&db, &opts, Some(&zones), &mut memo)?;
             let compile_time = started.elapsed();
+            // A new input that compiles to the tables already out (a claim
+            // coming back, a flow of another chassis) is not published again:
+            // the fastpath would only revalidate its caches.
+            if last_content
+                .as_ref()
+                .is_some_and(|c| c.same_content(&compiled.builder))
+            {
+                log::debug!(
+                    "compiled in {:.1} ms to the tables already published",
+                    compile_time.as_secs_f64() * 1e3
+                );
+                last = Some((db.clone(), pbs.clone(), port_map.clone(), zones.clone()));
+                pb_changed_at = None;
+                None
+            } else {
+                Some((compiled, compile_time))
+            }
+        };
+        if let Some((compiled, compile_time)) = compiled {
+            last_content = Some(compiled.builder.content_copy());
             let started = Instant::now();
             let generation = writer
                 .publish(compiled.builder)
@@ -809,10 +869,7 @@ async fn run(
             // Ports these tables map as bound here: only they may go up.
             let now_published: BTreeSet<String> = port_map
                 .keys()
-                .filter(|n| {
-                    pbs.get(n)
-                        .is_some_and(|p| own.is_some() && p.chassis == own)
-                })
+                .filter(|n| own.is_some() && pbs.get(n).is_some())
                 .cloned()
                 .collect();
             last = Some((db.clone(), pbs.clone(), port_map, zones));
@@ -833,8 +890,21 @@ async fn run(
                     }
                 }
                 published_ports = now_published;
-                continue;
+                republished = true;
             }
+        }
+        if let (Some((started, txn)), Some(own)) = (claims_sent, own) {
+            // The task ends only by finishing (it is never aborted).
+            txn.await.map_err(|_| NodeError::Stopped)??;
+            wait_bindings_seen(&shared, &mut replica, own, &local, &ready).await;
+            log::debug!(
+                "port bindings claimed and seen in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            continue;
+        }
+        if republished {
+            continue;
         }
 
         // The tables of this snapshot are out: acknowledge its nb_cfg.
