@@ -181,6 +181,15 @@ impl Program {
             generation,
             ..Default::default()
         };
+        // Sized up front: a node with many pods loads thousands of ports
+        // and rules per generation.
+        p.datapaths.reserve(s.datapaths.len());
+        p.dp_by_key.reserve(s.datapaths.len());
+        p.ports.reserve(s.ports.len());
+        p.port_by_key.reserve(s.ports.len());
+        p.port_by_name.reserve(s.ports.len());
+        p.flows.reserve(s.flows.len());
+        p.bindings.reserve(s.mac_bindings.len());
         for d in s.datapaths {
             p.dp_by_key.insert(d.key, p.datapaths.len() as u32);
             p.datapaths.push(Datapath {

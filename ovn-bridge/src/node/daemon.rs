@@ -4,11 +4,10 @@
 //! zones, and compile and publish the fastpath tables after every change
 //! (Southbound updates debounced; a CNI request is acted on at once).
 //!
-//! A local port is claimed (`chassis`) as soon as the CNI plugin asked for
-//! it, and marked `up` only once its fastpath port exists and tables that
-//! map it, compiled from a snapshot where it is bound here, were published
-//! and taken into use by every live reader of the table file (or half a
-//! second passed). After publishing the tables of a Southbound
+//! A local port is bound here in the tables as soon as its fastpath port
+//! exists (before any claim), and claimed (`chassis`) and marked `up` in
+//! one write once those tables were published and taken into use by every
+//! live reader of the table file (or half a second passed). After publishing the tables of a Southbound
 //! snapshot the node copies SB_Global `nb_cfg` to its Chassis_Private row
 //! (so `ovn-nbctl --wait=hv` works), and it writes the MAC bindings the
 //! fastpath learned as MAC_Binding rows, as ovn-controller does.
@@ -277,11 +276,14 @@ pub fn conditions(
     c
 }
 
-/// Claims and releases for the snapshot: local ports not bound here are
-/// claimed; a local port is marked `up` only when it is in `ready` (its
-/// fastpath port exists and published tables map it as bound here), and
-/// marked down again when it leaves `ready`; VIF ports bound here that are
-/// no longer local are released.
+/// Claims and releases for the snapshot: a local port not bound here is
+/// claimed, and marked `up` in the same write, once it is in `ready` (its
+/// fastpath port exists and published tables, which bind a mapped port here
+/// before its claim, are in use); a claimed port is marked down again when
+/// it leaves `ready`; VIF ports bound here that are no longer local are
+/// released. Claiming only then keeps the claim's Southbound round trip,
+/// and ovn-northd's work on it, out of the way of the compile a new pod
+/// waits for, and makes claim and `up` one transaction.
 pub fn binding_ops(
     pbs: &PortBindings,
     own: Uuid,
@@ -293,30 +295,30 @@ pub fn binding_ops(
         let is_local = local.contains(&p.logical_port);
         let here = p.chassis == Some(own);
         let up = ready.contains(&p.logical_port);
-        let row: Option<ovsdb::ops::Columns> = if is_local && (!here || (p.up == Some(true)) != up)
-        {
-            if !here {
-                claims += 1;
-            }
-            Some(
-                [
-                    ("chassis".to_string(), Datum::set([own])),
-                    ("up".to_string(), Datum::set([up])),
-                ]
-                .into(),
-            )
-        } else if !is_local && here && p.r#type.is_empty() {
-            releases += 1;
-            Some(
-                [
-                    ("chassis".to_string(), Datum::empty_set()),
-                    ("up".to_string(), Datum::set([false])),
-                ]
-                .into(),
-            )
-        } else {
-            None
-        };
+        let row: Option<ovsdb::ops::Columns> =
+            if is_local && ((here && (p.up == Some(true)) != up) || (!here && up)) {
+                if !here {
+                    claims += 1;
+                }
+                Some(
+                    [
+                        ("chassis".to_string(), Datum::set([own])),
+                        ("up".to_string(), Datum::set([up])),
+                    ]
+                    .into(),
+                )
+            } else if !is_local && here && p.r#type.is_empty() {
+                releases += 1;
+                Some(
+                    [
+                        ("chassis".to_string(), Datum::empty_set()),
+                        ("up".to_string(), Datum::set([false])),
+                    ]
+                    .into(),
+                )
+            } else {
+                None
+            };
         if let Some(row) = row {
             ops.push(Operation::Update {
                 table: sb::PortBinding::TABLE.into(),
@@ -430,14 +432,18 @@ pub fn same_compile_input(a: &Database, b: &Database) -> bool {
 }
 
 /// [`same_compile_input`] with the Port_Binding rows of both parsed
-/// already.
-fn same_compile_input_parsed(
+/// already, for a compiler that maps the ports of `mapped` (which it binds
+/// here whatever their `chassis` says, see `CompileOptions::port_map`: their
+/// claims and releases are no new input).
+fn same_compile_input_parsed<V>(
     a: &Database,
     a_rows: &PortBindings,
     b: &Database,
     b_rows: &PortBindings,
+    mapped: &HashMap<String, V>,
 ) -> bool {
-    same_other_tables(a, b) && (port_bindings::same_table(a, b) || a_rows.same_except_up(b_rows))
+    same_other_tables(a, b)
+        && (port_bindings::same_table(a, b) || a_rows.same_for_compile(b_rows, mapped))
 }
 
 /// Whether every compiler input table but Port_Binding is the same
@@ -757,32 +763,22 @@ async fn run(
             .filter(|n| present.contains(*n))
             .cloned()
             .collect();
-        // A claim is not waited for before compiling: the tables bind the
-        // port here at once (see `CompileOptions::port_map`), and the
-        // claim's round trip through the Southbound overlaps the compile.
-        let mut claims_sent = None;
         if let Some(own) = own {
             let (ops, claims, releases) = binding_ops(&pbs, own, &local, &ready);
             if !ops.is_empty() {
                 let started = Instant::now();
+                shared.client.transact(ops).await?;
                 {
                     let mut w = shared.writes.lock();
                     w.claims += claims;
                     w.releases += releases;
                 }
-                if claims > 0 {
-                    let client = shared.client.clone();
-                    let txn = tokio::spawn(async move { client.transact(ops).await });
-                    claims_sent = Some((started, txn));
-                } else {
-                    shared.client.transact(ops).await?;
-                    wait_bindings_seen(&shared, &mut replica, own, &local, &ready).await;
-                    log::debug!(
-                        "port bindings written (0 claims, {releases} releases) and seen in {:.1} ms",
-                        started.elapsed().as_secs_f64() * 1e3
-                    );
-                    continue;
-                }
+                wait_bindings_seen(&shared, &mut replica, own, &local, &ready).await;
+                log::debug!(
+                    "port bindings written ({claims} claims, {releases} releases) and seen in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                continue;
             }
         }
 
@@ -811,8 +807,13 @@ async fn run(
         // Compile and publish.
         let zones = shared.state.lock().ct_zones.clone();
         let mut republished = false;
+        let no_ports: HashMap<String, u16> = HashMap::new();
         let unchanged = last.as_ref().is_some_and(|(prev, prev_pbs, map, z)| {
-            *map == port_map && *z == zones && same_compile_input_parsed(prev, prev_pbs, &db, &pbs)
+            // (Mapped ports are bound here only once this chassis exists.)
+            let mapped = if own.is_some() { &port_map } else { &no_ports };
+            *map == port_map
+                && *z == zones
+                && same_compile_input_parsed(prev, prev_pbs, &db, &pbs, mapped)
         });
         let compiled = if unchanged {
             None
@@ -892,16 +893,6 @@ async fn run(
                 published_ports = now_published;
                 republished = true;
             }
-        }
-        if let (Some((started, txn)), Some(own)) = (claims_sent, own) {
-            // The task ends only by finishing (it is never aborted).
-            txn.await.map_err(|_| NodeError::Stopped)??;
-            wait_bindings_seen(&shared, &mut replica, own, &local, &ready).await;
-            log::debug!(
-                "port bindings claimed and seen in {:.1} ms",
-                started.elapsed().as_secs_f64() * 1e3
-            );
-            continue;
         }
         if republished {
             continue;
@@ -1013,7 +1004,8 @@ mod tests {
             &a,
             &PortBindings::of(&a),
             &b,
-            &PortBindings::of(&b)
+            &PortBindings::of(&b),
+            &HashMap::<String, u16>::new()
         ));
 
         // SB_Global (nb_cfg) is not compiler input.
@@ -1044,7 +1036,26 @@ mod tests {
             &c,
             &PortBindings::of(&c),
             &d,
-            &PortBindings::of(&d)
+            &PortBindings::of(&d),
+            &HashMap::<String, u16>::new()
+        ));
+        // ... but not for a compiler that maps the port: it bound the port
+        // here before the claim.
+        let mapped = HashMap::from([("pod1.ns1".to_string(), 3u16)]);
+        assert!(same_compile_input_parsed(
+            &c,
+            &PortBindings::of(&c),
+            &d,
+            &PortBindings::of(&d),
+            &mapped
+        ));
+        let other = HashMap::from([("pod9.ns1".to_string(), 3u16)]);
+        assert!(!same_compile_input_parsed(
+            &c,
+            &PortBindings::of(&c),
+            &d,
+            &PortBindings::of(&d),
+            &other
         ));
 
         // A new port: new Port_Binding row and new logical flows.

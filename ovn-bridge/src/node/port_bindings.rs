@@ -60,16 +60,29 @@ impl PortBindings {
 
     /// Whether both hold the same rows once `up` is left out.
     pub fn same_except_up(&self, other: &PortBindings) -> bool {
+        self.same_for_compile(other, &HashMap::<String, ()>::new())
+    }
+
+    /// Whether both hold the same rows once `up` is left out, and `chassis`
+    /// too for the ports in `mapped`: the compiler binds a port mapped to a
+    /// fastpath port here whoever claims it (once this chassis exists).
+    pub fn same_for_compile<V>(&self, other: &PortBindings, mapped: &HashMap<String, V>) -> bool {
         self.rows.len() == other.rows.len()
             && self.rows.iter().zip(&other.rows).all(|(a, b)| {
                 if Arc::ptr_eq(a, b) {
-                    true
-                } else if a.up == b.up {
+                    return true;
+                }
+                let free_chassis = mapped.contains_key(&a.logical_port);
+                if a.up == b.up && (a.chassis == b.chassis || !free_chassis) {
                     a == b
                 } else {
-                    // Rarely taken: only rows whose `up` differs are copied.
+                    // Rarely taken: only rows whose ignored columns differ
+                    // are copied.
                     let mut a = sb::PortBinding::clone(a);
                     a.up = b.up;
+                    if free_chassis {
+                        a.chassis = b.chassis;
+                    }
                     a == **b
                 }
             })
