@@ -96,6 +96,7 @@ pub struct Compiled {
 }
 
 /// The ports the compiler knows, by name.
+#[derive(Debug)]
 pub(crate) struct PortIndex {
     /// Logical port name -> (datapath key, port key).
     pub keys: rustc_hash::FxHashMap<String, (u32, u32)>,
@@ -483,6 +484,13 @@ pub fn compile_incremental(
     let mut seen: rustc_hash::FxHashSet<Uuid> = Default::default();
     memo.reused = 0;
     memo.compiled = 0;
+    // Taken: a compilation that fails part way leaves entries computed from
+    // inputs no `last_inputs` describes, and the next one skips nothing.
+    let changed = memo
+        .last_inputs
+        .take()
+        .map(|last| ChangedNames::between(&last, &port_index, &address_sets, &port_groups));
+    let mut dps_buf: Vec<u32> = Vec::new();
     for lf in lflows {
         let pipe = if lf.pipeline == "egress" {
             pipeline::EGRESS
@@ -494,16 +502,19 @@ pub fn compile_incremental(
             stats.rejected += 1;
             continue;
         };
-        let mut dps: Vec<u32> = lf
-            .logical_datapath
-            .iter()
-            .chain(
-                lf.logical_dp_group
-                    .iter()
-                    .flat_map(|g| dp_groups.get(g).into_iter().flatten()),
-            )
-            .filter_map(|u| dp_key.get(u).copied())
-            .collect();
+        // (One buffer for every flow: most are reused and need no copy.)
+        let dps = &mut dps_buf;
+        dps.clear();
+        dps.extend(
+            lf.logical_datapath
+                .iter()
+                .chain(
+                    lf.logical_dp_group
+                        .iter()
+                        .flat_map(|g| dp_groups.get(g).into_iter().flatten()),
+                )
+                .filter_map(|u| dp_key.get(u).copied()),
+        );
         dps.sort_unstable();
         dps.dedup();
         if dps.is_empty() {
@@ -515,15 +526,24 @@ pub fn compile_incremental(
             pipe,
             table,
             priority,
-            dps: &dps,
+            dps,
             ports: &port_index,
             address_sets: &address_sets,
             port_groups: &port_groups,
             port_groups_by_dp: &port_groups_by_dp,
         };
         let entry = match memo.flows.get_mut(&lf.uuid) {
+            Some(e)
+                if std::sync::Arc::ptr_eq(&e.row, lf)
+                    && e.dps == *dps
+                    && changed.as_ref().is_some_and(|c| !c.touches(&e.refs)) =>
+            {
+                memo.reused += 1;
+                &*e
+            }
             Some(e) if e.same_texts(lf) => {
                 e.row = lf.clone();
+                e.dps.clone_from(dps);
                 let fp = inputs.fingerprint(&e.refs);
                 if e.fingerprint == fp {
                     memo.reused += 1;
@@ -540,6 +560,7 @@ pub fn compile_incremental(
                 let refs = FlowRefs::of(&lf.r#match, &lf.actions);
                 let e = MemoEntry {
                     fingerprint: inputs.fingerprint(&refs),
+                    dps: dps.clone(),
                     row: lf.clone(),
                     refs,
                     outcome: compile_flow(&inputs, &symtab),
@@ -595,6 +616,12 @@ pub fn compile_incremental(
         }
     }
     memo.flows.retain(|u, _| seen.contains(u));
+    drop(port_groups_by_dp);
+    memo.last_inputs = Some(LastInputs {
+        ports: port_index,
+        address_sets,
+        port_groups,
+    });
     stats.rules = flows.len();
 
     b.add_section(SectionKind::OVN_DATAPATHS, &datapaths)?;
@@ -647,6 +674,8 @@ pub struct CompileMemo {
     port_rows: ovsdb::RowCache<sb::PortBinding>,
     /// Unsupported actions already logged (each is logged once).
     logged_unsupported: std::collections::BTreeSet<String>,
+    /// What the last compilation's fingerprints were computed from.
+    last_inputs: Option<LastInputs>,
     /// Logical flows whose kept result was reused by the last compilation.
     pub reused: usize,
     /// Logical flows the last compilation compiled.
@@ -665,9 +694,84 @@ impl CompileMemo {
     }
 }
 
+/// The ports, address sets and port groups of the last compilation.
+#[derive(Debug)]
+struct LastInputs {
+    ports: PortIndex,
+    address_sets: HashMap<String, Vec<String>>,
+    port_groups: HashMap<String, Vec<String>>,
+}
+
+/// The names whose fingerprint input changed since the last compilation:
+/// a flow whose row and datapaths are the same and that names none of them
+/// has the same fingerprint, which need not be computed again.
+#[derive(Default)]
+struct ChangedNames {
+    ports: rustc_hash::FxHashSet<String>,
+    address_sets: rustc_hash::FxHashSet<String>,
+    /// Port group names without their `<datapath key>_` prefix (a superset
+    /// is harmless: it only costs a fingerprint).
+    port_groups: rustc_hash::FxHashSet<String>,
+}
+
+impl ChangedNames {
+    fn between(
+        last: &LastInputs,
+        ports: &PortIndex,
+        address_sets: &HashMap<String, Vec<String>>,
+        port_groups: &HashMap<String, Vec<String>>,
+    ) -> ChangedNames {
+        let mut c = ChangedNames::default();
+        let port_names = ports.keys.keys().chain(last.ports.keys.keys());
+        for name in port_names {
+            if ports.keys.get(name) != last.ports.keys.get(name)
+                || ports.resident.get(name) != last.ports.resident.get(name)
+            {
+                c.ports.insert(name.clone());
+            }
+        }
+        for name in address_sets.keys().chain(last.address_sets.keys()) {
+            if address_sets.get(name) != last.address_sets.get(name) {
+                c.address_sets.insert(name.clone());
+            }
+        }
+        for name in port_groups.keys().chain(last.port_groups.keys()) {
+            let (now, then) = (port_groups.get(name), last.port_groups.get(name));
+            let members_changed = now
+                .into_iter()
+                .chain(then)
+                .flatten()
+                .any(|m| c.ports.contains(m));
+            if now != then || members_changed {
+                let bare = match name.split_once('_') {
+                    Some((dp, rest)) if dp.parse::<u32>().is_ok() => rest,
+                    _ => name.as_str(),
+                };
+                c.port_groups.insert(bare.to_string());
+            }
+        }
+        c
+    }
+
+    /// Whether a flow naming `refs` may have a new fingerprint.
+    fn touches(&self, refs: &FlowRefs) -> bool {
+        refs.strings.iter().any(|s| self.ports.contains(s))
+            || refs
+                .address_sets
+                .iter()
+                .any(|a| self.address_sets.contains(a))
+            || refs
+                .port_groups
+                .iter()
+                .any(|g| self.port_groups.contains(g))
+    }
+}
+
 #[derive(Debug)]
 struct MemoEntry {
     fingerprint: u64,
+    /// The datapath keys the flow was compiled for.
+    dps: Vec<u32>,
     /// The row compiled (its texts).
     row: std::sync::Arc<sb::LogicalFlow>,
     refs: FlowRefs,
