@@ -832,6 +832,7 @@ impl State {
         if in_use >= max {
             return Err(PortRequestError::DpdkPortTableFull { max, in_use });
         }
+        let started = std::time::Instant::now();
         let port = EthPort::create(
             &PortConfig {
                 name: name.to_string(),
@@ -857,8 +858,9 @@ impl State {
             .collect();
         let port_id = port.id();
         log::info!(
-            "run-time port {name} (index {index}, dpdk {port_id}, driver {}) from {devargs}",
-            port.driver()
+            "run-time port {name} (index {index}, dpdk {port_id}, driver {}) from {devargs}, created in {:.1} ms",
+            port.driver(),
+            started.elapsed().as_secs_f64() * 1e3
         );
         slots[index] = Some(PortSlot {
             port,
