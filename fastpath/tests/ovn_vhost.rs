@@ -10,8 +10,9 @@ mod common;
 
 use fastpath_packet::checksum::checksum;
 
+use common::netns::wait_generation;
 use common::{mac_text, receive, send, virtio_port, Fastpath};
-use fastpath_api::{LcoreFlows, LcoreInfo, Request, Stats, TablesInfo, TraceResult};
+use fastpath_api::{LcoreFlows, Request, Stats, TraceResult};
 use ovsdb::testing::OvnCentral;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -154,23 +155,6 @@ fn udp_to_p3(src: [u8; 4], sport: u16) -> Vec<u8> {
     let len = udp.len() as u16;
     udp[4..6].copy_from_slice(&len.to_be_bytes());
     eth(GW0, P1, 0x0800, &ipv4(src, [10, 0, 1, 13], 64, 17, &udp))
-}
-
-fn wait_generation(fp: &Fastpath, above: u64) -> u64 {
-    let start = Instant::now();
-    loop {
-        let t: TablesInfo = fp.client().call_as(&Request::Tables).unwrap();
-        let lcores: Vec<LcoreInfo> = fp.client().call_as(&Request::Lcores).unwrap();
-        if t.generation > above && lcores.iter().all(|l| l.table_generation == t.generation) {
-            return t.generation;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no generation above {above}: {t:?}\n{}",
-            fp.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn stats(fp: &Fastpath) -> Stats {
