@@ -163,8 +163,9 @@ impl Table {
 /// pays for what changed, not for the table.
 #[derive(Debug)]
 pub struct RowCache<T> {
-    /// (source row, typed row), in uuid order.
-    rows: Vec<(Arc<Row>, Arc<T>)>,
+    /// The source rows, in uuid order.
+    rows: Vec<Arc<Row>>,
+    /// Their typed forms, in the same order.
     typed: Vec<Arc<T>>,
 }
 
@@ -189,24 +190,27 @@ impl<T: TableRow> RowCache<T> {
                 .rows
                 .values()
                 .zip(&self.rows)
-                .all(|(r, (held, _))| Arc::ptr_eq(r, held));
+                .all(|(r, held)| Arc::ptr_eq(r, held));
         if same {
             return Ok(false);
         }
         // Both in uuid order: one merge walk.
-        let mut old = std::mem::take(&mut self.rows).into_iter().peekable();
-        self.typed.clear();
-        let mut rows = Vec::with_capacity(table.rows.len());
+        let mut old = std::mem::take(&mut self.rows)
+            .into_iter()
+            .zip(std::mem::take(&mut self.typed))
+            .peekable();
         for (uuid, r) in &table.rows {
             while old.next_if(|(held, _)| held.uuid < *uuid).is_some() {}
             let typed = match old.next_if(|(held, _)| Arc::ptr_eq(held, r)) {
                 Some((_, t)) => t,
-                None => Arc::new(T::from_row(r)?),
+                None => Arc::new(T::from_row(r).inspect_err(|_| {
+                    self.rows.clear();
+                    self.typed.clear();
+                })?),
             };
-            rows.push((r.clone(), typed));
+            self.rows.push(r.clone());
+            self.typed.push(typed);
         }
-        self.typed = rows.iter().map(|(_, t)| t.clone()).collect();
-        self.rows = rows;
         Ok(true)
     }
 

@@ -722,34 +722,27 @@ impl ChangedNames {
         port_groups: &HashMap<String, Vec<String>>,
     ) -> ChangedNames {
         let mut c = ChangedNames::default();
-        let port_names = ports.keys.keys().chain(last.ports.keys.keys());
-        for name in port_names {
-            if ports.keys.get(name) != last.ports.keys.get(name)
-                || ports.resident.get(name) != last.ports.resident.get(name)
-            {
-                c.ports.insert(name.clone());
+        c.ports.extend(differing(&ports.keys, &last.ports.keys));
+        c.ports
+            .extend(differing(&ports.resident, &last.ports.resident));
+        c.address_sets
+            .extend(differing(address_sets, &last.address_sets));
+        c.port_groups
+            .extend(differing(port_groups, &last.port_groups));
+        // A group whose member port changed changes its flows' fingerprints.
+        for (name, members) in port_groups.iter().chain(&last.port_groups) {
+            if members.iter().any(|m| c.ports.contains(m)) {
+                c.port_groups.insert(name.clone());
             }
         }
-        for name in address_sets.keys().chain(last.address_sets.keys()) {
-            if address_sets.get(name) != last.address_sets.get(name) {
-                c.address_sets.insert(name.clone());
-            }
-        }
-        for name in port_groups.keys().chain(last.port_groups.keys()) {
-            let (now, then) = (port_groups.get(name), last.port_groups.get(name));
-            let members_changed = now
-                .into_iter()
-                .chain(then)
-                .flatten()
-                .any(|m| c.ports.contains(m));
-            if now != then || members_changed {
-                let bare = match name.split_once('_') {
-                    Some((dp, rest)) if dp.parse::<u32>().is_ok() => rest,
-                    _ => name.as_str(),
-                };
-                c.port_groups.insert(bare.to_string());
-            }
-        }
+        c.port_groups = c
+            .port_groups
+            .into_iter()
+            .map(|name| match datapath_prefixed(&name) {
+                Some((_, bare)) => bare.to_string(),
+                None => name,
+            })
+            .collect();
         c
     }
 
@@ -852,13 +845,28 @@ type PortGroupsByDatapath<'a> = rustc_hash::FxHashMap<(u32, &'a str), &'a Vec<St
 fn port_groups_by_datapath(groups: &HashMap<String, Vec<String>>) -> PortGroupsByDatapath<'_> {
     groups
         .iter()
-        .filter_map(|(k, v)| {
-            let (dp, name) = k.split_once('_')?;
-            let key: u32 = dp.parse().ok()?;
-            // Exactly the names `format!("{key}_{name}")` gives.
-            (key.to_string() == dp).then_some(((key, name), v))
-        })
+        .filter_map(|(k, v)| datapath_prefixed(k).map(|key_name| (key_name, v)))
         .collect()
+}
+
+/// A Southbound port group name `<datapath key>_<name>` split, if it is one
+/// (exactly the names `format!("{key}_{name}")` gives).
+fn datapath_prefixed(group: &str) -> Option<(u32, &str)> {
+    let (dp, name) = group.split_once('_')?;
+    let key: u32 = dp.parse().ok()?;
+    (key.to_string() == dp).then_some((key, name))
+}
+
+/// The keys whose values differ between `a` and `b` (present in one only,
+/// or different).
+fn differing<'a, V: PartialEq, S: std::hash::BuildHasher>(
+    a: &'a HashMap<String, V, S>,
+    b: &'a HashMap<String, V, S>,
+) -> impl Iterator<Item = String> + 'a {
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
 }
 
 impl FlowInputs<'_> {

@@ -7,8 +7,8 @@
 //! A local port is bound here in the tables as soon as its fastpath port
 //! exists (before any claim), and claimed (`chassis`) and marked `up` in
 //! one write once those tables were published and taken into use by every
-//! live reader of the table file (or half a second passed). After publishing the tables of a Southbound
-//! snapshot the node copies SB_Global `nb_cfg` to its Chassis_Private row
+//! live reader of the table file (or half a second passed). After
+//! publishing the tables of a Southbound snapshot the node copies SB_Global `nb_cfg` to its Chassis_Private row
 //! (so `ovn-nbctl --wait=hv` works), and it writes the MAC bindings the
 //! fastpath learned as MAC_Binding rows, as ovn-controller does.
 //!
@@ -371,8 +371,8 @@ pub fn mac_binding_ops(
     }
     // Only the rows of the ports that learned something are parsed.
     let ports: BTreeSet<&str> = latest.keys().map(|(p, _)| *p).collect();
-    let pbs = port_bindings::rows_named(db, &ports);
-    let rows: Vec<sb::MacBinding> = db.rows().unwrap_or_default();
+    let pbs: Vec<sb::PortBinding> = port_bindings::rows_named(db, &ports);
+    let rows: Vec<sb::MacBinding> = port_bindings::rows_named(db, &ports);
     let mut ops = Vec::new();
     for ((port, ip), mac) in latest {
         let Some(pb) = pbs.iter().find(|p| p.logical_port == port) else {
@@ -806,7 +806,6 @@ async fn run(
 
         // Compile and publish.
         let zones = shared.state.lock().ct_zones.clone();
-        let mut republished = false;
         let no_ports: HashMap<String, u16> = HashMap::new();
         let unchanged = last.as_ref().is_some_and(|(prev, prev_pbs, map, z)| {
             // (Mapped ports are bound here only once this chassis exists.)
@@ -891,11 +890,8 @@ async fn run(
                     }
                 }
                 published_ports = now_published;
-                republished = true;
+                continue;
             }
-        }
-        if republished {
-            continue;
         }
 
         // The tables of this snapshot are out: acknowledge its nb_cfg.

@@ -5,7 +5,8 @@
 //! node that sees many pods would otherwise parse every row each time.
 //!
 //! Owns the parsed rows and the cache of the last snapshot's rows. It must
-//! not write anything, and it reads no table but Port_Binding.
+//! not write anything, and it reads no table but Port_Binding (and
+//! MAC_Binding, for `rows_named`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -89,10 +90,11 @@ impl PortBindings {
     }
 }
 
-/// The typed rows of `db` whose logical port is one of `names` (the others
-/// are not parsed).
-pub fn rows_named(db: &Database, names: &BTreeSet<&str>) -> Vec<sb::PortBinding> {
-    let Some(table) = db.table(sb::PortBinding::TABLE) else {
+/// The typed rows of `T`'s table (Port_Binding, MAC_Binding: tables with a
+/// `logical_port` column) whose logical port is one of `names`; the others
+/// are not parsed, nor is a row that does not fit its type.
+pub fn rows_named<T: TableRow>(db: &Database, names: &BTreeSet<&str>) -> Vec<T> {
+    let Some(table) = db.table(T::TABLE) else {
         return Vec::new();
     };
     table
@@ -103,7 +105,7 @@ pub fn rows_named(db: &Database, names: &BTreeSet<&str>) -> Vec<sb::PortBinding>
                 Some(ovsdb::Atom::String(s)) if names.contains(s.as_str())
             )
         })
-        .filter_map(|r| sb::PortBinding::from_row(r).ok())
+        .filter_map(|r| T::from_row(r).ok())
         .collect()
 }
 
