@@ -157,7 +157,9 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let cli = Cli::parse();
     let mut cfg = match &cli.config {
         Some(p) => Config::load(p)?,
