@@ -258,12 +258,15 @@ async fn cni_add_claims_restart_keeps_everything_del_releases() {
         .as_str()
         .unwrap()
         .to_string();
-    let pb = pod_binding(&central);
-    assert_eq!(
-        uuid_of(&pb["chassis"]).as_deref(),
-        Some(chassis_uuid.as_str())
-    );
-    assert_eq!(pb["up"], true);
+    // ADD answers once the port forwards; the claim and `up` follow in
+    // one write.
+    let c = &central;
+    tokio::task::block_in_place(|| {
+        eventually("pod1.ns1 claimed here and up", || {
+            let pb = pod_binding(c);
+            uuid_of(&pb["chassis"]).as_deref() == Some(chassis_uuid.as_str()) && pb["up"] == true
+        })
+    });
     // Only the local pod is claimed.
     let other = rows(&central, "Port_Binding")
         .into_iter()

@@ -1,11 +1,12 @@
 //! The node's side of the CNI plugin: ADD makes a pod's logical port
 //! (`<pod>.<namespace>`) local, has the fastpath port created, configures
 //! the pod's interface as soon as the Port_Binding's addresses are known
-//! (while the node claims the port and publishes tables that map it; a
-//! packet the pod sends before that is dropped by the fastpath), waits
-//! until the Port_Binding is claimed here and up, and answers the
-//! addresses from it; DEL and GC release; CHECK verifies; STATUS reports
-//! the Southbound session.
+//! (while the node publishes tables that map it; a packet the pod sends
+//! before that is dropped by the fastpath), waits until the port is
+//! installed (every lcore forwards with tables that map it; the node claims
+//! it and marks it `up` right after), and answers the addresses of its
+//! Port_Binding; DEL and GC release; CHECK verifies; STATUS reports the
+//! Southbound session.
 //!
 //! Owns the mapping of CNI attachments to local ports. It must not write
 //! the Southbound database itself (the node loop claims and releases).
@@ -194,7 +195,7 @@ impl Handler for CniHandler {
             }
             _ => tap_name(&attachment.container_id),
         };
-        {
+        let fastpath_port = {
             let mut state = self.shared.state.lock();
             let same = state.ports.get(&name).is_some_and(|p| {
                 p.container_id == attachment.container_id && p.ifname == attachment.ifname
@@ -224,7 +225,8 @@ impl Handler for CniHandler {
                 );
                 self.shared.save(&state).map_err(internal)?;
             }
-        }
+            state.ports[&name].fastpath_port
+        };
         self.shared.wake.notify_one();
         let port_created = started.elapsed();
 
@@ -240,7 +242,7 @@ impl Handler for CniHandler {
             CniError::new(
                 ErrorCode::TryAgainLater,
                 format!(
-                    "port binding {name} is not in the southbound database (or not claimed) after {} s",
+                    "port binding {name} is not in the southbound database (or not installed) after {} s",
                     self.shared.cfg.port_wait.as_secs()
                 ),
             )
@@ -270,28 +272,37 @@ impl Handler for CniHandler {
         attach(&early)?;
         let configured = started.elapsed();
 
-        let own_name = self.shared.cfg.chassis.name.clone();
-        let mut bound = None;
-        let ready = self.wait_sb(self.shared.cfg.port_wait, |db| {
-            let pbs = cache.get(db);
-            let own = super::chassis::chassis_uuid(db, &own_name);
-            bound = claimed(&pbs, &name, own)
-                .then(|| known_addresses(&pbs, &name))
-                .flatten();
-            bound.is_some()
-        });
-        let Some(addrs) = bound.filter(|_| ready) else {
+        // Forwarding: the tables every lcore uses map the port. The claim
+        // and `up` follow in the Southbound; the pod need not wait for
+        // that round trip (a CNI for ovn-controller waits for
+        // `ovn-installed`, not for `up`).
+        let installed = {
+            let mut rx = self.shared.installed.subscribe();
+            let name = &name;
+            self.runtime.block_on(async move {
+                tokio::time::timeout(
+                    self.shared.cfg.port_wait,
+                    rx.wait_for(|m| m.get(name) == Some(&fastpath_port)),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok())
+            })
+        };
+        let db = self.shared.sb.borrow().clone();
+        let Some(addrs) = known_addresses(&cache.get(&db), &name).filter(|_| installed) else {
             return Err(not_ready());
         };
         if addrs != early {
             // The row changed while the node claimed it: configure again.
-            log::info!("CNI ADD {name}: addresses changed while binding ({early:?} -> {addrs:?})");
+            log::info!(
+                "CNI ADD {name}: addresses changed while installing ({early:?} -> {addrs:?})"
+            );
             attach(&addrs)?;
         }
 
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         log::info!(
-            "CNI ADD {name}: fastpath port after {:.1} ms, addresses after {:.1} ms, interface configured after {:.1} ms, port binding claimed and up after {:.1} ms",
+            "CNI ADD {name}: fastpath port after {:.1} ms, addresses after {:.1} ms, interface configured after {:.1} ms, installed after {:.1} ms",
             ms(port_created),
             ms(addressed),
             ms(configured),
@@ -364,7 +375,15 @@ impl Handler for CniHandler {
         }
         let db = self.shared.sb.borrow().clone();
         let pbs = self.shared.port_bindings.get(&db);
-        if !claimed(&pbs, &name, self.shared.chassis_uuid()) {
+        // Bound here, or installed and not bound elsewhere (its claim is on
+        // its way).
+        let own = self.shared.chassis_uuid();
+        let installed = self.shared.installed.borrow().contains_key(&name);
+        let elsewhere = pbs
+            .get(&name)
+            .is_some_and(|p| p.chassis.is_some() && p.chassis != own);
+        let on_its_way = installed && !elsewhere;
+        if !claimed(&pbs, &name, own) && !on_its_way {
             return Err(CniError::new(
                 ErrorCode::TryAgainLater,
                 format!("port binding {name} is not bound to this chassis"),

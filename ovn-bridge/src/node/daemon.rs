@@ -7,7 +7,10 @@
 //! A local port is bound here in the tables as soon as its fastpath port
 //! exists (before any claim), and claimed (`chassis`) and marked `up` in
 //! one write once those tables were published and taken into use by every
-//! live reader of the table file (or half a second passed). After
+//! live reader of the table file (or half a second passed). Those ports
+//! are then "installed" (ovn-controller's `ovn-installed`): the CNI answers
+//! ADD at that point, and the claim follows without the pod waiting for
+//! its Southbound round trip. After
 //! publishing the tables of a Southbound snapshot the node copies SB_Global `nb_cfg` to its Chassis_Private row
 //! (so `ovn-nbctl --wait=hv` works), and it writes the MAC bindings the
 //! fastpath learned as MAC_Binding rows, as ovn-controller does.
@@ -121,6 +124,10 @@ pub(crate) struct Shared {
     pub sb: watch::Receiver<Arc<Database>>,
     pub plumber: Arc<dyn PortPlumber>,
     pub published: watch::Sender<PublishReport>,
+    /// Local ports (with their fastpath port) the tables in use by every
+    /// fastpath reader map: they forward (what `ovn-installed` says for
+    /// ovn-controller).
+    pub installed: watch::Sender<BTreeMap<String, u16>>,
     pub writes: Mutex<WriteCounts>,
     /// Parsed Port_Binding rows of the last snapshot looked at.
     pub port_bindings: PortBindingCache,
@@ -531,6 +538,7 @@ impl Node {
             wake: Notify::new(),
             plumber,
             published,
+            installed: watch::channel(BTreeMap::new()).0,
             writes: Mutex::new(WriteCounts::default()),
             port_bindings: PortBindingCache::default(),
         });
@@ -676,8 +684,6 @@ async fn run(
     let mut memo = CompileMemo::default();
     // The content of the tables last published.
     let mut last_content: Option<fastpath_tables::SlotBuilder> = None;
-    // Ports mapped by the tables last published.
-    let mut published_ports: BTreeSet<String> = BTreeSet::new();
     let mut learned_tick = tokio::time::interval(LEARNED_POLL);
     learned_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pb_changed_at: Option<Instant> = None;
@@ -745,10 +751,13 @@ async fn run(
             .filter(|p| own.is_some() && p.chassis == own && p.up == Some(true))
             .map(|p| p.logical_port.as_str())
             .collect();
-        let candidates: Vec<&String> = local
-            .iter()
-            .filter(|n| published_ports.contains(*n) || up_here.contains(n.as_str()))
-            .collect();
+        let candidates: Vec<&String> = {
+            let installed = shared.installed.borrow();
+            local
+                .iter()
+                .filter(|n| installed.contains_key(*n) || up_here.contains(n.as_str()))
+                .collect()
+        };
         // One question to the fastpath for every candidate.
         let present = if candidates.is_empty() {
             BTreeSet::new()
@@ -867,16 +876,20 @@ async fn run(
                 stats: compiled.stats,
             });
             // Ports these tables map as bound here: only they may go up.
-            let now_published: BTreeSet<String> = port_map
-                .keys()
-                .filter(|n| own.is_some() && pbs.get(n).is_some())
-                .cloned()
+            let now_installed: BTreeMap<String, u16> = port_map
+                .iter()
+                .filter(|(n, _)| own.is_some() && pbs.get(n).is_some())
+                .map(|(n, id)| (n.clone(), *id))
                 .collect();
             last = Some((db.clone(), pbs.clone(), port_map, zones));
-            if now_published != published_ports {
-                // Ports that became mapped may go up once the fastpath
-                // forwards with these tables.
-                if !now_published.is_subset(&published_ports) {
+            let installed = shared.installed.borrow().clone();
+            if now_installed != installed {
+                // Ports that became mapped (or a replaced port's new
+                // fastpath port) forward once every lcore uses these tables.
+                if now_installed
+                    .iter()
+                    .any(|(n, id)| installed.get(n) != Some(id))
+                {
                     let started = Instant::now();
                     let in_use = wait_in_use(&writer, generation).await;
                     log::debug!(
@@ -889,8 +902,12 @@ async fn run(
                         );
                     }
                 }
-                published_ports = now_published;
-                continue;
+                let new_ports = !now_installed.keys().eq(installed.keys());
+                shared.installed.send_replace(now_installed);
+                if new_ports {
+                    // Claims, releases and `up` in the next pass.
+                    continue;
+                }
             }
         }
 
