@@ -50,14 +50,42 @@ pub enum BuildError {
 pub struct SlotBuilder {
     sections: Vec<(SectionEntry, Vec<u8>)>,
     strings: Vec<u8>,
-    /// Fast hashing: a compile interns every flow's texts.
-    interned: rustc_hash::FxHashMap<String, StrRef>,
+    /// The interned strings, keyed by their bytes in `strings` (no copy of
+    /// each string as a key: a compile interns every flow's texts).
+    interned: hashbrown::HashTable<StrRef>,
+}
+
+/// The hash of an interned string.
+fn string_hash(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher as _;
+    rustc_hash::FxBuildHasher.hash_one(bytes)
+}
+
+/// The bytes `r` refers to in `blob` (interned references lie within it).
+fn interned_bytes(blob: &[u8], r: StrRef) -> &[u8] {
+    &blob[r.offset as usize..(r.offset + r.len) as usize]
 }
 
 impl SlotBuilder {
     /// An empty slot.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty slot with room for `strings` distinct strings of
+    /// `string_bytes` bytes in all (a compiler that builds one slot after
+    /// another can pass the last one's [`Self::string_stats`]).
+    pub fn with_string_capacity(strings: usize, string_bytes: usize) -> Self {
+        Self {
+            sections: Vec::new(),
+            strings: Vec::with_capacity(string_bytes),
+            interned: hashbrown::HashTable::with_capacity(strings),
+        }
+    }
+
+    /// Distinct strings interned and their bytes in all.
+    pub fn string_stats(&self) -> (usize, usize) {
+        (self.interned.len(), self.strings.len())
     }
 
     /// Add a section of plain-data elements.
@@ -109,15 +137,23 @@ impl SlotBuilder {
     /// Put a string in the blob (once, however often it is interned) and
     /// return its reference.
     pub fn intern(&mut self, string: &str) -> Result<StrRef, BuildError> {
-        if let Some(existing) = self.interned.get(string) {
+        let bytes = string.as_bytes();
+        let hash = string_hash(bytes);
+        let blob = &self.strings;
+        if let Some(existing) = self
+            .interned
+            .find(hash, |r| interned_bytes(blob, *r) == bytes)
+        {
             return Ok(*existing);
         }
         let offset = u32::try_from(self.strings.len()).map_err(|_| BuildError::StringsTooLarge)?;
-        let len = u32::try_from(string.len()).map_err(|_| BuildError::StringsTooLarge)?;
+        let len = u32::try_from(bytes.len()).map_err(|_| BuildError::StringsTooLarge)?;
         offset.checked_add(len).ok_or(BuildError::StringsTooLarge)?;
-        self.strings.extend_from_slice(string.as_bytes());
+        self.strings.extend_from_slice(bytes);
         let reference = StrRef { offset, len };
-        self.interned.insert(string.to_owned(), reference);
+        let blob = &self.strings;
+        self.interned
+            .insert_unique(hash, reference, |r| string_hash(interned_bytes(blob, *r)));
         Ok(reference)
     }
 
@@ -239,6 +275,29 @@ mod tests {
     use super::*;
     use crate::refusal::RefusalReason;
     use crate::validate::{validate_slot, AlignedBuf};
+
+    #[test]
+    fn interning_stores_each_string_once_across_growth() {
+        let mut b = SlotBuilder::with_string_capacity(4, 16);
+        let texts: Vec<String> = (0..5000).map(|i| format!("reg0[{i}] == 1")).collect();
+        let first: Vec<StrRef> = texts.iter().map(|t| b.intern(t).unwrap()).collect();
+        // Interned again (after the table grew many times): the same
+        // references, and nothing added.
+        let bytes = b.string_stats().1;
+        for (t, r) in texts.iter().zip(&first).rev() {
+            assert_eq!(b.intern(t).unwrap(), *r, "{t}");
+        }
+        assert_eq!(b.string_stats(), (5000, bytes));
+        for (t, r) in texts.iter().zip(&first) {
+            assert_eq!(interned_bytes(&b.strings, *r), t.as_bytes());
+        }
+        // The empty string and a prefix of another are strings of their own.
+        let empty = b.intern("").unwrap();
+        assert_eq!(empty.len, 0);
+        let prefix = b.intern("reg0[1]").unwrap();
+        assert_ne!(prefix, first[1]);
+        assert_eq!(interned_bytes(&b.strings, prefix), b"reg0[1]");
+    }
 
     fn ports() -> Vec<Port> {
         vec![

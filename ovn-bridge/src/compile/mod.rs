@@ -254,7 +254,9 @@ pub fn compile_incremental(
         }
     };
     let symtab = SymbolTable::ovn_23_03();
-    let mut b = SlotBuilder::new();
+    // Sized like the last compilation's, which this one mostly repeats.
+    let (n_strings, string_bytes) = memo.last_sizes.strings;
+    let mut b = SlotBuilder::with_string_capacity(n_strings, string_bytes);
     let mut stats = CompileStats::default();
 
     let chassis: Vec<sb::Chassis> = rows(db)?;
@@ -266,7 +268,7 @@ pub fn compile_incremental(
     // Datapaths.
     let mut dp_rows: Vec<sb::DatapathBinding> = rows(db)?;
     dp_rows.sort_by_key(|d| d.tunnel_key);
-    let mut dp_key: HashMap<Uuid, u32> = HashMap::new();
+    let mut dp_key: rustc_hash::FxHashMap<Uuid, u32> = Default::default();
     let mut datapaths = Vec::new();
     let mut ct_zones: Vec<OvnCtZone> = Vec::new();
     for d in &dp_rows {
@@ -466,7 +468,7 @@ pub fn compile_incremental(
         .into_iter()
         .map(|p| (p.name, p.ports.into_iter().collect()))
         .collect();
-    let dp_groups: HashMap<Uuid, Vec<Uuid>> = rows::<sb::LogicalDpGroup>(db)?
+    let dp_groups: rustc_hash::FxHashMap<Uuid, Vec<Uuid>> = rows::<sb::LogicalDpGroup>(db)?
         .into_iter()
         .map(|g| (g.uuid, g.datapaths.into_iter().collect()))
         .collect();
@@ -478,10 +480,12 @@ pub fn compile_incremental(
     // In uuid order already.
     let lflows = memo.lflow_rows.rows();
     stats.logical_flows = lflows.len();
-    let mut flows: Vec<OvnFlow> = Vec::new();
-    let mut tests: Vec<OvnMatchTest> = Vec::new();
-    let mut program: Vec<OvnInstruction> = Vec::new();
-    let mut seen: rustc_hash::FxHashSet<Uuid> = Default::default();
+    let mut flows: Vec<OvnFlow> = Vec::with_capacity(memo.last_sizes.flows);
+    let mut tests: Vec<OvnMatchTest> = Vec::with_capacity(memo.last_sizes.tests);
+    let mut program: Vec<OvnInstruction> = Vec::with_capacity(memo.last_sizes.program);
+    // Entries this compilation visits carry its round; the others go.
+    memo.round += 1;
+    let round = memo.round;
     memo.reused = 0;
     memo.compiled = 0;
     // Taken: a compilation that fails part way leaves entries computed from
@@ -520,7 +524,6 @@ pub fn compile_incremental(
         if dps.is_empty() {
             continue;
         }
-        seen.insert(lf.uuid);
         let inputs = FlowInputs {
             lf,
             pipe,
@@ -539,9 +542,11 @@ pub fn compile_incremental(
                     && changed.as_ref().is_some_and(|c| !c.touches(&e.refs)) =>
             {
                 memo.reused += 1;
+                e.round = round;
                 &*e
             }
             Some(e) if e.same_texts(lf) => {
+                e.round = round;
                 e.row = lf.clone();
                 e.dps.clone_from(dps);
                 let fp = inputs.fingerprint(&e.refs);
@@ -559,6 +564,7 @@ pub fn compile_incremental(
                 memo.compiled += 1;
                 let refs = FlowRefs::of(&lf.r#match, &lf.actions);
                 let e = MemoEntry {
+                    round,
                     fingerprint: inputs.fingerprint(&refs),
                     dps: dps.clone(),
                     row: lf.clone(),
@@ -615,7 +621,7 @@ pub fn compile_incremental(
             }
         }
     }
-    memo.flows.retain(|u, _| seen.contains(u));
+    memo.flows.retain(|_, e| e.round == round);
     drop(port_groups_by_dp);
     memo.last_inputs = Some(LastInputs {
         ports: port_index,
@@ -661,6 +667,12 @@ pub fn compile_incremental(
         .collect();
     stats.remote_ports = bindings.len();
     fastpath_tables::chassis::add_remote_ports(&mut b, &bindings)?;
+    memo.last_sizes = LastSizes {
+        strings: b.string_stats(),
+        flows: flows.len(),
+        tests: tests.len(),
+        program: program.len(),
+    };
     Ok(Compiled { builder: b, stats })
 }
 
@@ -676,6 +688,10 @@ pub struct CompileMemo {
     logged_unsupported: std::collections::BTreeSet<String>,
     /// What the last compilation's fingerprints were computed from.
     last_inputs: Option<LastInputs>,
+    /// The last compilation's sizes, to allocate the next one's at once.
+    last_sizes: LastSizes,
+    /// Counts compilations; an entry holds the last one that visited it.
+    round: u64,
     /// Logical flows whose kept result was reused by the last compilation.
     pub reused: usize,
     /// Logical flows the last compilation compiled.
@@ -692,6 +708,16 @@ impl CompileMemo {
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
+}
+
+/// Element counts of the last compilation's slot.
+#[derive(Debug, Default, Clone, Copy)]
+struct LastSizes {
+    /// Distinct strings and their bytes in all.
+    strings: (usize, usize),
+    flows: usize,
+    tests: usize,
+    program: usize,
 }
 
 /// The ports, address sets and port groups of the last compilation.
@@ -762,6 +788,8 @@ impl ChangedNames {
 
 #[derive(Debug)]
 struct MemoEntry {
+    /// The last compilation that visited the entry.
+    round: u64,
     fingerprint: u64,
     /// The datapath keys the flow was compiled for.
     dps: Vec<u32>,
