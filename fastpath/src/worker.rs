@@ -465,14 +465,37 @@ impl Staged {
         }
     }
 
-    /// Stage 2 for packet `i`: keeps its key and layout, hashes the key and
-    /// starts loading its flow-cache bucket.
+    /// Stages 1 and 2 for packet `i`: parses its frame into the key of
+    /// slot `i` in place, hashes the key and starts loading its flow-cache
+    /// bucket; false when the frame is malformed (counted).
     #[inline(always)]
-    fn stage(&mut self, i: usize, key: FlowKey, layout: Layout, lcore: &OvnLcore) {
-        let hash = crate::ovn::cache::key_hash(&key);
+    fn stage(
+        &mut self,
+        i: usize,
+        frame: &[u8],
+        in_port: u16,
+        lcore: &OvnLcore,
+        stats: &LcoreStats,
+    ) -> bool {
+        match fastpath_packet::extract_into(frame, in_port, &mut self.keys[i], &mut self.layouts[i])
+        {
+            Ok(()) => {
+                self.keyed(i, lcore);
+                true
+            }
+            Err(e) => {
+                count_parse_drop(e, stats);
+                false
+            }
+        }
+    }
+
+    /// Stage 2 for packet `i` whose key and layout are in place: hashes
+    /// the key and starts loading its flow-cache bucket.
+    #[inline(always)]
+    fn keyed(&mut self, i: usize, lcore: &OvnLcore) {
+        let hash = crate::ovn::cache::key_hash(&self.keys[i]);
         lcore.prefetch(hash);
-        self.keys[i] = key;
-        self.layouts[i] = layout;
         self.hashes[i] = hash;
         self.parsed |= 1 << i;
     }
@@ -506,10 +529,7 @@ fn stage_burst(
             stats.drop_packets(DropReason::Malformed, 1);
             continue;
         }
-        match fastpath_packet::extract(m.data(), in_port as u16) {
-            Ok((key, layout)) => staged.stage(i, key, layout, lcore),
-            Err(e) => count_parse_drop(e, stats),
-        }
+        staged.stage(i, m.data(), in_port as u16, lcore, stats);
     }
     prefetch_staged(staged, lcore, conntrack);
 }
@@ -607,14 +627,19 @@ fn stage_uplink(
             stats.drop_tunnel(&TunnelError::InnerTruncated);
             continue;
         }
-        match fastpath_packet::extract(m.data(), in_port as u16) {
-            Ok((mut key, layout)) => {
+        match fastpath_packet::extract_into(
+            m.data(),
+            in_port as u16,
+            &mut staged.keys[i],
+            &mut staged.layouts[i],
+        ) {
+            Ok(()) => {
                 let meta = d.metadata;
-                if !key.set_tunnel(d.vni, meta.ingress_port, meta.egress_port) {
+                if !staged.keys[i].set_tunnel(d.vni, meta.ingress_port, meta.egress_port) {
                     stats.drop_tunnel(&TunnelError::VniOutOfRange(d.vni));
                     continue;
                 }
-                staged.stage(i, key, layout, &o.lcore);
+                staged.keyed(i, &o.lcore);
             }
             Err(e) => count_parse_drop(e, stats),
         }

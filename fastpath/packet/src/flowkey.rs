@@ -184,6 +184,16 @@ impl FlowKey {
         &self.bytes
     }
 
+    /// Sets the whole key from its words, each in memory order (byte `k`
+    /// of the key's word `i` is bits `8k..8k+8` of `words[i]`): one store
+    /// per word.
+    #[inline(always)]
+    pub fn set_words(&mut self, words: &[u64; KEY_LEN / 8]) {
+        for (chunk, w) in self.bytes.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
     /// A key from raw bytes (as produced by [`FlowKey::as_bytes`]).
     #[inline]
     pub const fn from_bytes(bytes: [u8; KEY_LEN]) -> FlowKey {
@@ -551,22 +561,52 @@ pub const MAX_VLAN_TAGS: u8 = 2;
 #[inline]
 pub fn extract(frame: &[u8], in_port: u16) -> Result<(FlowKey, Layout), ParseError> {
     let mut key = FlowKey::zeroed();
-    if let Some(layout) = extract_ipv4_tcp_udp(frame, in_port, &mut key) {
-        return Ok((key, layout));
+    let mut layout = Layout::default();
+    extract_into(frame, in_port, &mut key, &mut layout)?;
+    Ok((key, layout))
+}
+
+/// [`extract`] into `key` and `layout` in place (whatever they held
+/// before): a worker parses straight into its staging arrays, and the
+/// straight-line path stores the key as whole words, so reading it back
+/// (hashing, comparing) is served from the store buffer instead of
+/// stalling on byte stores, and no copy of either goes through the stack.
+/// On an error both hold unspecified values.
+#[inline]
+pub fn extract_into(
+    frame: &[u8],
+    in_port: u16,
+    key: &mut FlowKey,
+    layout: &mut Layout,
+) -> Result<(), ParseError> {
+    if extract_ipv4_tcp_udp(frame, in_port, key, layout) {
+        return Ok(());
     }
-    extract_general(frame, in_port)
+    let (general, general_layout) = extract_general(frame, in_port)?;
+    *key = general;
+    *layout = general_layout;
+    Ok(())
 }
 
 /// The straight-line parse of an untagged Ethernet/IPv4 frame with a
 /// 20-byte header, neither fragment flag nor offset set, and a TCP or UDP
 /// header that the datagram holds whole (with the lengths the general
-/// parser checks). `None` for anything else, including every frame the
-/// general parser would refuse; when it answers, the key and layout are
-/// those [`extract`]'s general parser gives for the same frame. `key` must
-/// be zeroed; it is filled (in place: no copy of the key on the way out)
-/// only when the answer is `Some`.
+/// parser checks). False for anything else, including every frame the
+/// general parser would refuse; when true, `key` (written whole, as words)
+/// and `layout` are those [`extract`]'s general parser gives for the same
+/// frame. Neither is written when the answer is false.
 #[inline(always)]
-fn extract_ipv4_tcp_udp(frame: &[u8], in_port: u16, key: &mut FlowKey) -> Option<Layout> {
+fn extract_ipv4_tcp_udp(
+    frame: &[u8],
+    in_port: u16,
+    key: &mut FlowKey,
+    layout: &mut Layout,
+) -> bool {
+    ipv4_tcp_udp(frame, in_port, key, layout).is_some()
+}
+
+#[inline(always)]
+fn ipv4_tcp_udp(frame: &[u8], in_port: u16, key: &mut FlowKey, layout: &mut Layout) -> Option<()> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::HEADER_LEN;
     let h: &[u8; L4] = frame.first_chunk()?;
@@ -605,29 +645,33 @@ fn extract_ipv4_tcp_udp(frame: &[u8], in_port: u16, key: &mut FlowKey) -> Option
         }
         _ => return None,
     };
-    let b = &mut key.bytes;
-    b[field::IN_PORT].copy_from_slice(&in_port.to_be_bytes());
-    b[field::ETH_TYPE].copy_from_slice(&[0x08, 0x00]);
-    b[field::FLAGS] = flags::IPV4 | flags::L4;
-    b[field::ETH_DST].copy_from_slice(&h[0..6]);
-    b[field::ETH_SRC].copy_from_slice(&h[6..12]);
-    b[field::IP_PROTO] = proto;
-    b[field::TTL] = h[L3 + 8];
-    b[field::TOS] = h[L3 + 1];
-    b[field::TCP_FLAGS].copy_from_slice(&tcp_flags.to_be_bytes());
-    b[field::SRC.start + 10..field::SRC.start + 12].copy_from_slice(&[0xff, 0xff]);
-    b[field::SRC.start + 12..field::SRC.end].copy_from_slice(&h[L3 + 12..L3 + 16]);
-    b[field::DST.start + 10..field::DST.start + 12].copy_from_slice(&[0xff, 0xff]);
-    b[field::DST.start + 12..field::DST.end].copy_from_slice(&h[L3 + 16..L3 + 20]);
-    b[field::TP_SRC.start..field::TP_DST.end].copy_from_slice(&upper[0..4]);
-    let layout = Layout {
+    // The key's words, byte k of a word being bits 8k..8k+8 (see the field
+    // offsets): built in registers and stored whole.
+    let le32 = |b: &[u8]| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let be16 = |v: u16| u64::from(v.swap_bytes());
+    let mut w = [0u64; KEY_LEN / 8];
+    // in_port, eth.type 0x0800, no VLAN, flags, not a fragment.
+    w[0] = be16(in_port) | 0x08 << 16 | u64::from(flags::IPV4 | flags::L4) << 48;
+    // eth.dst, then the first two bytes of eth.src.
+    w[1] = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+    // The rest of eth.src, no inner VLAN, ip.proto, ip.ttl.
+    w[2] = le32(&h[8..12]) | u64::from(proto) << 48 | u64::from(h[L3 + 8]) << 56;
+    // TOS, no ICMP type/code, no VNI bits, tcp.flags, no arp.op.
+    w[3] = u64::from(h[L3 + 1]) | be16(tcp_flags) << 32;
+    // ip4.src and ip4.dst as v4-mapped addresses (::ffff:a.b.c.d).
+    w[5] = 0xffff << 16 | le32(&h[L3 + 12..L3 + 16]) << 32;
+    w[7] = 0xffff << 16 | le32(&h[L3 + 16..L3 + 20]) << 32;
+    // The L4 ports; no flow label.
+    w[8] = le32(&upper[0..4]);
+    key.set_words(&w);
+    *layout = Layout {
         vlan_tags: 0,
         l3: L3 as u16,
         l4: L4 as u16,
         payload: (L4 + hlen) as u16,
         end: (L3 + total) as u16,
     };
-    Some(layout)
+    Some(())
 }
 
 /// The general parser behind [`extract`]: every EtherType, VLAN tags, IPv4
@@ -1343,10 +1387,27 @@ mod tests {
         let mut fast_answers = 0;
         let mut check = |f: &[u8]| {
             let general = extract_general(f, 7);
-            if extract_ipv4_tcp_udp(f, 7, &mut FlowKey::zeroed()).is_some() {
+            if extract_ipv4_tcp_udp(f, 7, &mut FlowKey::zeroed(), &mut Layout::default()) {
                 fast_answers += 1;
             }
             assert_eq!(extract(f, 7), general, "frame {f:02x?}");
+            // In place over a key and layout that held something else: the
+            // same.
+            let mut key = FlowKey::from_bytes([0xa5; KEY_LEN]);
+            let mut layout = Layout {
+                vlan_tags: 9,
+                l3: 99,
+                l4: 99,
+                payload: 99,
+                end: 99,
+            };
+            let answer = extract_into(f, 7, &mut key, &mut layout);
+            match &general {
+                Ok((k, l)) => {
+                    assert_eq!((&key, &layout, answer), (k, l, Ok(())), "frame {f:02x?}")
+                }
+                Err(e) => assert_eq!(answer, Err(*e), "frame {f:02x?}"),
+            }
         };
         for base in bases {
             for cut in 0..=base.len() {
