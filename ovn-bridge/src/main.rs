@@ -47,8 +47,8 @@ enum Role {
         /// start and when the database changes under us).
         #[arg(long, default_value_t = 300)]
         resync_period: u64,
-        /// How often the manifest directory is checked for changes, in
-        /// milliseconds (with --manifests).
+        /// How often the manifest directory is checked for changes besides
+        /// inotify, in milliseconds (with --manifests).
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
         manifest_poll_ms: u64,
     },

@@ -568,3 +568,46 @@ fn max_ops_per_txn_flag_splits_the_first_pass() {
         "the split pass is complete"
     );
 }
+
+/// The manifest directory is watched: with a check interval of ten minutes,
+/// a written, a rewritten and a deleted file still reach the Northbound at
+/// once (inotify), and the log says the directory is watched.
+#[test]
+fn manifest_changes_apply_without_waiting_for_the_check_interval() {
+    let ovn = Ovn::start();
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("manifests");
+    std::fs::create_dir(&man).unwrap();
+    write(&man, "00-subnets.yaml", SUBNETS);
+    let bin = Binary::start_with(
+        &ovn.nb.remote,
+        &man,
+        &dir.path().join("state.json"),
+        dir.path().join("run.log"),
+        &["--manifest-poll-ms", "600000", "--resync-period", "0"],
+    );
+    ovn.eventually("the first pass", || !bin.passes().is_empty());
+    assert!(bin.log().contains("watching"), "{}", bin.log());
+
+    // Written in place (the file is complete once closed).
+    std::fs::write(man.join("10-fixed.yaml"), STATIC_POD).unwrap();
+    ovn.eventually("the static pod's port", || {
+        field(&ovn, "Logical_Switch_Port", "name=fixed.alpha", "addresses")
+            == "00:00:00:aa:bb:cc 10.10.0.50"
+    });
+    // Replaced through a rename.
+    write(
+        &man,
+        "10-fixed.yaml",
+        &STATIC_POD.replace("00:00:00:aa:bb:cc", "00:00:00:aa:bb:dd"),
+    );
+    ovn.eventually("the new MAC", || {
+        field(&ovn, "Logical_Switch_Port", "name=fixed.alpha", "addresses")
+            == "00:00:00:aa:bb:dd 10.10.0.50"
+    });
+    // Deleted.
+    std::fs::remove_file(man.join("10-fixed.yaml")).unwrap();
+    ovn.eventually("the port gone", || {
+        uuid_of(&ovn, "Logical_Switch_Port", "name=fixed.alpha").is_empty()
+    });
+}

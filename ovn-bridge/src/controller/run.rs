@@ -469,10 +469,33 @@ pub fn log_events(events: &[Event]) {
     }
 }
 
+/// Wakes `wake` whenever a file of `dir` is written and closed, renamed in
+/// or out, or deleted (inotify), from a thread of its own.
+fn watch_dir(dir: &Path, wake: std::sync::Arc<tokio::sync::Notify>) -> std::io::Result<()> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC)?;
+    inotify.add_watch(
+        dir,
+        AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE,
+    )?;
+    std::thread::Builder::new()
+        .name("manifest-watch".into())
+        .spawn(move || {
+            while inotify.read_events().is_ok() {
+                wake.notify_one();
+            }
+        })?;
+    Ok(())
+}
+
 /// Runs the manifest source: reads `dir` and makes a full pass, then
-/// whenever a file changes (polled every `interval`) applies the objects
-/// that changed between the two reads; makes a full pass again when the
-/// database changes under us and when the periodic one is due.
+/// whenever a file changes (told by inotify, and checked every `interval`
+/// besides, for file systems without it) applies the objects that changed
+/// between the two reads; makes a full pass again when the database
+/// changes under us and when the periodic one is due.
 pub async fn run_manifests(
     dir: &Path,
     ctl: &mut Controller,
@@ -480,6 +503,17 @@ pub async fn run_manifests(
 ) -> Result<(), ControllerError> {
     let mut stamp = None;
     let mut db_rx = ctl.replica().subscribe();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    match watch_dir(dir, wake.clone()) {
+        Ok(()) => log::info!(
+            "watching {} for changes (and checking every {interval:?})",
+            dir.display()
+        ),
+        Err(e) => log::warn!(
+            "cannot watch {} ({e}): checking it every {interval:?}",
+            dir.display()
+        ),
+    }
     loop {
         let now = DirStamp::of(dir);
         let files_changed = stamp.as_ref() != Some(&now);
@@ -529,6 +563,9 @@ pub async fn run_manifests(
             }
             db_rx.borrow_and_update();
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
     }
 }
