@@ -75,7 +75,8 @@ enum Cmd {
         /// The packet.
         packet: String,
     },
-    /// MAC bindings the pipeline learned (put_arp, put_nd).
+    /// MAC bindings (put_arp, put_nd) and FDB entries (put_fdb) the
+    /// pipeline learned.
     Learned,
     /// The Geneve tunnel: uplink, tunnel address, remote chassis and their
     /// next hops, underlay neighbours.

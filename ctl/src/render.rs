@@ -271,7 +271,12 @@ pub fn learned(l: &[LearnedBinding]) -> String {
             vec![
                 b.datapath.clone(),
                 b.port.clone(),
-                b.ip.clone(),
+                // An FDB entry (put_fdb) has no IP.
+                if b.ip.is_empty() {
+                    "(fdb)".into()
+                } else {
+                    b.ip.clone()
+                },
                 b.mac.clone(),
             ]
         })
@@ -501,6 +506,32 @@ pub fn rates_table(r: &Rates) -> String {
 mod tests {
     use super::*;
     use fastpath_api::PortCounters;
+
+    #[test]
+    fn learned_fdb_entries_are_marked() {
+        let l = [
+            LearnedBinding {
+                datapath: "ls0".into(),
+                port: "pod1.ns1".into(),
+                ip: "10.16.0.9".into(),
+                mac: "0a:00:00:00:00:09".into(),
+            },
+            LearnedBinding {
+                datapath: "ls0".into(),
+                port: "vm1.ns1".into(),
+                ip: String::new(),
+                mac: "0a:00:00:00:07:01".into(),
+            },
+        ];
+        let text = learned(&l);
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        assert!(rows[1].contains("10.16.0.9"), "{text}");
+        assert!(
+            rows[2].contains("vm1.ns1") && rows[2].contains("(fdb)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn conntrack_rows_show_both_directions_and_truncation() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fastpath_api::LearnedBinding;
 use fastpath_cni::{Attachment, CniArgs, Command, DaemonReply, DaemonRequest, PluginConfig};
-use ovn_bridge::node::daemon::mac_binding_ops;
+use ovn_bridge::node::daemon::{fdb_ops, mac_binding_ops};
 use ovn_bridge::node::{ChassisConfig, Node, NodeConfig, PortPlumber, RecordingPlumber};
 use ovsdb::testing::{server_rows, OvnCentral};
 use ovsdb::{Client, ClientOptions};
@@ -254,4 +254,134 @@ async fn learned_bindings_become_mac_binding_rows_without_duplicates() {
     assert_eq!(now[0].2, "0a:00:00:00:00:ee");
     settle(1, "0a:00:00:00:00:ee");
     assert!(mac_binding_ops(&node.southbound(), &learned("0a:00:00:00:00:ee"), 4).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_fdb_entries_become_fdb_rows_without_duplicates() {
+    let central = OvnCentral::start().unwrap();
+    topology(&central);
+    central
+        .nbctl(&["lsp-add", "ls0", "vm1.ns1"])
+        .and_then(|_| central.nbctl(&["lsp-set-addresses", "vm1.ns1", "unknown"]))
+        .unwrap();
+    central.sync(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("cni.sock");
+    let node = Node::start(
+        config(&central, dir.path()),
+        Arc::new(RecordingPlumber::default()),
+    )
+    .await
+    .unwrap();
+    // A local pod of ls0: the node follows the switch (its monitor
+    // conditions select ls0's rows).
+    let listener = fastpath_cni::bind(&socket).unwrap();
+    let handler = Arc::new(node.cni_handler());
+    std::thread::spawn(move || fastpath_cni::serve(listener, handler));
+    let reply = call(&socket, request(Command::Add, &socket)).await;
+    assert!(!matches!(reply, DaemonReply::Error(_)), "{reply:?}");
+    let client = Client::connect(
+        std::slice::from_ref(&central.sb.remote),
+        "OVN_Southbound",
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    // A row's tunnel key, by a column or an external_ids entry
+    // (["map", [[key, value], ...]]).
+    let key = |table: &str, column: &str, value: &str| -> i64 {
+        rows(&central, table)
+            .into_iter()
+            .find(|r| {
+                r[column] == value
+                    || r["external_ids"][1]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|kv| kv[0] == column && kv[1] == value))
+            })
+            .map(|r| r["tunnel_key"].as_i64().unwrap())
+            .unwrap_or_else(|| panic!("{table} {value}"))
+    };
+    let dp_key = key("Datapath_Binding", "name", "ls0");
+    let (pod_key, vm_key) = (
+        key("Port_Binding", "logical_port", "pod1.ns1"),
+        key("Port_Binding", "logical_port", "vm1.ns1"),
+    );
+    let fdb_entry = |port: &str, mac: &str| LearnedBinding {
+        datapath: "ls0".into(),
+        port: port.into(),
+        ip: String::new(),
+        mac: mac.into(),
+    };
+    let fdb_rows = || -> Vec<(i64, String, i64)> {
+        let mut v: Vec<(i64, String, i64)> = rows(&central, "FDB")
+            .iter()
+            .map(|r| {
+                (
+                    r["dp_key"].as_i64().unwrap(),
+                    r["mac"].as_str().unwrap().to_string(),
+                    r["port_key"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let settle = |want: &[(i64, String, i64)]| {
+        let start = Instant::now();
+        loop {
+            let db = node.southbound();
+            let mut have: Vec<(i64, String, i64)> = db
+                .rows::<ovsdb::sb::Fdb>()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| (r.dp_key, r.mac, r.port_key))
+                .collect();
+            have.sort();
+            if have == want {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "replica lags");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Two MACs behind the VM's port (one written in capitals), a MAC
+    // binding (has an IP: not an FDB entry) and an unknown port: two rows,
+    // lowercase, with the datapath's and the port's keys.
+    let learned = vec![
+        fdb_entry("vm1.ns1", "0A:00:00:00:07:01"),
+        fdb_entry("vm1.ns1", "0a:00:00:00:07:02"),
+        LearnedBinding {
+            ip: "10.16.0.99".into(),
+            ..fdb_entry("pod1.ns1", "0a:00:00:00:00:aa")
+        },
+        fdb_entry("nobody", "0a:00:00:00:07:03"),
+    ];
+    let ops = fdb_ops(&node.southbound(), &learned);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    client.transact(ops).await.unwrap();
+    let want = vec![
+        (dp_key, "0a:00:00:00:07:01".to_string(), vm_key),
+        (dp_key, "0a:00:00:00:07:02".to_string(), vm_key),
+    ];
+    assert_eq!(fdb_rows(), want);
+    settle(&want);
+    // The same again writes nothing.
+    assert!(fdb_ops(&node.southbound(), &learned).is_empty());
+    // The MAC moves to another port: its row is updated in place (the
+    // later of two entries for one MAC wins).
+    let moved = vec![
+        fdb_entry("vm1.ns1", "0a:00:00:00:07:02"),
+        fdb_entry("pod1.ns1", "0a:00:00:00:07:02"),
+    ];
+    let ops = fdb_ops(&node.southbound(), &moved);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    client.transact(ops).await.unwrap();
+    let want = vec![
+        (dp_key, "0a:00:00:00:07:01".to_string(), vm_key),
+        (dp_key, "0a:00:00:00:07:02".to_string(), pod_key),
+    ];
+    assert_eq!(fdb_rows(), want);
+    settle(&want);
+    assert!(fdb_ops(&node.southbound(), &moved).is_empty());
 }

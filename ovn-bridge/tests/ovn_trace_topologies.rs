@@ -1,6 +1,8 @@
 //! Differential tests over more topologies: two routers (the Kube-OVN
 //! shape: the `ovn-cluster` router, the `join` switch and a gateway router
 //! per node, with static and ECMP routes), a switch with a localnet port,
+//! a switch with `unknown`-address ports and an FDB row (`get_fdb`,
+//! `lookup_fdb`, `put_fdb`),
 //! an IPv6 network behind a router (ND, ping6, hop limit, `icmp6_error`),
 //! and a router's own addresses hit by TCP (`tcp_reset`), UDP and
 //! multicast. Each test starts a real NB, SB and ovn-northd, binds its VIF
@@ -373,6 +375,134 @@ fn localnet_port_matches_ovn_trace() {
     assert_eq!(ports(&verdicts[0]), ["v2"]);
     assert_eq!(ports(&verdicts[1]), ["ln", "v2"]);
     assert_eq!(ports(&verdicts[2]), ["ln"]);
+}
+
+// -------------------------------------------------------------------- FDB
+
+const F1: &str = "50:54:00:00:07:01";
+/// A MAC learned behind `vm1` (an FDB row).
+const LEARNED: &str = "50:54:00:00:07:77";
+
+/// Switch `fdbsw`: `f1` with its address, `vm1` and `vm2` with addresses
+/// `unknown` (VMs bridging other MACs: northd learns their source MACs with
+/// `put_fdb` and forwards to learned MACs with `get_fdb`); the FDB holds
+/// `LEARNED` behind `vm1`, as the node writes it after `put_fdb`.
+fn fdb_switch(c: &Central) {
+    c.nb("ls-add fdbsw");
+    vif(c, "fdbsw", "f1", F1, "192.168.60.11");
+    for vm in ["vm1", "vm2"] {
+        c.nb(&format!("lsp-add fdbsw {vm}"));
+        c.nb(&format!("lsp-set-addresses {vm} unknown"));
+    }
+    bind(c, &["f1", "vm1", "vm2"]);
+    let key = |args: &[&str]| -> String {
+        c.sbctl(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let dp = key(&[
+        "--bare",
+        "--columns=tunnel_key",
+        "find",
+        "Datapath_Binding",
+        "external_ids:name=fdbsw",
+    ]);
+    let port = key(&[
+        "--bare",
+        "--columns=tunnel_key",
+        "find",
+        "Port_Binding",
+        "logical_port=vm1",
+    ]);
+    c.sb(&format!(
+        "create FDB mac=\"{LEARNED}\" dp_key={dp} port_key={port}"
+    ));
+    c.sync();
+}
+
+#[test]
+fn fdb_lookups_and_learning_match_ovn_trace() {
+    let c = Central::start();
+    fdb_switch(&c);
+    let (program, _) = c.program();
+    let probe = |name, inport, eth_src: &str, eth_dst: &str| Probe {
+        name,
+        datapath: "fdbsw",
+        inport,
+        eth_src: mac(eth_src),
+        eth_dst: mac(eth_dst),
+        net: Net::Udp4 {
+            src: ip("192.168.60.11"),
+            dst: ip("192.168.60.77"),
+            ttl: 64,
+        },
+    };
+    let probes = vec![
+        probe(
+            "get_fdb hit: only the port the MAC is behind",
+            "f1",
+            F1,
+            LEARNED,
+        ),
+        probe(
+            "get_fdb miss: flooded to the unknown ports",
+            "f1",
+            F1,
+            "50:54:00:00:07:99",
+        ),
+        probe(
+            "from the port the source is learned behind: nothing to learn",
+            "vm1",
+            LEARNED,
+            F1,
+        ),
+        probe(
+            "a new source behind vm1 is learned",
+            "vm1",
+            "50:54:00:00:07:88",
+            F1,
+        ),
+        probe("a learned source seen behind vm2 moves", "vm2", LEARNED, F1),
+    ];
+    let (diffs, verdicts) = trace::probe_differences(&c, &program, &probes);
+    assert_no_differences(&diffs);
+    let ports = |v: &Verdict| {
+        let mut p: Vec<String> = v
+            .emissions
+            .iter()
+            .map(|e| program.ports[e.port as usize].name.clone())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(ports(&verdicts[0]), ["vm1"]);
+    assert_eq!(ports(&verdicts[1]), ["vm1", "vm2"]);
+    for v in &verdicts[2..] {
+        assert_eq!(ports(v), ["f1"]);
+    }
+    // What put_fdb learned: (port name, MAC, family 0).
+    let learned = |v: &Verdict| -> Vec<(String, [u8; 6], u8)> {
+        v.learned
+            .iter()
+            .map(|l| {
+                let port = program
+                    .port(l.datapath, l.port_key)
+                    .map(|p| program.ports[p as usize].name.clone())
+                    .unwrap_or_default();
+                (port, l.mac, l.family)
+            })
+            .collect()
+    };
+    assert_eq!(learned(&verdicts[2]), []);
+    assert_eq!(
+        learned(&verdicts[3]),
+        [("vm1".to_string(), mac("50:54:00:00:07:88"), 0)]
+    );
+    assert_eq!(
+        learned(&verdicts[4]),
+        [("vm2".to_string(), mac(LEARNED), 0)]
+    );
 }
 
 // ------------------------------------------------------------------- IPv6

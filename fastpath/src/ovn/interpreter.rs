@@ -629,9 +629,18 @@ impl Interpreter {
                     self.verdict.length_dependent = true;
                     v.write(&ins.dst, u128::from(self.packet_len > ins.count));
                 }
-                op::GET_FDB | op::LOOKUP_FDB => {
-                    // No FDB section yet: the FDB is empty, so nothing is found.
-                    v.write(&ins.dst, 0);
+                op::GET_FDB => {
+                    // The port the MAC was learned behind, or 0 ("none").
+                    let mac = mac_bytes(v.read(&ins.src));
+                    let port = ctx.program.fdb_port(ctx.datapath, &mac).unwrap_or(0);
+                    v.write(&ins.dst, u128::from(port));
+                }
+                op::LOOKUP_FDB => {
+                    // Whether the MAC was learned behind exactly this port.
+                    let port_key = v.read(&ins.imm_slice0()) as u32;
+                    let mac = mac_bytes(v.read(&ins.src));
+                    let hit = ctx.program.fdb_port(ctx.datapath, &mac) == Some(port_key);
+                    v.write(&ins.dst, u128::from(hit));
                 }
                 op::PUT_FDB => {
                     let port_key = v.read(&ins.dst) as u32;

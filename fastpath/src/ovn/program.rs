@@ -170,6 +170,8 @@ pub struct Program {
     port_by_fastpath: HashMap<u16, u32>,
     groups: HashMap<(u32, u32), Group>,
     bindings: HashMap<(u32, u32, [u8; 16]), [u8; 6]>,
+    /// (datapath index, MAC) -> port key.
+    fdb: HashMap<(u32, [u8; 6]), u32>,
 }
 
 impl Program {
@@ -190,6 +192,7 @@ impl Program {
         p.port_by_name.reserve(s.ports.len());
         p.flows.reserve(s.flows.len());
         p.bindings.reserve(s.mac_bindings.len());
+        p.fdb.reserve(s.fdb.len());
         for d in s.datapaths {
             p.dp_by_key.insert(d.key, p.datapaths.len() as u32);
             p.datapaths.push(Datapath {
@@ -299,6 +302,11 @@ impl Program {
         for b in s.mac_bindings {
             if let Some(&dp) = p.dp_by_key.get(&b.datapath) {
                 p.bindings.insert((dp, b.port_key, b.ip), b.mac);
+            }
+        }
+        for e in s.fdb {
+            if let Some(&dp) = p.dp_by_key.get(&e.datapath) {
+                p.fdb.insert((dp, e.mac), e.port_key);
             }
         }
         // One copy of the string blob for the flows' texts (shown by
@@ -456,6 +464,11 @@ impl Program {
     /// The MAC bound to `ip` on port `port_key` of a datapath.
     pub fn mac_binding(&self, datapath: u32, port_key: u32, ip: &[u8; 16]) -> Option<[u8; 6]> {
         self.bindings.get(&(datapath, port_key, *ip)).copied()
+    }
+
+    /// The key of the port the FDB of a datapath puts `mac` behind.
+    pub fn fdb_port(&self, datapath: u32, mac: &[u8; 6]) -> Option<u32> {
+        self.fdb.get(&(datapath, *mac)).copied()
     }
 
     /// Number of classifier rules.

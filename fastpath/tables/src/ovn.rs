@@ -322,6 +322,22 @@ pub struct OvnMacBinding {
 }
 const _: () = assert!(size_of::<OvnMacBinding>() == 32);
 
+/// One `FDB` row: a MAC learned on a logical switch port (`put_fdb`),
+/// read by `get_fdb` and `lookup_fdb`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct OvnFdbEntry {
+    /// Tunnel key of the datapath.
+    pub datapath: u32,
+    /// Key of the logical port the MAC is behind.
+    pub port_key: u32,
+    /// MAC.
+    pub mac: [u8; 6],
+    /// Reserved, zero.
+    pub reserved: [u8; 2],
+}
+const _: () = assert!(size_of::<OvnFdbEntry>() == 16);
+
 /// Pipelines.
 pub mod pipeline {
     /// The ingress pipeline.
@@ -772,6 +788,8 @@ impl SectionKind {
     pub const OVN_ACTIONS: SectionKind = SectionKind(24);
     /// Conntrack zones ([`OvnCtZone`]); absent: every zone is 0.
     pub const OVN_CT_ZONES: SectionKind = SectionKind(25);
+    /// FDB entries ([`OvnFdbEntry`]); absent: the FDB is empty.
+    pub const OVN_FDB: SectionKind = SectionKind(26);
 }
 
 /// All OVN sections of a slot, typed (each empty when absent).
@@ -789,6 +807,8 @@ pub struct OvnSections<'a> {
     pub members: &'a [u32],
     /// MAC bindings.
     pub mac_bindings: &'a [OvnMacBinding],
+    /// FDB entries.
+    pub fdb: &'a [OvnFdbEntry],
     /// Flows.
     pub flows: &'a [OvnFlow],
     /// Match tests.
@@ -815,6 +835,7 @@ impl<'a> OvnSections<'a> {
                 .typed(SectionKind::OVN_MCAST_MEMBERS)
                 .unwrap_or(&[]),
             mac_bindings: sections.typed(SectionKind::OVN_MAC_BINDINGS).unwrap_or(&[]),
+            fdb: sections.typed(SectionKind::OVN_FDB).unwrap_or(&[]),
             flows: sections.typed(SectionKind::OVN_FLOWS).unwrap_or(&[]),
             tests: sections.typed(SectionKind::OVN_MATCH_TESTS).unwrap_or(&[]),
             actions: sections.typed(SectionKind::OVN_ACTIONS).unwrap_or(&[]),
@@ -1072,6 +1093,21 @@ pub(crate) fn dump_mac_bindings(sections: &SlotSections<'_>) -> String {
             b.port_key,
             hex(&b.ip),
             mac(&b.mac)
+        );
+    }
+    out
+}
+
+pub(crate) fn dump_fdb(sections: &SlotSections<'_>) -> String {
+    let s = OvnSections::of(sections);
+    let mut out = String::new();
+    for e in s.fdb {
+        let _ = writeln!(
+            out,
+            "datapath {} port {} mac {}",
+            e.datapath,
+            e.port_key,
+            mac(&e.mac)
         );
     }
     out

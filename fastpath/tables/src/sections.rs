@@ -125,6 +125,13 @@ pub const KNOWN_SECTIONS: &[SectionSpec] = &[
         dump: ovn::dump_mac_bindings,
     },
     SectionSpec {
+        kind: SectionKind::OVN_FDB,
+        name: "ovn-fdb",
+        element_size: size_of::<ovn::OvnFdbEntry>() as u32,
+        validate: ovn::validate_size_only,
+        dump: ovn::dump_fdb,
+    },
+    SectionSpec {
         kind: SectionKind::OVN_MATCH_TESTS,
         name: "ovn-match-tests",
         element_size: size_of::<ovn::OvnMatchTest>() as u32,

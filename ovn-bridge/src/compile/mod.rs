@@ -38,9 +38,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use fastpath_tables::ovn::{
-    datapath_kind, pipeline, port_kind, zone_kind, OvnCtZone, OvnDatapath, OvnFlow, OvnInstruction,
-    OvnLogicalPort, OvnMacBinding, OvnMatchTest, OvnMulticastGroup, OvnPortSecurity, NONE_U16,
-    NONE_U32, OVN_PORT_LOCAL, OVN_PORT_SECURED,
+    datapath_kind, pipeline, port_kind, zone_kind, OvnCtZone, OvnDatapath, OvnFdbEntry, OvnFlow,
+    OvnInstruction, OvnLogicalPort, OvnMacBinding, OvnMatchTest, OvnMulticastGroup,
+    OvnPortSecurity, NONE_U16, NONE_U32, OVN_PORT_LOCAL, OVN_PORT_SECURED,
 };
 use fastpath_tables::{BuildError, SectionKind, SlotBuilder};
 use ovn_lflow::{normalize, parse_actions, parse_match, Lookup, SymbolTable};
@@ -146,7 +146,11 @@ pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];
     let mut parts = s.split(':');
     for b in out.iter_mut() {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
     }
     parts.next().is_none().then_some(out)
 }
@@ -459,6 +463,23 @@ pub fn compile_incremental(
         });
     }
 
+    // FDB: MACs learned behind switch ports (`put_fdb`), for `get_fdb` and
+    // `lookup_fdb`.
+    let known_dp_keys: rustc_hash::FxHashSet<u32> = dp_key.values().copied().collect();
+    let mut fdb: Vec<OvnFdbEntry> = rows::<sb::Fdb>(db)?
+        .iter()
+        .filter_map(|f| {
+            let entry = OvnFdbEntry {
+                datapath: u32::try_from(f.dp_key).ok()?,
+                port_key: u32::try_from(f.port_key).ok()?,
+                mac: parse_mac(&f.mac)?,
+                reserved: [0; 2],
+            };
+            known_dp_keys.contains(&entry.datapath).then_some(entry)
+        })
+        .collect();
+    fdb.sort_unstable_by_key(|e| (e.datapath, e.mac, e.port_key));
+
     // Sets.
     let address_sets: HashMap<String, Vec<String>> = rows::<sb::AddressSet>(db)?
         .into_iter()
@@ -636,6 +657,7 @@ pub fn compile_incremental(
     b.add_section(SectionKind::OVN_MCAST_GROUPS, &groups)?;
     b.add_section(SectionKind::OVN_MCAST_MEMBERS, &members)?;
     b.add_section(SectionKind::OVN_MAC_BINDINGS, &bindings)?;
+    b.add_section(SectionKind::OVN_FDB, &fdb)?;
     b.add_section(SectionKind::OVN_MATCH_TESTS, &tests)?;
     b.add_section(SectionKind::OVN_ACTIONS, &program)?;
     b.add_section(SectionKind::OVN_CT_ZONES, &ct_zones)?;
@@ -1010,6 +1032,7 @@ pub const SB_TABLES: &[&str] = &[
     "Port_Binding",
     "Multicast_Group",
     "MAC_Binding",
+    "FDB",
     "Address_Set",
     "Port_Group",
     "Logical_DP_Group",

@@ -114,6 +114,8 @@ pub struct WriteCounts {
     pub releases: u64,
     /// MAC_Binding inserts and updates.
     pub mac_bindings: u64,
+    /// FDB inserts and updates.
+    pub fdb: u64,
 }
 
 pub(crate) struct Shared {
@@ -417,6 +419,67 @@ pub fn mac_binding_ops(
     ops
 }
 
+/// FDB writes for MACs the fastpath learned behind switch ports
+/// (`put_fdb`, oldest first), as ovn-controller makes them: a MAC of a
+/// datapath not in the FDB is inserted with its port's key, a row that puts
+/// it behind another port is updated, and a row that already says so is
+/// left alone. Entries of a port this snapshot does not know are skipped.
+pub fn fdb_ops(db: &Database, learned: &[fastpath_api::LearnedBinding]) -> Vec<Operation> {
+    let fdb_entries: Vec<&fastpath_api::LearnedBinding> = learned
+        .iter()
+        .filter(|l| l.ip.is_empty() && !l.port.is_empty() && !l.mac.is_empty())
+        .collect();
+    if fdb_entries.is_empty() {
+        return Vec::new();
+    }
+    let ports: BTreeSet<&str> = fdb_entries.iter().map(|l| l.port.as_str()).collect();
+    let pbs: Vec<sb::PortBinding> = port_bindings::rows_named(db, &ports);
+    let dp_keys: HashMap<Uuid, i64> = db
+        .rows::<sb::DatapathBinding>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| (d.uuid, d.tunnel_key))
+        .collect();
+    // The latest port of each (datapath, MAC).
+    let mut latest: BTreeMap<(i64, String), i64> = BTreeMap::new();
+    for l in fdb_entries {
+        let Some(pb) = pbs.iter().find(|p| p.logical_port == l.port) else {
+            continue;
+        };
+        let Some(&dp_key) = dp_keys.get(&pb.datapath) else {
+            continue;
+        };
+        latest.insert((dp_key, l.mac.to_ascii_lowercase()), pb.tunnel_key);
+    }
+    let rows: Vec<sb::Fdb> = db.rows().unwrap_or_default();
+    let mut ops = Vec::new();
+    for ((dp_key, mac), port_key) in latest {
+        match rows
+            .iter()
+            .find(|r| r.dp_key == dp_key && r.mac.eq_ignore_ascii_case(&mac))
+        {
+            Some(r) if r.port_key == port_key => {}
+            Some(r) => ops.push(Operation::Update {
+                table: sb::Fdb::TABLE.into(),
+                conditions: vec![Condition::uuid(r.uuid)],
+                row: [("port_key".to_string(), Datum::from(port_key))].into(),
+            }),
+            None => ops.push(Operation::insert(
+                sb::Fdb::TABLE,
+                sb::Fdb {
+                    dp_key,
+                    mac,
+                    port_key,
+                    ..Default::default()
+                }
+                .to_columns(),
+                None,
+            )),
+        }
+    }
+    ops
+}
+
 /// The snapshot, its Port_Binding rows, the port map and the conntrack
 /// zones of the last compile.
 type LastCompiled = (
@@ -634,16 +697,24 @@ async fn write_learned(shared: &Shared, replica: &mut ovsdb::Replica) -> Result<
         }
     };
     let db = replica.snapshot();
-    let ops = mac_binding_ops(&db, &learned, now_ms());
+    let mut ops = mac_binding_ops(&db, &learned, now_ms());
+    let mac_bindings = ops.len();
+    ops.extend(fdb_ops(&db, &learned));
     if ops.is_empty() {
         return Ok(());
     }
-    let n = ops.len();
+    let fdb = ops.len() - mac_bindings;
     shared.client.transact(ops).await?;
-    shared.writes.lock().mac_bindings += n as u64;
+    {
+        let mut w = shared.writes.lock();
+        w.mac_bindings += mac_bindings as u64;
+        w.fdb += fdb as u64;
+    }
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
-        replica.wait_for(|db| mac_binding_ops(db, &learned, 0).is_empty()),
+        replica.wait_for(|db| {
+            mac_binding_ops(db, &learned, 0).is_empty() && fdb_ops(db, &learned).is_empty()
+        }),
     )
     .await;
     Ok(())

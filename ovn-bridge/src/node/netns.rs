@@ -17,6 +17,8 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use ipnet::IpNet;
+
+use crate::compile::parse_mac;
 use nix::sys::socket::{
     self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
@@ -102,20 +104,6 @@ pub struct Step {
     pub what: String,
     /// The request.
     pub op: Op,
-}
-
-/// Parses `0a:00:00:00:00:01`.
-fn parse_mac(mac: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = mac.split(':');
-    for byte in &mut out {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
 }
 
 /// The steps that configure `iface` inside the namespace, in order; the

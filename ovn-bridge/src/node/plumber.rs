@@ -58,7 +58,8 @@ pub trait PortPlumber: Send + Sync {
         netns: &str,
         iface: &KernelInterface,
     ) -> Result<(), PlumbError>;
-    /// MAC bindings the fastpath learned (`put_arp`/`put_nd`).
+    /// MAC bindings (`put_arp`/`put_nd`) and FDB entries (`put_fdb`) the
+    /// fastpath learned.
     fn learned(&self) -> Result<Vec<LearnedBinding>, PlumbError>;
 }
 
