@@ -28,7 +28,43 @@ impl Fastpath {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[String]) -> Fastpath {
+        // DPDK 22.11's af_packet PMD names its PACKET_FANOUT group
+        // (pid ^ ifindex) & 0xffff, and the kernel refuses a second group
+        // of the same id on another device: two processes started with
+        // consecutive pids on the two ends of a veth pair (consecutive
+        // ifindexes) collide. Another start has another pid.
+        let mut fp = Self::spawn_in(dir, extra);
+        for _ in 0..3 {
+            match fp.wait_ready() {
+                Ok(()) => return fp,
+                Err(log) if log.contains("could not set PACKET_FANOUT") => {
+                    eprintln!("fastpath start: af_packet fanout group taken; starting again");
+                    let dir = fp.dir_for_restart();
+                    fp = Self::spawn_in(dir, extra);
+                }
+                Err(log) => panic!("fastpath exited early:\n{log}"),
+            }
+        }
+        match fp.wait_ready() {
+            Ok(()) => fp,
+            Err(log) => panic!("fastpath exited early:\n{log}"),
+        }
+    }
+
+    /// The directory of a fastpath that exited, for a new start in it.
+    fn dir_for_restart(mut self) -> tempfile::TempDir {
+        self.child = None;
+        let dir = tempfile::Builder::new()
+            .prefix("fp-test-")
+            .tempdir()
+            .expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, extra: &[String]) -> Fastpath {
         let socket = dir.path().join("control.sock");
+        // (Left by a start that failed.)
+        let _ = std::fs::remove_file(&socket);
         let log = std::fs::File::create(dir.path().join("fastpath.log")).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastpath"));
         if !extra.iter().any(|a| a == "--lcores") {
@@ -46,21 +82,21 @@ impl Fastpath {
             .stderr(log)
             .spawn()
             .expect("spawn fastpath");
-        let mut fp = Fastpath {
+        Fastpath {
             child: Some(child),
             dir,
             socket,
-        };
-        fp.wait_ready();
-        fp
+        }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the control socket answers; the log if the process
+    /// exited first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
         loop {
             if let Ok(mut c) = fastpath_api::Client::connect(&self.socket.display().to_string()) {
                 if c.call(&fastpath_api::Request::Ping).is_ok() {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(st) = self
@@ -68,7 +104,7 @@ impl Fastpath {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("fastpath exited early ({st}):\n{}", self.log());
+                return Err(format!("({st}) {}", self.log()));
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
