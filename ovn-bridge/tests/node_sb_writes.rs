@@ -144,24 +144,19 @@ async fn port_goes_up_and_wait_hv_returns() {
     assert!(!plumber.has_port("pod1.ns1").unwrap());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn learned_bindings_become_mac_binding_rows_without_duplicates() {
-    let central = OvnCentral::start().unwrap();
-    topology(&central);
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("cni.sock");
-    let node = Node::start(
-        config(&central, dir.path()),
-        Arc::new(RecordingPlumber::default()),
-    )
-    .await
-    .unwrap();
+/// A node in `dir` with pod1.ns1 added through its CNI server (so it
+/// follows ls0: its monitor conditions select ls0's rows), and a
+/// Southbound client to write with.
+async fn node_with_pod(central: &OvnCentral, dir: &Path) -> (Node, Client) {
+    let socket = dir.join("cni.sock");
+    let node = Node::start(config(central, dir), Arc::new(RecordingPlumber::default()))
+        .await
+        .unwrap();
     let listener = fastpath_cni::bind(&socket).unwrap();
     let handler = Arc::new(node.cni_handler());
     std::thread::spawn(move || fastpath_cni::serve(listener, handler));
     let reply = call(&socket, request(Command::Add, &socket)).await;
     assert!(!matches!(reply, DaemonReply::Error(_)), "{reply:?}");
-
     let client = Client::connect(
         std::slice::from_ref(&central.sb.remote),
         "OVN_Southbound",
@@ -169,6 +164,15 @@ async fn learned_bindings_become_mac_binding_rows_without_duplicates() {
     )
     .await
     .unwrap();
+    (node, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_bindings_become_mac_binding_rows_without_duplicates() {
+    let central = OvnCentral::start().unwrap();
+    topology(&central);
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = node_with_pod(&central, dir.path()).await;
     let learned = |mac: &str| {
         vec![
             LearnedBinding {
@@ -266,27 +270,7 @@ async fn learned_fdb_entries_become_fdb_rows_without_duplicates() {
         .unwrap();
     central.sync(Duration::from_secs(10)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("cni.sock");
-    let node = Node::start(
-        config(&central, dir.path()),
-        Arc::new(RecordingPlumber::default()),
-    )
-    .await
-    .unwrap();
-    // A local pod of ls0: the node follows the switch (its monitor
-    // conditions select ls0's rows).
-    let listener = fastpath_cni::bind(&socket).unwrap();
-    let handler = Arc::new(node.cni_handler());
-    std::thread::spawn(move || fastpath_cni::serve(listener, handler));
-    let reply = call(&socket, request(Command::Add, &socket)).await;
-    assert!(!matches!(reply, DaemonReply::Error(_)), "{reply:?}");
-    let client = Client::connect(
-        std::slice::from_ref(&central.sb.remote),
-        "OVN_Southbound",
-        ClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let (node, client) = node_with_pod(&central, dir.path()).await;
     // A row's tunnel key, by a column or an external_ids entry
     // (["map", [[key, value], ...]]).
     let key = |table: &str, column: &str, value: &str| -> i64 {

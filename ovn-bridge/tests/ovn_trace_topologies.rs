@@ -42,6 +42,17 @@ fn unsupported(v: &Verdict) -> Vec<&'static str> {
         .collect()
 }
 
+/// The names of the ports a verdict outputs to, sorted.
+fn emitted_ports(program: &fastpath::ovn::Program, v: &Verdict) -> Vec<String> {
+    let mut p: Vec<String> = v
+        .emissions
+        .iter()
+        .map(|e| program.ports[e.port as usize].name.clone())
+        .collect();
+    p.sort();
+    p
+}
+
 fn bind(c: &Central, ports: &[&str]) {
     c.sb("chassis-add hv1 geneve 127.0.0.1");
     c.sync();
@@ -363,15 +374,7 @@ fn localnet_port_matches_ovn_trace() {
     ];
     let (diffs, verdicts) = trace::probe_differences(&c, &program, &probes);
     assert_no_differences(&diffs);
-    let ports = |v: &Verdict| {
-        let mut p: Vec<String> = v
-            .emissions
-            .iter()
-            .map(|e| program.ports[e.port as usize].name.clone())
-            .collect();
-        p.sort();
-        p
-    };
+    let ports = |v: &Verdict| emitted_ports(&program, v);
     assert_eq!(ports(&verdicts[0]), ["v2"]);
     assert_eq!(ports(&verdicts[1]), ["ln", "v2"]);
     assert_eq!(ports(&verdicts[2]), ["ln"]);
@@ -467,15 +470,7 @@ fn fdb_lookups_and_learning_match_ovn_trace() {
     ];
     let (diffs, verdicts) = trace::probe_differences(&c, &program, &probes);
     assert_no_differences(&diffs);
-    let ports = |v: &Verdict| {
-        let mut p: Vec<String> = v
-            .emissions
-            .iter()
-            .map(|e| program.ports[e.port as usize].name.clone())
-            .collect();
-        p.sort();
-        p
-    };
+    let ports = |v: &Verdict| emitted_ports(&program, v);
     assert_eq!(ports(&verdicts[0]), ["vm1"]);
     assert_eq!(ports(&verdicts[1]), ["vm1", "vm2"]);
     for v in &verdicts[2..] {
