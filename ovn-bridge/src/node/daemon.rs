@@ -5,20 +5,21 @@
 //! (Southbound updates debounced; a CNI request is acted on at once).
 //!
 //! A local port is bound here in the tables as soon as its fastpath port
-//! exists (before any claim), and claimed (`chassis`) and marked `up` in
-//! one write once those tables were published and taken into use by every
-//! live reader of the table file (or half a second passed). Those ports
-//! are then "installed" (ovn-controller's `ovn-installed`): the CNI answers
-//! ADD at that point, and the claim follows without the pod waiting for
-//! its Southbound round trip. After
-//! publishing the tables of a Southbound snapshot the node copies SB_Global `nb_cfg` to its Chassis_Private row
-//! (so `ovn-nbctl --wait=hv` works), and it writes the MAC bindings the
-//! fastpath learned as MAC_Binding rows, as ovn-controller does.
+//! exists (before any claim). Once those tables were published and taken
+//! into use by every live reader of the table file (or half a second
+//! passed), the port is "installed" (ovn-controller's `ovn-installed`): the
+//! CNI answers ADD then, and the port is claimed (`chassis`) and marked
+//! `up` in one write, without the pod waiting for that Southbound round
+//! trip. After publishing the tables of a Southbound snapshot the node
+//! copies SB_Global `nb_cfg` to its Chassis_Private row
+//! (so `ovn-nbctl --wait=hv` works), and it writes the MAC bindings and
+//! FDB entries the fastpath learned as MAC_Binding and FDB rows, as
+//! ovn-controller does.
 //!
 //! Owns the Southbound session of the node and the table file's writer. It
 //! must not write Northbound rows nor Southbound rows other than the
-//! chassis' own, the `chassis`/`up` columns of local Port_Bindings and
-//! MAC_Binding rows of local ports.
+//! chassis' own, the `chassis`/`up` columns of local Port_Bindings,
+//! MAC_Binding rows of local ports and FDB rows of local datapaths.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
