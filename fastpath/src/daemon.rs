@@ -55,6 +55,13 @@ pub const DEFAULT_UPLINK_MTU: u16 = 1500;
 /// Descriptors per queue of a run-time port.
 const RUNTIME_DESC: u16 = 1024;
 
+/// Rx descriptors per queue of a run-time tap. The tap driver fills its rx
+/// ring with mbufs when the queue is set up, so with 1 024 the default pool
+/// (16 383 mbufs) held 15 pods with one worker and 7 with two. A kernel
+/// pod's tap is read one frame per system call, at most a burst per poll:
+/// 128 posted buffers keep up, and the pool holds 64 pods per worker.
+const RUNTIME_TAP_RX_DESC: u16 = 128;
+
 /// How long the control thread waits for a worker's acknowledgement.
 const WORKER_ACK: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -839,7 +846,10 @@ impl State {
                 devargs: devargs.clone(),
                 rx_queues: nworkers,
                 tx_queues: nworkers,
-                rx_desc: RUNTIME_DESC,
+                rx_desc: match kind {
+                    RuntimePortKind::Tap { .. } => RUNTIME_TAP_RX_DESC,
+                    _ => RUNTIME_DESC,
+                },
                 tx_desc: RUNTIME_DESC,
                 mtu: None,
                 promiscuous: true,

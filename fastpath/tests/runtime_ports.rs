@@ -396,3 +396,41 @@ fn tap_and_vhost_ports_come_and_go_at_run_time() {
     let mut fp = fp;
     assert!(fp.stop(), "clean exit:\n{}", fp.log());
 }
+
+/// Pod taps do not empty the packet buffer pool: the tap driver fills each
+/// rx ring with mbufs when the queue is set up, so the ring size decides
+/// how many pods a pool holds. With this helper's 4 095-mbuf pool, twelve
+/// taps (two workers, so two rx queues each) are added, all forward-ready,
+/// and all removed again.
+#[test]
+fn many_tap_pods_fit_in_the_buffer_pool() {
+    let id = std::process::id() % 100_000;
+    let fp = Fastpath::start(&[
+        "--lcores".into(),
+        "0,1".into(),
+        "--worker".into(),
+        "0".into(),
+        "--worker".into(),
+        "1".into(),
+    ]);
+    let taps: Vec<String> = (0..12).map(|i| format!("fpmt{id}x{i}")).collect();
+    for (i, tap) in taps.iter().enumerate() {
+        let name = format!("pod{i}");
+        let added = fp
+            .client()
+            .call_as::<AddedPort>(&Request::AddPort {
+                name: name.clone(),
+                kind: RuntimePortKind::Tap { iface: tap.clone() },
+                preferred_id: None,
+            })
+            .unwrap_or_else(|e| panic!("add {name} ({} added before): {e}\n{}", i, fp.log()));
+        assert!(added.created, "{added:?}");
+        assert!(link_exists(None, tap), "{tap} exists");
+    }
+    assert_eq!(ports(&fp).len(), taps.len());
+    for i in 0..taps.len() {
+        assert!(remove(&fp, &format!("pod{i}")).port_id.is_some());
+    }
+    assert!(ports(&fp).is_empty());
+    assert!(!taps.iter().any(|t| link_exists(None, t)), "taps removed");
+}
