@@ -148,10 +148,19 @@ impl CniHandler {
     }
 
     /// Blocks until `pred` holds for a snapshot, or `timeout`.
-    fn wait_sb(&self, timeout: Duration, mut pred: impl FnMut(&Arc<Database>) -> bool) -> bool {
-        let mut rx = self.shared.sb.clone();
+    fn wait_sb(&self, timeout: Duration, pred: impl FnMut(&Arc<Database>) -> bool) -> bool {
+        self.wait(self.shared.sb.clone(), timeout, pred)
+    }
+
+    /// Blocks until `pred` holds for the value `rx` watches, or `timeout`.
+    fn wait<T>(
+        &self,
+        mut rx: tokio::sync::watch::Receiver<T>,
+        timeout: Duration,
+        mut pred: impl FnMut(&T) -> bool,
+    ) -> bool {
         self.runtime.block_on(async move {
-            tokio::time::timeout(timeout, rx.wait_for(|db| pred(db)))
+            tokio::time::timeout(timeout, rx.wait_for(|v| pred(v)))
                 .await
                 .is_ok_and(|r| r.is_ok())
         })
@@ -276,18 +285,11 @@ impl Handler for CniHandler {
         // and `up` follow in the Southbound; the pod need not wait for
         // that round trip (a CNI for ovn-controller waits for
         // `ovn-installed`, not for `up`).
-        let installed = {
-            let mut rx = self.shared.installed.subscribe();
-            let name = &name;
-            self.runtime.block_on(async move {
-                tokio::time::timeout(
-                    self.shared.cfg.port_wait,
-                    rx.wait_for(|m| m.get(name) == Some(&fastpath_port)),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok())
-            })
-        };
+        let installed = self.wait(
+            self.shared.installed.subscribe(),
+            self.shared.cfg.port_wait,
+            |m| m.get(&name) == Some(&fastpath_port),
+        );
         let db = self.shared.sb.borrow().clone();
         let Some(addrs) = known_addresses(&cache.get(&db), &name).filter(|_| installed) else {
             return Err(not_ready());

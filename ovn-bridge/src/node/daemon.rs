@@ -452,7 +452,14 @@ pub fn fdb_ops(db: &Database, learned: &[fastpath_api::LearnedBinding]) -> Vec<O
         };
         latest.insert((dp_key, l.mac.to_ascii_lowercase()), pb.tunnel_key);
     }
-    let rows: Vec<sb::Fdb> = db.rows().unwrap_or_default();
+    // Only the rows of the MACs learned are parsed (the learned list is
+    // read every second and the FDB can be large).
+    let macs: BTreeSet<&str> = latest.keys().map(|(_, mac)| mac.as_str()).collect();
+    let rows: Vec<sb::Fdb> = port_bindings::rows_where(db, "mac", |m| {
+        macs.contains(m)
+            || (m.bytes().any(|b| b.is_ascii_uppercase())
+                && macs.contains(m.to_ascii_lowercase().as_str()))
+    });
     let mut ops = Vec::new();
     for ((dp_key, mac), port_key) in latest {
         match rows

@@ -231,6 +231,8 @@ fn invalid(what: &str) -> io::Error {
 struct Netlink {
     fd: OwnedFd,
     seq: u32,
+    /// Receive buffer, reused by every request.
+    buf: Vec<u8>,
 }
 
 impl Netlink {
@@ -243,28 +245,26 @@ impl Netlink {
             SockProtocol::NetlinkRoute,
         )?;
         socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        Ok(Netlink { fd, seq: 0 })
+        Ok(Netlink {
+            fd,
+            seq: 0,
+            buf: vec![0u8; 32 * 1024],
+        })
     }
 
-    /// A socket in the namespace at `netns`: a socket stays in the
+    /// A socket in the namespace open as `netns`: a socket stays in the
     /// namespace it was made in, so a thread enters it, opens the socket
     /// and ends (taking its namespace with it).
-    fn open_in(netns: &str) -> Result<Netlink, NetnsError> {
-        let enter = |error: io::Error| NetnsError::Enter {
-            netns: netns.to_string(),
-            error,
-        };
-        let file = std::fs::File::open(netns).map_err(enter)?;
+    fn open_in(netns: &std::fs::File) -> io::Result<Netlink> {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
                     Netlink::open()
                 })
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
         })
-        .map_err(enter)
     }
 
     /// Sends `m` and reads up to its acknowledgement; returns the replies
@@ -275,9 +275,9 @@ impl Netlink {
         let bytes = m.finish(seq);
         socket::send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty())?;
         let mut replies = Vec::new();
-        let mut buf = vec![0u8; 32 * 1024];
+        let buf = &mut self.buf;
         loop {
-            let n = socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            let n = socket::recv(self.fd.as_raw_fd(), buf, MsgFlags::empty())?;
             let mut at = 0;
             while at + nl::HEADER <= n {
                 let field = |o: usize| {
@@ -415,7 +415,7 @@ pub fn attach(tap: &str, netns: &str, iface: &KernelInterface) -> Result<(), Net
     };
     let ns_file = std::fs::File::open(netns).map_err(enter)?;
     let moved = Netlink::open().map_err(enter)?.move_to(tap, &ns_file);
-    let mut inside = Netlink::open_in(netns)?;
+    let mut inside = Netlink::open_in(&ns_file).map_err(enter)?;
     let lookup = |nl: &mut Netlink, name: &str| {
         nl.index_of(name).map_err(|error| NetnsError::Step {
             step: format!("find {name}"),

@@ -94,6 +94,12 @@ impl PortBindings {
 /// `logical_port` column) whose logical port is one of `names`; the others
 /// are not parsed, nor is a row that does not fit its type.
 pub fn rows_named<T: TableRow>(db: &Database, names: &BTreeSet<&str>) -> Vec<T> {
+    rows_where(db, "logical_port", |s| names.contains(s))
+}
+
+/// The typed rows of `T`'s table whose string `column` satisfies `keep`;
+/// the others are not parsed, nor is a row that does not fit its type.
+pub fn rows_where<T: TableRow>(db: &Database, column: &str, keep: impl Fn(&str) -> bool) -> Vec<T> {
     let Some(table) = db.table(T::TABLE) else {
         return Vec::new();
     };
@@ -101,8 +107,8 @@ pub fn rows_named<T: TableRow>(db: &Database, names: &BTreeSet<&str>) -> Vec<T> 
         .rows()
         .filter(|r| {
             matches!(
-                r.get("logical_port").and_then(|d| d.as_atom()),
-                Some(ovsdb::Atom::String(s)) if names.contains(s.as_str())
+                r.get(column).and_then(|d| d.as_atom()),
+                Some(ovsdb::Atom::String(s)) if keep(s.as_str())
             )
         })
         .filter_map(|r| T::from_row(r).ok())
