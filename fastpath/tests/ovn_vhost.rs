@@ -411,3 +411,116 @@ fn routed_arp_ping_port_security_and_table_change() {
     let flows: Vec<LcoreFlows> = fp.client().call_as(&Request::Flows).unwrap();
     assert!(flows[0].flows.is_empty());
 }
+
+/// A UDP datagram of `len` bytes of IP from p1 to p3, through the gateway.
+fn udp_to_p3_sized(len: usize) -> Vec<u8> {
+    let mut udp = vec![0u8; len - 20];
+    udp[0..2].copy_from_slice(&1000u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&5000u16.to_be_bytes());
+    let n = udp.len() as u16;
+    udp[4..6].copy_from_slice(&n.to_be_bytes());
+    eth(
+        GW0,
+        P1,
+        0x0800,
+        &ipv4([10, 0, 0, 11], [10, 0, 1, 13], 64, 17, &udp),
+    )
+}
+
+/// `options:gateway_mtu` on the router port towards p3: a 1 500-byte
+/// packet comes back to its sender as ICMP "fragmentation needed" with
+/// the MTU, quoting its header, and never reaches p3; a 1 400-byte one
+/// is routed. The trace shows the same with `len=`.
+#[test]
+fn gateway_mtu_answers_oversized_packets_over_vhost() {
+    let mut central = Central::start();
+    central.topology();
+    central.nb(&[
+        "set",
+        "logical_router_port",
+        "lrp1",
+        "options:gateway_mtu=1400",
+    ]);
+    central.sync();
+    let dir = tempfile::Builder::new()
+        .prefix("fp-ovn-")
+        .tempdir()
+        .unwrap();
+    let tables = dir.path().join("tables");
+    central.follow(&tables, dir.path().join("compile.log"));
+    let a = dir.path().join("a.sock");
+    let b = dir.path().join("b.sock");
+    let fp = Fastpath::start_in(
+        dir,
+        &[
+            "--port".into(),
+            format!("a=net_vhost0,iface={},queues=1", a.display()),
+            "--port".into(),
+            format!("b=net_vhost1,iface={},queues=1", b.display()),
+            "--worker".into(),
+            "1=a,b".into(),
+            "--pipeline".into(),
+            "ovn".into(),
+            "--tables".into(),
+            tables.display().to_string(),
+        ],
+    );
+    let (_eal, pool) = common::peer_eal();
+    let pa = virtio_port(0, &fp.path("a.sock"), &pool);
+    let pb = virtio_port(1, &fp.path("b.sock"), &pool);
+    fp.wait_links_up(&["a", "b"]);
+    wait_generation(&fp, 0);
+
+    let big = udp_to_p3_sized(1500);
+    for _ in 0..2 {
+        send(&pa, &pool, &big);
+    }
+    let got = receive(&pa, 2, Duration::from_secs(10));
+    assert_eq!(got.len(), 2, "two errors back to p1:\n{}", fp.log());
+    assert!(
+        receive(&pb, 1, Duration::from_millis(300)).is_empty(),
+        "nothing oversized reaches p3"
+    );
+    for r in &got {
+        assert_eq!((&r[0..6], &r[6..12]), (&P1[..], &GW0[..]));
+        assert_eq!(&r[12..14], &[8, 0]);
+        assert_eq!(r[23], 1, "ICMP");
+        assert_eq!(&r[26..30], &[10, 0, 0, 1], "from the gateway");
+        assert_eq!(&r[30..34], &[10, 0, 0, 11], "to the sender");
+        assert_eq!((r[34], r[35]), (3, 4), "fragmentation needed");
+        assert_eq!(&r[38..42], &[0, 0, 0x05, 0x78], "next-hop MTU 1 400");
+        assert_eq!(checksum(&r[14..34]), 0, "IPv4 header checksum valid");
+        let ip_len = usize::from(u16::from_be_bytes([r[16], r[17]]));
+        assert_eq!(ip_len, 20 + 8 + 28, "quotes the header and 8 bytes");
+        assert_eq!(checksum(&r[34..14 + ip_len]), 0, "ICMP checksum valid");
+        assert_eq!(&r[42..70], &big[14..42], "the quoted header");
+    }
+
+    let fits = udp_to_p3_sized(1400);
+    send(&pa, &pool, &fits);
+    let got = receive(&pb, 1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1, "1 400 bytes are routed:\n{}", fp.log());
+    assert_eq!(got[0].len(), fits.len());
+    assert_eq!(got[0][22], 63, "TTL decremented");
+
+    let trace = |len: usize| -> TraceResult {
+        fp.client()
+            .call_as(&Request::Trace {
+                inport: "p1".into(),
+                packet: format!(
+                    "eth.src={}, eth.dst={}, ip4.src=10.0.0.11, ip4.dst=10.0.1.13, udp.dst=5000, len={len}",
+                    mac_text(&P1),
+                    mac_text(&GW0)
+                ),
+            })
+            .unwrap()
+    };
+    let t = trace(1514);
+    assert_eq!(t.outputs.len(), 1, "{}", t.text);
+    assert_eq!(t.outputs[0].port, "p1", "{}", t.text);
+    assert!(t.text.contains("check_pkt_larger"), "{}", t.text);
+    assert!(t.text.contains("icmp4_error"), "{}", t.text);
+    let t = trace(1414);
+    assert_eq!(t.outputs.len(), 1, "{}", t.text);
+    assert_eq!(t.outputs[0].port, "p3", "{}", t.text);
+}

@@ -794,3 +794,119 @@ fn tcp_udp_and_multicast_to_a_router_match_ovn_trace() {
     let rst6 = &verdicts[2].emissions[0];
     assert_eq!(rst6.generated, Some(fastpath::ovn::Generated::TcpReset));
 }
+
+// ------------------------------------------------------------ gateway MTU
+
+/// A router port with `options:gateway_mtu`: northd checks the length of
+/// packets routed out of it (`check_pkt_larger`) and answers an oversized
+/// one with `icmp4_error { }` (fragmentation needed) or `icmp6_error { }`
+/// (packet too big) carrying the MTU (`icmp4.frag_mtu`/`icmp6.frag_mtu`).
+/// ovn-trace has no packet length (its `check_pkt_larger` leaves the
+/// register as it was), so the oversized probes enter at the router with
+/// the register bit pinned in the microflow, and the fastpath gets the
+/// real 1 514-byte frame; both must then agree on the whole error. The
+/// same frames from the pod's switch and frames that fit are checked too.
+#[test]
+fn gateway_mtu_answers_oversized_packets_with_icmp_errors() {
+    let c = Central::start();
+    dual_stack(&c);
+    c.nb("set logical_router_port lr6-sw1 options:gateway_mtu=1400");
+    c.sync();
+    let (program, stats) = c.program();
+    // Every flow northd writes for the gateway MTU compiles (`dhcp`,
+    // `sctp_abort` and `vport_svc` stay unsupported, unrelated).
+    assert!(
+        !["icmp6_error", "other"]
+            .iter()
+            .any(|a| stats.unsupported.contains_key(*a)),
+        "unsupported: {:?}",
+        stats.unsupported
+    );
+    let v4 = Net::Udp4 {
+        src: ip("10.1.0.11"),
+        dst: ip("10.1.1.13"),
+        ttl: 64,
+    };
+    let v6 = Net::Udp6 {
+        src: ip6("fd00::11"),
+        dst: ip6("fd01::13"),
+        hlim: 64,
+    };
+    let at_router = |name, net| Probe {
+        name,
+        datapath: "lr6",
+        inport: "lr6-sw0",
+        eth_src: mac(Q1),
+        eth_dst: mac(R0),
+        net,
+    };
+    // 1 500-byte IP packets (1 514-byte frames): larger than 1 400.
+    let payload = |p: &Probe| match p.net {
+        Net::Udp6 { .. } => 1452,
+        _ => 1472,
+    };
+    let oversized = [
+        at_router("IPv4 larger than the gateway MTU", v4),
+        at_router("IPv6 larger than the gateway MTU", v6),
+    ];
+    // `REGBIT_PKT_LARGER` of northd 23.03.
+    let (diffs, verdicts) = trace::probe_differences_framed(&c, &program, &oversized, &[], |p| {
+        (
+            format!("{} && reg9[1] == 1", p.microflow()),
+            p.frame_with_udp_payload(payload(p)),
+        )
+    });
+    assert_no_differences(&diffs);
+    let from_q1 = |name, net| Probe {
+        name,
+        datapath: "sw0",
+        inport: "q1",
+        eth_src: mac(Q1),
+        eth_dst: mac(R0),
+        net,
+    };
+    let mut interp = fastpath::ovn::Interpreter::new();
+    for (i, (kind, icmp)) in [
+        (fastpath::ovn::Generated::Icmp4Error, (3, 4)),
+        (fastpath::ovn::Generated::Icmp6Error, (2, 0)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = oversized[i].name;
+        assert_eq!(verdicts[i].emissions.len(), 1, "{name}: {:?}", verdicts[i]);
+        let e = &verdicts[i].emissions[0];
+        assert_eq!(program.ports[e.port as usize].name, "q1", "{name}");
+        assert_eq!(e.generated, Some(kind), "{name}");
+        let k = e.vector.key();
+        assert_eq!((k.icmp_type(), k.icmp_code()), icmp, "{name}");
+        assert_eq!(
+            e.vector.field(fastpath_tables::ovn::vector::FRAG_MTU),
+            1400u16.to_be_bytes(),
+            "{name}"
+        );
+        // From the pod's switch, the same frame gets the same error; one
+        // byte under the limit (1 400 bytes of IP) it is routed.
+        let probe = from_q1(name, oversized[i].net);
+        let frame = probe.frame_with_udp_payload(payload(&probe));
+        let (key, _) = fastpath_packet::extract(&frame, 0).expect("probe parses");
+        let q1 = program.port_by_name("q1").expect("q1");
+        let v = interp.run(&program, q1, &key, frame.len() as u32).clone();
+        assert_eq!(v.emissions.len(), 1, "{name} from q1: {v:?}");
+        assert_eq!(v.emissions[0].generated, Some(kind), "{name} from q1");
+        assert_eq!(v.emissions[0].vector, e.vector, "{name} from q1");
+        let v = interp.run(&program, q1, &key, 1400 + 14).clone();
+        assert_eq!(emitted_ports(&program, &v), ["q3"], "{name}, 1 400 bytes");
+        assert_eq!(v.emissions[0].generated, None, "{name}, 1 400 bytes");
+    }
+    // Packets that fit are routed as ovn-trace routes them.
+    let fitting = [
+        from_q1("IPv4 within the gateway MTU", v4),
+        from_q1("IPv6 within the gateway MTU", v6),
+    ];
+    let (diffs, verdicts) = trace::probe_differences(&c, &program, &fitting);
+    assert_no_differences(&diffs);
+    for v in &verdicts {
+        assert_eq!(emitted_ports(&program, v), ["q3"], "{v:?}");
+    }
+}

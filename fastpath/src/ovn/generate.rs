@@ -1,6 +1,7 @@
 //! Frames of the packets that OVN actions generate (what `ovn-controller`'s
 //! pinctrl builds): an ARP request (`arp { }`), ICMPv4 and ICMPv6 replies
-//! and errors (`icmp4 { }`, `icmp4_error { }`, `icmp6 { }`), an IPv6
+//! and errors (`icmp4 { }`, `icmp4_error { }`, `icmp6 { }`,
+//! `icmp6_error { }`, with the MTU of `icmp4.frag_mtu`/`icmp6.frag_mtu`), an IPv6
 //! neighbour solicitation (`nd_ns { }`) or advertisement (`nd_na { }`,
 //! `nd_na_router { }`) and a TCP reset (`tcp_reset { }`).
 //!
@@ -21,6 +22,7 @@
 use fastpath_packet::checksum::{checksum, finish, pseudo_header_v4, pseudo_header_v6, sum};
 use fastpath_packet::flowkey::{field, flags};
 use fastpath_packet::Layout;
+use fastpath_tables::ovn::vector;
 
 use super::interpreter::Generated;
 use super::vector::FlowVector;
@@ -45,8 +47,11 @@ pub enum GenerateError {
 const ICMP4_ECHO_REPLY: u8 = 0;
 /// ICMPv6 echo reply type.
 const ICMP6_ECHO_REPLY: u8 = 129;
-/// Bytes of the received upper-layer header an ICMP error quotes.
+/// Bytes of the received upper-layer header an ICMPv4 error quotes.
 const ERROR_QUOTE_L4: usize = 8;
+/// Most bytes of the received packet an ICMPv6 error quotes: the minimum
+/// IPv6 MTU less the error's IPv6 and ICMPv6 headers (1280 - 40 - 8).
+const ICMP6_ERROR_QUOTE_MAX: usize = 1232;
 /// TCP flag bits.
 const TCP_FIN: u16 = 0x01;
 const TCP_SYN: u16 = 0x02;
@@ -112,14 +117,38 @@ fn fill_l4_checksum_v6(out: &mut [u8], v: &FlowVector, next_header: u8, at: usiz
     out[at + offset..at + offset + 2].copy_from_slice(&cs.to_be_bytes());
 }
 
-/// The part of the received packet an ICMP error quotes: its IP header(s)
-/// and the first [`ERROR_QUOTE_L4`] bytes after them (fewer if the packet
-/// is shorter).
-fn error_quote<'a>(frame: &'a [u8], layout: &Layout) -> Result<&'a [u8], GenerateError> {
+/// The part of the received packet an ICMP error quotes. ICMPv4 (`max`
+/// `None`): its IP header and the first [`ERROR_QUOTE_L4`] bytes after
+/// it, as pinctrl quotes (RFC 1812 §4.3.2.3 asks for no more). ICMPv6: as
+/// much of the packet as fits in `max` bytes (RFC 4443 §2.4 (c): the error
+/// must not exceed the minimum IPv6 MTU). Fewer if the packet is shorter.
+fn error_quote<'a>(
+    frame: &'a [u8],
+    layout: &Layout,
+    max: Option<usize>,
+) -> Result<&'a [u8], GenerateError> {
     let l3 = usize::from(layout.l3);
     let l4 = usize::from(layout.l4);
-    let end = (l4 + ERROR_QUOTE_L4).min(usize::from(layout.end).max(l4));
+    let packet_end = usize::from(layout.end).max(l4);
+    let end = match max {
+        None => (l4 + ERROR_QUOTE_L4).min(packet_end),
+        Some(max) => (l3 + max).min(packet_end),
+    };
     frame.get(l3..end).ok_or(GenerateError::Truncated)
+}
+
+/// Appends an ICMP header without its checksum: type and code from the
+/// vector, then for an error the 4 bytes before the quote, which carry
+/// the vector's `icmp4.frag_mtu` (RFC 1191: the next-hop MTU in the low
+/// 16 bits) or `icmp6.frag_mtu` (RFC 4443 §3.2: a 32-bit MTU), zero when
+/// the action set none.
+fn icmp_header(out: &mut Vec<u8>, v: &FlowVector, echo: bool) {
+    let b = v.bytes();
+    out.extend_from_slice(&[b[field::ICMP_TYPE], b[field::ICMP_CODE], 0, 0]);
+    if !echo {
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&b[vector::FRAG_MTU]);
+    }
 }
 
 /// The identifier, sequence number and data of a received echo request
@@ -179,22 +208,17 @@ pub fn build(
                 }
                 echo_body(frame, layout)?
             } else {
-                error_quote(frame, layout)?
+                error_quote(frame, layout, None)?
             };
-            // An error has 4 unused bytes before the quote.
-            let len = 4 + if echo { 0 } else { 4 } + body.len();
             eth(out, v, 0x0800);
-            ipv4_header(out, v, 1, len);
+            ipv4_header(out, v, 1, 4 + if echo { 0 } else { 4 } + body.len());
             let icmp_at = out.len();
-            out.extend_from_slice(&[b[field::ICMP_TYPE], b[field::ICMP_CODE], 0, 0]);
-            if !echo {
-                out.extend_from_slice(&[0; 4]);
-            }
+            icmp_header(out, v, echo);
             out.extend_from_slice(body);
             let cs = checksum(&out[icmp_at..]);
             out[icmp_at + 2..icmp_at + 4].copy_from_slice(&cs.to_be_bytes());
         }
-        Generated::Icmp6 => {
+        Generated::Icmp6 | Generated::Icmp6Error => {
             let echo = b[field::ICMP_TYPE] == ICMP6_ECHO_REPLY;
             let body = if echo {
                 if received_proto(frame, layout) != Some(58)
@@ -204,17 +228,12 @@ pub fn build(
                 }
                 echo_body(frame, layout)?
             } else {
-                error_quote(frame, layout)?
+                error_quote(frame, layout, Some(ICMP6_ERROR_QUOTE_MAX))?
             };
-            // An error has 4 unused bytes before the quote.
-            let len = 4 + if echo { 0 } else { 4 } + body.len();
             eth(out, v, 0x86dd);
-            ipv6_header(out, v, 58, len);
+            ipv6_header(out, v, 58, 4 + if echo { 0 } else { 4 } + body.len());
             let icmp_at = out.len();
-            out.extend_from_slice(&[b[field::ICMP_TYPE], b[field::ICMP_CODE], 0, 0]);
-            if !echo {
-                out.extend_from_slice(&[0; 4]);
-            }
+            icmp_header(out, v, echo);
             out.extend_from_slice(body);
             fill_l4_checksum_v6(out, v, 58, icmp_at, 2);
         }
@@ -480,8 +499,8 @@ mod tests {
             &[0x12, 0x34, 0, 9, 0xaa, 0xbb, 0xcc]
         );
 
-        // Hop limit exceeded for a UDP datagram: the IPv6 header and the
-        // 8-byte UDP header are quoted after 4 unused bytes.
+        // Hop limit exceeded for a UDP datagram: the whole packet is
+        // quoted after 4 unused bytes.
         let udp = vec![0x03, 0xe8, 0x07, 0xd0, 0, 12, 0, 0, 1, 2, 3, 4];
         let frame = ipv6_frame(1, 17, udp);
         let (key, layout) = extract(&frame, 0).unwrap();
@@ -495,7 +514,53 @@ mod tests {
         assert_fields(&k, &v, &L2_L3);
         let l4 = usize::from(l.l4);
         assert_eq!(&out[l4 + 4..l4 + 8], &[0; 4]);
-        assert_eq!(&out[l4 + 8..usize::from(l.end)], &frame[14..14 + 48]);
+        assert_eq!(&out[l4 + 8..usize::from(l.end)], &frame[14..]);
+    }
+
+    #[test]
+    fn icmp4_fragmentation_needed_carries_the_frag_mtu() {
+        let frame = ipv4_frame(64, 17, vec![0x03, 0xe8, 0x07, 0xd0, 0, 8, 0, 0]);
+        let (key, layout) = extract(&frame, 0).unwrap();
+        let mut v = reply_vector(&key);
+        v.bytes_mut()[field::ICMP_TYPE] = 3;
+        v.bytes_mut()[field::ICMP_CODE] = 4;
+        v.bytes_mut()[vector::FRAG_MTU].copy_from_slice(&1400u16.to_be_bytes());
+        let mut out = Vec::new();
+        build(Generated::Icmp4Error, &v, &frame, &layout, &mut out).unwrap();
+        let (k, l) = parse_and_verify(&out);
+        assert_eq!((k.icmp_type(), k.icmp_code()), (3, 4));
+        let l4 = usize::from(l.l4);
+        // Unused, then the next-hop MTU (RFC 1191).
+        assert_eq!(&out[l4 + 4..l4 + 8], &[0, 0, 0x05, 0x78]);
+        assert_eq!(&out[l4 + 8..usize::from(l.end)], &frame[14..14 + 28]);
+    }
+
+    #[test]
+    fn icmp6_packet_too_big_carries_the_mtu_and_fits_the_minimum_mtu() {
+        // A 1 500-byte IPv6 packet: more than an error may quote.
+        let mut udp = vec![0u8; 1460];
+        udp[..6].copy_from_slice(&[0x03, 0xe8, 0x07, 0xd0, 0x05, 0xb4]);
+        for (i, b) in udp.iter_mut().enumerate().skip(8) {
+            *b = i as u8;
+        }
+        let frame = ipv6_frame(64, 17, udp);
+        let (key, layout) = extract(&frame, 0).unwrap();
+        let mut v = reply_vector(&key);
+        v.bytes_mut()[field::IP_PROTO] = 58;
+        v.bytes_mut()[field::ICMP_TYPE] = 2;
+        v.bytes_mut()[field::ICMP_CODE] = 0;
+        v.bytes_mut()[vector::FRAG_MTU].copy_from_slice(&1400u16.to_be_bytes());
+        let mut out = Vec::new();
+        build(Generated::Icmp6Error, &v, &frame, &layout, &mut out).unwrap();
+        let (k, l) = parse_and_verify(&out);
+        assert_eq!((k.icmp_type(), k.icmp_code()), (2, 0));
+        assert_fields(&k, &v, &L2_L3);
+        let (l3, l4) = (usize::from(l.l3), usize::from(l.l4));
+        assert_eq!(&out[l4 + 4..l4 + 8], &[0, 0, 0x05, 0x78]);
+        // The error is exactly the minimum IPv6 MTU: the received packet
+        // is quoted up to that.
+        assert_eq!(usize::from(l.end) - l3, 1280);
+        assert_eq!(&out[l4 + 8..usize::from(l.end)], &frame[14..14 + 1232]);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub enum Generated {
     Icmp4Error,
     /// `icmp6 { }`.
     Icmp6,
+    /// `icmp6_error { }`.
+    Icmp6Error,
     /// `tcp_reset { }`.
     TcpReset,
 }
@@ -66,6 +68,7 @@ impl Generated {
             nested::ICMP4 => Generated::Icmp4,
             nested::ICMP4_ERROR => Generated::Icmp4Error,
             nested::ICMP6 => Generated::Icmp6,
+            nested::ICMP6_ERROR => Generated::Icmp6Error,
             nested::TCP_RESET => Generated::TcpReset,
             _ => return None,
         })
@@ -1112,6 +1115,8 @@ fn derive_generated(g: Generated, v: &mut FlowVector) {
     b[field::FLAGS] = vlan;
     b[field::FRAG] = 0;
     b[field::IP_PROTO..field::PAD.end].fill(0);
+    // Only the block's own `icmp4.frag_mtu`/`icmp6.frag_mtu` counts.
+    b[vector::FRAG_MTU].fill(0);
     match g {
         Generated::Arp => {
             b[field::ETH_DST].copy_from_slice(&[0xff; 6]);
@@ -1132,7 +1137,7 @@ fn derive_generated(g: Generated, v: &mut FlowVector) {
             b[field::SRC].copy_from_slice(&src);
             b[field::DST].copy_from_slice(&dst);
         }
-        Generated::Icmp6 => {
+        Generated::Icmp6 | Generated::Icmp6Error => {
             b[field::ETH_TYPE].copy_from_slice(&0x86ddu16.to_be_bytes());
             b[field::FLAGS] |= flags::IPV6 | flags::L4;
             b[field::IP_PROTO] = 58;

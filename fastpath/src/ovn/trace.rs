@@ -61,10 +61,15 @@ fn csum(d: &[u8]) -> [u8; 2] {
     fastpath_packet::checksum::checksum(d).to_be_bytes()
 }
 
+/// Longest frame `len=` asks for.
+const MAX_TRACE_FRAME: u64 = 9216;
+
 /// A frame from a microflow: either hex digits (a whole frame), or
 /// `field=value` terms separated by `,` or `&&` (`==` also accepted).
 /// Unset fields get defaults (an IPv4 packet when any `ip4.`/L4 field is
-/// given, ARP when any `arp.` field is).
+/// given, ARP when any `arp.` field is). `len=N` makes the frame `N` bytes
+/// long (an IP packet's payload is padded, its lengths and checksums
+/// follow), for flows that look at the length (`check_pkt_larger`).
 pub fn microflow_frame(text: &str) -> Result<Vec<u8>, MicroflowError> {
     let t = text.trim();
     if !t.is_empty() && !t.contains('=') {
@@ -90,6 +95,7 @@ pub fn microflow_frame(text: &str) -> Result<Vec<u8>, MicroflowError> {
     let mut arp = false;
     let mut ip = false;
     let (mut arp_op, mut sha, mut tha) = (1u16, None::<[u8; 6]>, [0u8; 6]);
+    let mut len = 60usize;
     let normalized = t.replace("&&", ",");
     for term in normalized
         .split(',')
@@ -110,6 +116,7 @@ pub fn microflow_frame(text: &str) -> Result<Vec<u8>, MicroflowError> {
             "eth.src" => eth_src = parse_mac(v).ok_or_else(bad)?,
             "eth.dst" => eth_dst = parse_mac(v).ok_or_else(bad)?,
             "eth.type" => eth_type = Some(num(0xffff)? as u16),
+            "len" => len = num(MAX_TRACE_FRAME)?.max(60) as usize,
             "ip4.src" => (src, ip) = (v.parse().map_err(|_| bad())?, true),
             "ip4.dst" => (dst, ip) = (v.parse().map_err(|_| bad())?, true),
             "ip.ttl" => (ttl, ip) = (num(255)? as u8, true),
@@ -160,14 +167,22 @@ pub fn microflow_frame(text: &str) -> Result<Vec<u8>, MicroflowError> {
                 h[4..6].copy_from_slice(&8u16.to_be_bytes());
                 h
             }
-            1 => {
-                let mut h = vec![icmp_type, icmp_code, 0, 0, 0, 1, 0, 1];
-                let c = csum(&h);
-                h[2..4].copy_from_slice(&c);
-                h
-            }
+            1 => vec![icmp_type, icmp_code, 0, 0, 0, 1, 0, 1],
             _ => Vec::new(),
         };
+        let mut l4 = l4;
+        l4.resize(l4.len().max(len.saturating_sub(14 + 20)), 0);
+        match proto {
+            17 => {
+                let n = l4.len() as u16;
+                l4[4..6].copy_from_slice(&n.to_be_bytes());
+            }
+            1 => {
+                let c = csum(&l4);
+                l4[2..4].copy_from_slice(&c);
+            }
+            _ => {}
+        }
         let mut h = vec![0x45, dscp << 2, 0, 0, 0, 0, 0x40, 0, ttl, proto, 0, 0];
         h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
         h.extend_from_slice(&src.octets());
@@ -179,8 +194,8 @@ pub fn microflow_frame(text: &str) -> Result<Vec<u8>, MicroflowError> {
     } else {
         f.extend_from_slice(&eth_type.unwrap_or(0x88b5).to_be_bytes());
     }
-    if f.len() < 60 {
-        f.resize(60, 0);
+    if f.len() < len {
+        f.resize(len, 0);
     }
     Ok(f)
 }
@@ -576,6 +591,22 @@ mod tests {
 
         let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(microflow_frame(&hex).unwrap(), f);
+
+        // `len=`: a 1 514-byte UDP frame whose lengths and checksum agree.
+        let big =
+            microflow_frame("ip4.src=10.0.0.11, ip4.dst=10.0.1.13, udp.dst=53, len=1514").unwrap();
+        assert_eq!(big.len(), 1514);
+        let (k, l) = extract(&big, 0).unwrap();
+        assert_eq!((k.ip_proto(), k.tp_dst()), (17, 53));
+        assert_eq!(usize::from(l.end), 1514);
+        assert_eq!(&big[16..18], &1500u16.to_be_bytes());
+        assert_eq!(&big[38..40], &1480u16.to_be_bytes());
+        let ping = microflow_frame("ip4.dst=10.0.1.13, icmp4.type=8, len=200").unwrap();
+        assert!(fastpath_packet::checksum::verify(&ping[34..]));
+        assert!(matches!(
+            microflow_frame("len=100000"),
+            Err(MicroflowError::Value { .. })
+        ));
     }
 
     #[test]

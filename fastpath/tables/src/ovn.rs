@@ -53,8 +53,10 @@ pub mod vector {
     pub const PKT_MARK: Range<usize> = 184..188;
     /// `vlan.tci` as OVS sees it: the TCI with bit 12 set when a tag is present.
     pub const VLAN_TCI: Range<usize> = 188..190;
-    /// Padding, zero.
-    pub const PAD: Range<usize> = 190..192;
+    /// `icmp4.frag_mtu` / `icmp6.frag_mtu`: the MTU a generated ICMP
+    /// "fragmentation needed" / "packet too big" error carries (written
+    /// only inside `icmp4_error { }` / `icmp6_error { }`, never matched).
+    pub const FRAG_MTU: Range<usize> = 190..192;
     /// Size of the vector in bytes.
     pub const LEN: usize = 192;
     /// Size of the vector in 64-bit words.
@@ -100,6 +102,7 @@ pub fn base_slot(name: &str) -> Option<BaseSlot> {
         "nd.target" => (72, 16, 0),
         "arp.sha" | "rarp.sha" | "nd.sll" => (88, 6, 0),
         "arp.tha" | "rarp.tha" | "nd.tll" => (94, 6, 0),
+        "icmp4.frag_mtu" | "icmp6.frag_mtu" => (vector::FRAG_MTU.start, 2, 0),
         "inport" => (vector::INPORT.start, 4, 0),
         "outport" => (vector::OUTPORT.start, 4, 0),
         "flags" => (vector::FLAGS.start, 4, 0),
@@ -677,6 +680,7 @@ pub const UNSUPPORTED_ACTIONS: &[&str] = &[
     "dhcp",
     "dns",
     "nd_ra",
+    // Executable since; kept so that the indices after it stay stable.
     "icmp6_error",
     "sctp_abort",
     "reject",

@@ -604,6 +604,12 @@ impl Probe {
 
     /// The frame, with valid checksums.
     pub fn frame(&self) -> Vec<u8> {
+        self.frame_with_udp_payload(4)
+    }
+
+    /// [`Probe::frame`] with `payload` bytes of UDP data (for a UDP probe;
+    /// other probes ignore it).
+    pub fn frame_with_udp_payload(&self, payload: usize) -> Vec<u8> {
         use fastpath_packet::checksum::{finish, pseudo_header_v4, pseudo_header_v6, sum};
         let mut f = Vec::new();
         f.extend_from_slice(&self.eth_dst);
@@ -618,7 +624,12 @@ impl Probe {
             t[14] = 0xff;
             t
         };
-        let udp = || vec![0x03, 0xe8, 0x07, 0xd0, 0, 12, 0, 0, 1, 2, 3, 4];
+        let udp = || {
+            let mut u = vec![0x03, 0xe8, 0x07, 0xd0, 0, 0, 0, 0];
+            u[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+            u.extend((1..=payload).map(|i| i as u8));
+            u
+        };
         let v4 =
             |f: &mut Vec<u8>, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, proto: u8, mut l4: Vec<u8>| {
                 let len = l4.len() as u16;
@@ -790,9 +801,10 @@ pub fn generated_name(g: fastpath::ovn::Generated) -> &'static str {
         G::NdNs => "nd_ns",
         G::NdNa => "nd_na",
         G::NdNaRouter => "nd_na_router",
-        G::Icmp4 => "icmp4",
-        G::Icmp4Error => "icmp4_error",
-        G::Icmp6 => "icmp6",
+        // ovn-trace prints `icmp4_error { }` and `icmp6_error { }` blocks
+        // as `icmp4` and `icmp6`.
+        G::Icmp4 | G::Icmp4Error => "icmp4",
+        G::Icmp6 | G::Icmp6Error => "icmp6",
         G::TcpReset => "tcp_reset",
     }
 }
@@ -815,7 +827,7 @@ fn generated_fields(g: fastpath::ovn::Generated) -> Vec<(&'static str, std::ops:
             ("arp.sha", field::SHA),
             ("arp.tha", field::THA),
         ]),
-        G::Icmp4 | G::Icmp4Error | G::Icmp6 => f.extend([
+        G::Icmp4 | G::Icmp4Error | G::Icmp6 | G::Icmp6Error => f.extend([
             ("ip.proto", field::IP_PROTO..field::IP_PROTO + 1),
             ("ip.ttl", field::TTL..field::TTL + 1),
             ("icmp.type", field::ICMP_TYPE..field::ICMP_TYPE + 1),
@@ -850,6 +862,7 @@ pub fn check_generated_frame(
     vector: &FlowVector,
     received: &[u8],
 ) -> Vec<String> {
+    use fastpath::ovn::Generated as G;
     use fastpath_packet::checksum::{fold, pseudo_header_v4, pseudo_header_v6, sum};
     let mut diffs = Vec::new();
     let (_, layout) = extract(received, 0).expect("test frame parses");
@@ -894,6 +907,20 @@ pub fn check_generated_frame(
             ));
         }
     }
+    // An ICMP error's 4 bytes before the quote carry the vector's
+    // `icmp4.frag_mtu`/`icmp6.frag_mtu` (zero when none was set).
+    let icmp_error = matches!(
+        (g, k.icmp_type()),
+        (G::Icmp4 | G::Icmp4Error, t) if t != 0
+    ) || matches!((g, k.icmp_type()), (G::Icmp6 | G::Icmp6Error, t) if t < 128);
+    let mtu = fastpath_tables::ovn::vector::FRAG_MTU;
+    if icmp_error && out.get(l4 + 6..l4 + 8) != Some(vector.field(mtu.clone())) {
+        diffs.push(format!(
+            "{name}: generated frame to {port}: MTU field {:02x?}, {:02x?} in the vector",
+            out.get(l4 + 4..l4 + 8),
+            vector.field(mtu)
+        ));
+    }
     let parsed = FlowVector::from_key(&k, 0, 0);
     for (field_name, r) in generated_fields(g) {
         if parsed.field(r.clone()) != vector.field(r.clone()) {
@@ -928,15 +955,28 @@ pub fn probe_differences_with(
     probes: &[Probe],
     extra: &[&str],
 ) -> (Vec<String>, Vec<Verdict>) {
+    probe_differences_framed(c, program, probes, extra, |p| (p.microflow(), p.frame()))
+}
+
+/// [`probe_differences_with`] with each probe's microflow and frame given
+/// by `framed` (a frame longer than the probe's own, with the microflow
+/// pinning what ovn-trace cannot know of its length).
+pub fn probe_differences_framed(
+    c: &Central,
+    program: &Program,
+    probes: &[Probe],
+    extra: &[&str],
+    framed: impl Fn(&Probe) -> (String, Vec<u8>),
+) -> (Vec<String>, Vec<Verdict>) {
     let symtab = SymbolTable::ovn_23_03();
     let mut diffs = Vec::new();
     let mut verdicts = Vec::new();
     let mut interp = Interpreter::new();
     interp.tracing = true;
     for p in probes {
-        let text = c.trace_with(p.datapath, &p.microflow(), &[], None, extra);
+        let (microflow, frame) = framed(p);
+        let text = c.trace_with(p.datapath, &microflow, &[], None, extra);
         let expected = parse_generated(&text);
-        let frame = p.frame();
         let (key, _) = extract(&frame, 0).expect("test frame parses");
         let inport = program.port_by_name(p.inport).expect("inport known");
         let verdict = interp
@@ -1011,7 +1051,10 @@ pub fn probe_differences_with(
                     let mut got = e.vector;
                     let before = got;
                     apply_edits(&symtab, &mut got, &absolute);
-                    if got.key() != before.key() {
+                    let frag_mtu = fastpath_tables::ovn::vector::FRAG_MTU;
+                    if got.key() != before.key()
+                        || got.field(frag_mtu.clone()) != before.field(frag_mtu)
+                    {
                         diffs.push(format!(
                             "{}: generated packet to {} differs from ovn-trace's edits {:?}:\n mine {:?}\n want {:?}",
                             p.name,
