@@ -413,6 +413,8 @@ pub fn attach(tap: &str, netns: &str, iface: &KernelInterface) -> Result<(), Net
         netns: netns.to_string(),
         error,
     };
+    // A malformed request is refused before anything moves.
+    steps(tap, iface, true)?;
     let ns_file = std::fs::File::open(netns).map_err(enter)?;
     let moved = Netlink::open().map_err(enter)?.move_to(tap, &ns_file);
     let mut inside = Netlink::open_in(&ns_file).map_err(enter)?;
@@ -659,6 +661,27 @@ mod tests {
         attach(&sb.tap, &sb.path(), &again).unwrap();
         let link = sb.inside(&["-o", "link", "show", "dev", "eth0"]);
         assert!(link.contains("mtu 1300"), "{link}");
+    }
+
+    #[test]
+    fn a_malformed_mac_is_refused_before_the_tap_moves() {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let sb = Sandbox::new("m");
+        let mut bad = iface();
+        bad.mac = "0a:00:00:00:00".into();
+        let e = attach(&sb.tap, &sb.path(), &bad).unwrap_err();
+        assert!(matches!(e, NetnsError::BadMac(_)), "{e}");
+        assert!(
+            run("ip", &["link", "show", "dev", &sb.tap]).is_ok(),
+            "the tap stays in the node's namespace"
+        );
+        assert!(sb
+            .inside(&["-o", "link", "show"])
+            .lines()
+            .all(|l| !l.contains(&sb.tap)));
     }
 
     #[test]
