@@ -9,7 +9,7 @@ use super::{
     CtTimeouts, NatRange, PacketClass, Tuple,
 };
 use fastpath_packet::{extract, ip_proto};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -54,13 +54,15 @@ fn small_table() -> Conntrack {
 /// a reply is never `est|rpl` unless its original tuple was committed; after
 /// `expire(now, usize::MAX)` no entry is due, and none outlives its last
 /// packet by more than the longest timeout; a [`super::ConnId`] keeps
-/// answering for the same connection.
+/// answering for the same connection; a lock-free touch is taken only
+/// while the connection's result is the one its stamp was seen with.
 pub fn fuzz_sequence(data: &[u8]) {
     let ct = small_table();
     let mut b = Bytes(data);
     let mut now: u64 = 1_000_000_000;
     let mut committed: HashSet<(u16, Tuple)> = HashSet::new();
     let mut conns = Vec::new();
+    let mut stamps = HashMap::new();
     while let (Some(op), Some(a), Some(c)) = (b.u8(), b.u8(), b.u8()) {
         let zone = (op >> 6) as u16;
         let proto = [ip_proto::TCP, ip_proto::UDP, ip_proto::ICMPV4, 47][(a & 3) as usize];
@@ -140,7 +142,29 @@ pub fn fuzz_sequence(data: &[u8]) {
                     } else {
                         super::Dir::Original
                     };
-                    if let Some(r) = ct.touch(id, dir, flags, 60, now) {
+                    // The lock-free touch with the stamp an earlier touch of
+                    // this connection and direction answered: when it takes
+                    // the packet, the connection must still give the result
+                    // seen with that stamp.
+                    let seen = stamps.get(&(id, dir)).copied();
+                    let fast = seen.filter(|_| op & 0x10 != 0).is_some_and(|(stamp, was)| {
+                        if !ct.touch_fast(id, dir, flags, 60, now, stamp) {
+                            return false;
+                        }
+                        let r = ct
+                            .by_id(id, dir, None, now)
+                            .expect("a stamped connection is live");
+                        assert_eq!((r.state, r.mark, r.label), was, "a stale stamp was taken");
+                        check_result(&r, &committed, czone);
+                        true
+                    });
+                    let slow = if fast {
+                        None
+                    } else {
+                        ct.touch_stamped(id, dir, flags, 60, now)
+                    };
+                    if let Some((r, stamp)) = slow {
+                        stamps.insert((id, dir), (stamp, (r.state, r.mark, r.label)));
                         if r.state & ct_state::INV == 0 {
                             assert_eq!(
                                 r.original,

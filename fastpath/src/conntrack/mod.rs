@@ -75,7 +75,7 @@ mod tuple;
 
 pub use nat::{apply_translation, NatRange, Rewrite, RewriteError, Translation};
 pub use proto::{CtTimeouts, Dir, L4State, TcpState};
-pub use table::{format_tuple, ConnId, Conntrack};
+pub use table::{format_tuple, ConnId, Conntrack, Stamp};
 pub use tuple::{addr_from_bytes, addr_to_bytes, CtPacket, PacketClass, Tuple};
 
 use std::net::IpAddr;

@@ -277,7 +277,19 @@ impl TimeoutsNs {
     /// The timeout of a state; `replied` tells single from multiple.
     #[inline]
     pub(crate) fn of(&self, st: L4State, replied: bool) -> u64 {
-        let i = match st {
+        self.t[Self::index(st, replied)]
+    }
+
+    /// The timeout at `index` ([`TimeoutsNs::index`]); 0 past the end.
+    #[inline(always)]
+    pub(crate) fn by_index(&self, index: usize) -> u64 {
+        self.t.get(index).copied().unwrap_or(0)
+    }
+
+    /// Which timeout a state has (below 12).
+    #[inline]
+    pub(crate) fn index(st: L4State, replied: bool) -> usize {
+        match st {
             L4State::Tcp(TcpState::SynSent) => 0,
             L4State::Tcp(TcpState::SynRecv) => 1,
             L4State::Tcp(TcpState::Established) => 2,
@@ -288,7 +300,6 @@ impl TimeoutsNs {
             L4State::Udp => 7 + replied as usize,
             L4State::Icmp => 9,
             L4State::Other => 10 + replied as usize,
-        };
-        self.t[i]
+        }
     }
 }

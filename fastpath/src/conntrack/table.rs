@@ -8,9 +8,10 @@ use super::proto::{
 use super::tuple::{addr_from_bytes, addr_to_bytes, icmp4, icmp6, CtPacket, PacketClass, Tuple};
 use super::{ct_state, ConntrackConfig, CtCommit, CtEntryView, CtError, CtFilter, CtResult};
 use fastpath_packet::ip_proto;
+use fastpath_packet::tcp::flags as tcpf;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Stable identity of a connection: its slot and the slot's incarnation. A
 /// flow cache keeps it and hands it to [`Conntrack::touch`], which answers
@@ -61,10 +62,82 @@ struct Entry {
     mark: u32,
     label: u128,
     created: u64,
-    last_seen: u64,
-    expires_at: u64,
-    packets: [u64; 2],
-    bytes: [u64; 2],
+    /// Bumped whenever what a packet's result depends on changes (protocol
+    /// state, `replied`, mark, label): part of the [`Stamp`].
+    seq: u32,
+}
+
+/// A connection's version as a flow cache last saw it: the slot's
+/// incarnation, the entry's change count, and whether (and with which
+/// timeout) a packet may refresh it without its shard lock. Zero is no
+/// stamp. See [`Conntrack::touch_fast`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stamp(u64);
+
+/// [`Stamp`] bits below the change count.
+mod stamp {
+    /// Timeout index + 1; 0: every packet takes the lock.
+    pub const CLASS: u64 = 0x1f;
+    /// TCP (only ACK-only segments keep ESTABLISHED as it is).
+    pub const TCP: u64 = 0x20;
+    /// A reply was seen (before that, a reply changes the result).
+    pub const REPLIED: u64 = 0x40;
+}
+
+/// The part of a slot a flow-cache hit writes, outside the shard lock:
+/// the [`Stamp`] (written under the lock, with release order), the expiry
+/// and the counters. One cache line per slot. Stores into it are plain
+/// (relaxed) stores: a lock-free refresh racing with a locked change may
+/// leave the longer of two expiries, and two lcores counting the same
+/// direction of one connection at the same instant may lose a count.
+#[repr(align(64))]
+#[derive(Default)]
+struct Hot {
+    stamp: AtomicU64,
+    expires_at: AtomicU64,
+    last_seen: AtomicU64,
+    packets: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+}
+
+impl Hot {
+    #[inline(always)]
+    fn expires_at(&self) -> u64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    fn refresh(&self, now: u64, timeout: u64) {
+        self.last_seen.store(now, Ordering::Relaxed);
+        self.expires_at
+            .store(now.saturating_add(timeout), Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn count(&self, dir: Dir, len: u32) {
+        let d = dir as usize;
+        let p = &self.packets[d];
+        p.store(p.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let b = &self.bytes[d];
+        b.store(
+            b.load(Ordering::Relaxed) + u64::from(len),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A new connection: its first packet counted in the original direction.
+    fn start(&self, now: u64, timeout: u64, len: u32) {
+        self.refresh(now, timeout);
+        self.packets[0].store(1, Ordering::Relaxed);
+        self.packets[1].store(0, Ordering::Relaxed);
+        self.bytes[0].store(u64::from(len), Ordering::Relaxed);
+        self.bytes[1].store(0, Ordering::Relaxed);
+    }
+
+    fn counters(&self) -> ([u64; 2], [u64; 2]) {
+        let l = |a: &[AtomicU64; 2]| [a[0].load(Ordering::Relaxed), a[1].load(Ordering::Relaxed)];
+        (l(&self.packets), l(&self.bytes))
+    }
 }
 
 impl Entry {
@@ -82,17 +155,18 @@ impl Entry {
             mark: 0,
             label: 0,
             created: 0,
-            last_seen: 0,
-            expires_at: 0,
-            packets: [0; 2],
-            bytes: [0; 2],
+            seq: 0,
         }
     }
 
-    /// Runs a packet through the entry: state machine, refresh, counters.
+    /// Runs a packet through the entry: state machine, then (with `hot`,
+    /// the slot's) refresh, counters and a new stamp if the result
+    /// changes. Without `hot` only the state moves (a trace's copy).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
+        hot: Option<&Hot>,
         dir: Dir,
         flags: u16,
         len: u32,
@@ -105,19 +179,60 @@ impl Entry {
             other => Verdict::Valid(other),
         };
         if let Verdict::Valid(st) = v {
+            let changed = st != self.l4 || (dir == Dir::Reply && !self.replied);
             self.l4 = st;
             if dir == Dir::Reply {
                 self.replied = true;
             }
-            self.last_seen = now;
-            self.expires_at = now.saturating_add(t.of(st, self.replied));
-            if count {
-                let d = dir as usize;
-                self.packets[d] += 1;
-                self.bytes[d] += len as u64;
+            if let Some(hot) = hot {
+                hot.refresh(now, t.of(st, self.replied));
+                if count {
+                    hot.count(dir, len);
+                }
+                if changed {
+                    self.changed(hot);
+                }
             }
         }
         v
+    }
+
+    /// Records a change of what results depend on: a new stamp.
+    #[inline]
+    fn changed(&mut self, hot: &Hot) {
+        self.seq = self.seq.wrapping_add(1);
+        hot.stamp.store(self.stamp().0, Ordering::Release);
+    }
+
+    /// Sets mark and label under their masks (a new stamp if they change).
+    fn set_mark_label(&mut self, hot: &Hot, c: &CtCommit) {
+        let mark = (self.mark & !c.mark_mask) | (c.mark & c.mark_mask);
+        let label = (self.label & !c.label_mask) | (c.label & c.label_mask);
+        if (mark, label) != (self.mark, self.label) {
+            self.mark = mark;
+            self.label = label;
+            self.changed(hot);
+        }
+    }
+
+    /// The entry's current [`Stamp`].
+    fn stamp(&self) -> Stamp {
+        let class = match self.l4 {
+            L4State::Tcp(TcpState::Established) => {
+                stamp::TCP | (TimeoutsNs::index(self.l4, self.replied) as u64 + 1)
+            }
+            L4State::Udp | L4State::Icmp | L4State::Other => {
+                TimeoutsNs::index(self.l4, self.replied) as u64 + 1
+            }
+            L4State::Tcp(_) => 0,
+        };
+        let replied = if self.replied { stamp::REPLIED } else { 0 };
+        Stamp(
+            u64::from(self.incarnation) << 32
+                | u64::from(self.seq & 0x00ff_ffff) << 8
+                | replied
+                | class,
+        )
     }
 
     fn translation(&self, dir: Dir) -> Option<Translation> {
@@ -210,6 +325,8 @@ struct ShardCell {
     /// Address of the shard's entry array (reserved at creation and never
     /// reallocated), for prefetching an entry before taking the lock.
     entries_at: usize,
+    /// Every slot's stamp, expiry and counters ([`Hot`]).
+    hot: Box<[Hot]>,
 }
 
 /// An index entry in another shard left to remove after a connection died.
@@ -265,6 +382,7 @@ impl Conntrack {
                     }),
                     incarnation: (0..per_shard).map(|_| AtomicU32::new(0)).collect(),
                     entries_at,
+                    hot: (0..per_shard).map(|_| Hot::default()).collect(),
                 }
             })
             .collect();
@@ -316,7 +434,7 @@ impl Conntrack {
         &self,
         key: &Key,
         now: u64,
-        f: impl FnOnce(&mut Entry, Dir, ConnId) -> T,
+        f: impl FnOnce(&mut Entry, &Hot, Dir, ConnId) -> T,
     ) -> Option<T> {
         let h = key.hash();
         let s = self.shard_of(h);
@@ -332,11 +450,12 @@ impl Conntrack {
             &mut other
         };
         let e = shard.entries.get_mut(kr.slot as usize)?;
-        if !e.live || e.incarnation != kr.incarnation || e.expires_at <= now {
+        let hot = self.shards[home].hot.get(kr.slot as usize)?;
+        if !e.live || e.incarnation != kr.incarnation || hot.expires_at() <= now {
             return None;
         }
         let id = self.conn_id(home, kr.slot, kr.incarnation);
-        Some(f(e, kr.dir, id))
+        Some(f(e, hot, kr.dir, id))
     }
 
     /// `ct` without commit: classifies the packet against zone `zone`,
@@ -353,8 +472,8 @@ impl Conntrack {
                     tuple: packet.tuple,
                 };
                 let t = &self.timeouts;
-                let found = self.with_entry(&key, now, |e, dir, id| {
-                    match e.update(dir, packet.tcp_flags, packet.len, now, t, true) {
+                let found = self.with_entry(&key, now, |e, hot, dir, id| {
+                    match e.update(Some(hot), dir, packet.tcp_flags, packet.len, now, t, true) {
                         Verdict::Valid(_) => Some(e.result(dir, id)),
                         Verdict::Invalid => Some(CtResult::invalid()),
                         Verdict::Reopen => None,
@@ -383,14 +502,15 @@ impl Conntrack {
     ) -> Option<CtResult> {
         let shard = (id.slot as usize) & (self.shards.len() - 1);
         let slot = (id.slot >> self.shard_bits) as usize;
-        let mut g = self.shards.get(shard)?.lock.lock();
+        let cell = self.shards.get(shard)?;
+        let hot = cell.hot.get(slot)?;
+        let mut g = cell.lock.lock();
         let e = g.entries.get_mut(slot)?;
-        if !e.live || e.incarnation != id.incarnation || e.expires_at <= now {
+        if !e.live || e.incarnation != id.incarnation || hot.expires_at() <= now {
             return None;
         }
         if let Some(c) = commit {
-            e.mark = (e.mark & !c.mark_mask) | (c.mark & c.mark_mask);
-            e.label = (e.label & !c.label_mask) | (c.label & c.label_mask);
+            e.set_mark_label(hot, c);
         }
         Some(e.result(dir, id))
     }
@@ -407,9 +527,9 @@ impl Conntrack {
                     tuple: packet.tuple,
                 };
                 let t = &self.timeouts;
-                let found = self.with_entry(&key, now, |e, dir, id| {
+                let found = self.with_entry(&key, now, |e, _, dir, id| {
                     let mut copy = e.clone();
-                    match copy.update(dir, packet.tcp_flags, packet.len, now, t, false) {
+                    match copy.update(None, dir, packet.tcp_flags, packet.len, now, t, false) {
                         Verdict::Valid(_) => Some(copy.result(dir, id)),
                         Verdict::Invalid => Some(CtResult::invalid()),
                         Verdict::Reopen => None,
@@ -449,6 +569,17 @@ impl Conntrack {
         Some((self.shards.get(shard)?.entries_at + slot * size, size))
     }
 
+    /// The address of the one cache line [`Conntrack::touch_fast`] of
+    /// connection `id` reads and writes, for prefetching; `None` for a
+    /// slot outside the table.
+    #[inline(always)]
+    pub fn stamp_address(&self, id: ConnId) -> Option<usize> {
+        let shard = (id.slot as usize) & (self.shards.len() - 1);
+        let slot = (id.slot >> self.shard_bits) as usize;
+        let hot = self.shards.get(shard)?.hot.get(slot)?;
+        Some(hot as *const Hot as usize)
+    }
+
     /// The cheap per-packet path of a flow-cache hit: `id` from an earlier
     /// result, `dir` the packet's direction. Refreshes and advances the
     /// connection like [`Conntrack::lookup`]. `None` if the connection is
@@ -463,18 +594,76 @@ impl Conntrack {
         len: u32,
         now: u64,
     ) -> Option<CtResult> {
+        self.touch_stamped(id, dir, tcp_flags, len, now)
+            .map(|(r, _)| r)
+    }
+
+    /// [`Conntrack::touch`], also answering the connection's [`Stamp`]
+    /// after the packet (with which later packets may take
+    /// [`Conntrack::touch_fast`]).
+    #[inline]
+    pub fn touch_stamped(
+        &self,
+        id: ConnId,
+        dir: Dir,
+        tcp_flags: u16,
+        len: u32,
+        now: u64,
+    ) -> Option<(CtResult, Stamp)> {
         let shard = (id.slot as usize) & (self.shards.len() - 1);
         let slot = (id.slot >> self.shard_bits) as usize;
-        let mut g = self.shards.get(shard)?.lock.lock();
+        let cell = self.shards.get(shard)?;
+        let hot = cell.hot.get(slot)?;
+        let mut g = cell.lock.lock();
         let e = g.entries.get_mut(slot)?;
-        if !e.live || e.incarnation != id.incarnation || e.expires_at <= now {
+        if !e.live || e.incarnation != id.incarnation || hot.expires_at() <= now {
             return None;
         }
-        match e.update(dir, tcp_flags, len, now, &self.timeouts, true) {
-            Verdict::Valid(_) => Some(e.result(dir, id)),
-            Verdict::Invalid => Some(CtResult::invalid()),
+        match e.update(Some(hot), dir, tcp_flags, len, now, &self.timeouts, true) {
+            Verdict::Valid(_) => Some((e.result(dir, id), e.stamp())),
+            Verdict::Invalid => Some((CtResult::invalid(), Stamp::default())),
             Verdict::Reopen => None,
         }
+    }
+
+    /// The per-packet path of an established connection's flow-cache hit,
+    /// without the shard lock: true if the connection is still the one
+    /// `stamp` (from [`Conntrack::touch_stamped`]) names, unchanged, and
+    /// this packet leaves its result as it was (a UDP, ICMP or other
+    /// packet, a reply only once one was seen; an ACK-only TCP segment of
+    /// an ESTABLISHED connection); then it is refreshed and counted, and
+    /// its result is the one seen with the stamp. False: nothing was done,
+    /// take [`Conntrack::touch_stamped`].
+    #[inline(always)]
+    pub fn touch_fast(
+        &self,
+        id: ConnId,
+        dir: Dir,
+        tcp_flags: u16,
+        len: u32,
+        now: u64,
+        seen: Stamp,
+    ) -> bool {
+        let class = seen.0 & stamp::CLASS;
+        if class == 0
+            || (dir == Dir::Reply && seen.0 & stamp::REPLIED == 0)
+            || (seen.0 & stamp::TCP != 0
+                && (tcp_flags & (tcpf::SYN | tcpf::FIN | tcpf::RST) != 0
+                    || tcp_flags & tcpf::ACK == 0))
+        {
+            return false;
+        }
+        let shard = (id.slot as usize) & (self.shards.len() - 1);
+        let slot = (id.slot >> self.shard_bits) as usize;
+        let Some(hot) = self.shards.get(shard).and_then(|c| c.hot.get(slot)) else {
+            return false;
+        };
+        if hot.stamp.load(Ordering::Acquire) != seen.0 || hot.expires_at() <= now {
+            return false;
+        }
+        hot.refresh(now, self.timeouts.by_index(class as usize - 1));
+        hot.count(dir, len);
+        true
     }
 
     fn related(&self, zone: u16, inner: &Tuple, now: u64) -> CtResult {
@@ -482,7 +671,7 @@ impl Conntrack {
             zone,
             tuple: inner.reverse(),
         };
-        self.with_entry(&key, now, |e, dir, id| e.related(dir, id))
+        self.with_entry(&key, now, |e, _, dir, id| e.related(dir, id))
             .unwrap_or_else(CtResult::invalid)
     }
 
@@ -508,12 +697,10 @@ impl Conntrack {
         };
         let t = &self.timeouts;
         for _ in 0..4 {
-            let found = self.with_entry(&key, now, |e, dir, id| {
-                match e.update(dir, packet.tcp_flags, packet.len, now, t, false) {
+            let found = self.with_entry(&key, now, |e, hot, dir, id| {
+                match e.update(Some(hot), dir, packet.tcp_flags, packet.len, now, t, false) {
                     Verdict::Valid(_) => {
-                        e.mark = (e.mark & !commit.mark_mask) | (commit.mark & commit.mark_mask);
-                        e.label =
-                            (e.label & !commit.label_mask) | (commit.label & commit.label_mask);
+                        e.set_mark_label(hot, commit);
                         Some(e.result(dir, id))
                     }
                     Verdict::Invalid => Some(CtResult::invalid()),
@@ -563,7 +750,8 @@ impl Conntrack {
             if kr.home as usize == s {
                 let e = &gs.entries[kr.slot as usize];
                 if e.live && e.incarnation == kr.incarnation {
-                    if e.expires_at > now && !(e.reopenable() && p.tuple.proto == ip_proto::TCP) {
+                    let expires_at = self.shards[s].hot[kr.slot as usize].expires_at();
+                    if expires_at > now && !(e.reopenable() && p.tuple.proto == ip_proto::TCP) {
                         return Ok(Create::Retry);
                     }
                     *deferred = self.remove_locked(s, &mut gs, kr.slot);
@@ -652,12 +840,12 @@ impl Conntrack {
             remove_keyref(g, &kr);
             return true;
         }
-        if kr.home as usize == idx && deferred.is_none() {
-            let e = &g.entries[kr.slot as usize];
-            if e.expires_at <= now {
-                *deferred = self.remove_locked(idx, g, kr.slot);
-                return true;
-            }
+        if kr.home as usize == idx
+            && deferred.is_none()
+            && self.shards[idx].hot[kr.slot as usize].expires_at() <= now
+        {
+            *deferred = self.remove_locked(idx, g, kr.slot);
+            return true;
         }
         false
     }
@@ -789,13 +977,13 @@ impl Conntrack {
             mark: c.mark & c.mark_mask,
             label: c.label & c.label_mask,
             created: now,
-            last_seen: now,
-            expires_at: now.saturating_add(self.timeouts.of(l4, false)),
-            packets: [1, 0],
-            bytes: [p.len as u64, 0],
+            seq: 0,
         };
         let id = self.conn_id(s, slot, incarnation);
         let res = e.result(Dir::Original, id);
+        let hot = &self.shards[s].hot[slot as usize];
+        hot.start(now, self.timeouts.of(l4, false), p.len);
+        hot.stamp.store(e.stamp().0, Ordering::Release);
         gs.entries[slot as usize] = e;
         gs.live += 1;
         let kr = KeyRef {
@@ -836,6 +1024,9 @@ impl Conntrack {
         let inc = e.incarnation;
         e.incarnation = inc.wrapping_add(1);
         self.shards[idx].incarnation[slot as usize].store(e.incarnation, Ordering::Release);
+        self.shards[idx].hot[slot as usize]
+            .stamp
+            .store(0, Ordering::Release);
         let okey = Key {
             zone: e.zone,
             tuple: e.orig,
@@ -880,11 +1071,15 @@ impl Conntrack {
     fn remove_if_finished(&self, home: usize, slot: u32, incarnation: u32, now: u64) {
         let d = {
             let mut g = self.shards[home].lock.lock();
+            let expires_at = self.shards[home]
+                .hot
+                .get(slot as usize)
+                .map_or(0, Hot::expires_at);
             match g.entries.get(slot as usize) {
                 Some(e)
                     if e.live
                         && e.incarnation == incarnation
-                        && (e.expires_at <= now || e.reopenable()) =>
+                        && (expires_at <= now || e.reopenable()) =>
                 {
                     self.remove_locked(home, &mut g, slot)
                 }
@@ -918,7 +1113,7 @@ impl Conntrack {
                 let slot = g.cursor % len;
                 g.cursor = (slot + 1) % len;
                 let e = &g.entries[slot];
-                if e.live && e.expires_at <= now {
+                if e.live && self.shards[idx].hot[slot].expires_at() <= now {
                     deferred.extend(self.remove_locked(idx, &mut g, slot as u32));
                     removed += 1;
                 }
@@ -957,11 +1152,17 @@ impl Conntrack {
         let mut out = Vec::new();
         for cell in self.shards.iter() {
             let g = cell.lock.lock();
-            for e in g.entries.iter().filter(|e| e.live) {
+            for (e, hot) in g
+                .entries
+                .iter()
+                .zip(cell.hot.iter())
+                .filter(|(e, _)| e.live)
+            {
                 if out.len() >= limit {
                     return out;
                 }
                 if filter.matches(e.zone, &e.orig, &e.reply) {
+                    let (packets, bytes) = hot.counters();
                     out.push(CtEntryView {
                         zone: e.zone,
                         original: e.orig,
@@ -976,10 +1177,10 @@ impl Conntrack {
                         mark: e.mark,
                         label: e.label,
                         created: e.created,
-                        last_seen: e.last_seen,
-                        expires_at: e.expires_at,
-                        packets: e.packets,
-                        bytes: e.bytes,
+                        last_seen: hot.last_seen.load(Ordering::Relaxed),
+                        expires_at: hot.expires_at(),
+                        packets,
+                        bytes,
                     });
                 }
             }

@@ -47,7 +47,13 @@
 //! packet goes through the interpreter and the entry is replaced, and it
 //! counts as a miss. An established connection thus costs one cache hit
 //! plus one `touch` per packet and per connection it crosses (a ClusterIP
-//! packet: the client's zone and the backend's zone). A verdict with an
+//! packet: the client's zone and the backend's zone). The first hit
+//! touches under the connection's shard lock and keeps the connection's
+//! [`Stamp`] in the entry; later hits whose packet cannot change the
+//! connection (UDP, ICMP, an ACK-only segment of an established TCP
+//! connection) touch it without the lock while the stamp holds: one
+//! load to compare, plain stores for expiry and counters, one cache line
+//! per connection, no atomic read-modify-write. A verdict with an
 //! invalid conntrack step is not cached, nor is one whose NAT needs the
 //! frame (the quoted header of an ICMP error, an ICMP echo identifier):
 //! those go through the interpreter every time. One kind of step without a
@@ -65,7 +71,7 @@ use fastpath_packet::FlowKey;
 use super::ct::CtResult;
 use super::interpreter::DropCause;
 use super::rewrite::Rewrite;
-use crate::conntrack::{ConnId, Dir, Tuple};
+use crate::conntrack::{ConnId, Dir, Stamp, Tuple};
 use crate::meter::MeterKey;
 
 /// One conntrack operation a cached entry depends on.
@@ -85,6 +91,10 @@ pub struct CachedCt {
     /// For a step without a connection: the zone's creation count when it
     /// found none (while unchanged, a hit skips the lookup).
     pub zone_commits: Option<u32>,
+    /// The connection's stamp when a hit last touched it under its lock
+    /// (zero before): while it holds, a hit touches it without the lock
+    /// (`Conntrack::touch_fast`).
+    pub stamp: Stamp,
 }
 
 /// Most conntrack operations a cacheable verdict may have.

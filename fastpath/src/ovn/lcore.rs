@@ -36,7 +36,7 @@ use super::interpreter::{Generated, Interpreter, Learned};
 use super::program::Program;
 use super::rewrite::Rewrite;
 use super::vector::FlowVector;
-use crate::conntrack::{ct_state, CtPacket, PacketClass, Translation};
+use crate::conntrack::{ct_state, CtPacket, PacketClass, Stamp, Translation};
 use crate::meter::MeterKey;
 use crate::stats::CacheCounters;
 
@@ -226,9 +226,15 @@ impl OvnLcore {
             return;
         };
         for c in &e.ct {
-            // (The shard locks are a few lines that stay cached: only the
-            // entry is worth a fill buffer.)
-            if let Some((entry, size)) = c.conn.and_then(|(id, _)| ct.entry_address(id)) {
+            let Some((id, _)) = c.conn else { continue };
+            // With a stamp, a hit touches one line without the lock.
+            // Without, it takes the lock (a few lines that stay cached:
+            // only the entry is worth a fill buffer).
+            if c.stamp != Stamp::default() {
+                if let Some(hot) = ct.stamp_address(id) {
+                    crate::dpdk::prefetch_addr(hot);
+                }
+            } else if let Some((entry, size)) = ct.entry_address(id) {
                 crate::dpdk::prefetch_addr(entry);
                 if size > 64 {
                     crate::dpdk::prefetch_addr(entry + 64);
@@ -261,7 +267,7 @@ impl OvnLcore {
                 let e = self.cache.entry_mut(slot);
                 let tracked = !e.ct.is_empty();
                 self.ct_in_burst |= tracked;
-                if !tracked || still_valid(&e.ct, key, ct.as_ref()) {
+                if !tracked || still_valid(&mut e.ct, key, ct.as_ref()) {
                     e.hits += 1;
                     return Some(Decision {
                         entry: self.cache.entry(slot),
@@ -336,27 +342,41 @@ impl OvnLcore {
 }
 
 /// Touches each connection of a cached entry once (per direction) and
-/// tells whether every result is the one the entry was built with.
+/// tells whether every result is the one the entry was built with: without
+/// the lock while the step's stamp holds, else with it (keeping the stamp
+/// it answers for the next packet).
 #[inline]
-fn still_valid(cts: &[CachedCt], key: &FlowKey, ct: Option<&CtInput<'_>>) -> bool {
+fn still_valid(cts: &mut [CachedCt], key: &FlowKey, ct: Option<&CtInput<'_>>) -> bool {
     let Some(ct) = ct else {
         return false;
     };
     let table = ct.engine.conntrack();
     let flags = key.tcp_flags();
     let mut seen: [Option<CtResult>; MAX_CACHED_CT] = [None; MAX_CACHED_CT];
-    for (i, c) in cts.iter().enumerate() {
+    for i in 0..cts.len() {
+        let c = cts[i];
         let now = match c.conn {
             Some((conn, dir)) => {
                 let earlier = cts[..i].iter().position(|d| d.conn == c.conn);
                 match earlier.and_then(|j| seen.get(j).copied().flatten()) {
                     Some(r) => r,
-                    None => match table.touch(conn, dir, flags, ct.ip_len, ct.now_ns) {
-                        Some(r) => CtResult {
-                            state: r.state,
-                            mark: r.mark,
-                            label: r.label,
-                        },
+                    None if table.touch_fast(conn, dir, flags, ct.ip_len, ct.now_ns, c.stamp) => {
+                        c.result
+                    }
+                    None => match table.touch_stamped(conn, dir, flags, ct.ip_len, ct.now_ns) {
+                        Some((r, stamp)) => {
+                            let r = CtResult {
+                                state: r.state,
+                                mark: r.mark,
+                                label: r.label,
+                            };
+                            // Only a stamp of the result the entry holds
+                            // may stand for it.
+                            if r == c.result {
+                                cts[i].stamp = stamp;
+                            }
+                            r
+                        }
                         None => return false,
                     },
                 }
@@ -463,6 +483,7 @@ fn run(
                 tuple: found.packet.tuple,
                 result: op.result,
                 zone_commits: found.zone_commits,
+                stamp: Stamp::default(),
             });
             if found.needs_frame {
                 ct_cacheable = false;
@@ -609,7 +630,7 @@ fn tunnel_out(chassis: u16, key: &FlowKey, v: &FlowVector) -> Option<TunnelOut> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{ConntrackConfig, CtCommit};
+    use crate::conntrack::{ConntrackConfig, CtCommit, Dir};
     use crate::ovn::ct_engine::{LbAffinity, Mode};
     use fastpath_packet::flowkey::flags;
 
@@ -644,15 +665,16 @@ mod tests {
         }));
         let mut engine =
             ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
-        let valid = |engine: &mut ConntrackEngine, steps: &[CachedCt], k: &FlowKey, now: u64| {
-            let input = CtInput {
-                engine,
-                now_ns: now,
-                received: None,
-                ip_len: 40,
+        let valid =
+            |engine: &mut ConntrackEngine, steps: &mut [CachedCt], k: &FlowKey, now: u64| {
+                let input = CtInput {
+                    engine,
+                    now_ns: now,
+                    received: None,
+                    ip_len: 40,
+                };
+                still_valid(steps, k, Some(&input))
             };
-            still_valid(steps, k, Some(&input))
-        };
         // A mid-stream segment in a zone where nothing is committed: new,
         // without a connection.
         let ack = key(11, 5555, 12, 80, ACK);
@@ -660,7 +682,7 @@ mod tests {
         let r = ct.lookup(7, &p, 1);
         assert!(r.conn.is_none());
         assert_eq!(r.state, ct_state::TRK | ct_state::NEW);
-        let step = [CachedCt {
+        let mut step = [CachedCt {
             zone: 7,
             conn: None,
             tuple: p.tuple,
@@ -670,15 +692,16 @@ mod tests {
                 label: r.label,
             },
             zone_commits: Some(ct.zone_commits(7)),
+            stamp: Stamp::default(),
         }];
-        assert!(valid(&mut engine, &step, &ack, 2));
+        assert!(valid(&mut engine, &mut step, &ack, 2));
         // A connection created in another zone changes nothing here.
         let syn = key(11, 5555, 12, 80, SYN);
         let before = ct.zone_commits(7);
         ct.commit(8, &CtPacket::from_key(&syn), &CtCommit::default(), 3)
             .unwrap();
         assert_eq!(ct.zone_commits(7), before);
-        assert!(valid(&mut engine, &step, &ack, 4));
+        assert!(valid(&mut engine, &mut step, &ack, 4));
         // Committed in its zone and answered: the segment is established
         // now, and the hit must not keep answering "new".
         ct.commit(7, &CtPacket::from_key(&syn), &CtCommit::default(), 5)
@@ -686,10 +709,97 @@ mod tests {
         assert_ne!(ct.zone_commits(7), before);
         let synack = key(12, 80, 11, 5555, SYN | ACK);
         ct.lookup(7, &CtPacket::from_key(&synack), 6);
-        assert!(!valid(&mut engine, &step, &ack, 7));
+        assert!(!valid(&mut engine, &mut step, &ack, 7));
         // A step recorded without a count is always looked up.
         let mut unknown = step;
         unknown[0].zone_commits = None;
-        assert!(!valid(&mut engine, &unknown, &ack, 8));
+        assert!(!valid(&mut engine, &mut unknown, &ack, 8));
+    }
+
+    #[test]
+    fn a_stamped_step_is_touched_without_the_lock_until_the_connection_changes() {
+        const SEC: u64 = 1_000_000_000;
+        const FIN: u16 = 0x01;
+        let ct = Arc::new(crate::conntrack::Conntrack::new(&ConntrackConfig {
+            capacity: 64,
+            shards: 4,
+            ..Default::default()
+        }));
+        let mut engine =
+            ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
+        let valid =
+            |engine: &mut ConntrackEngine, steps: &mut [CachedCt], k: &FlowKey, now: u64| {
+                let input = CtInput {
+                    engine,
+                    now_ns: now,
+                    received: None,
+                    ip_len: 40,
+                };
+                still_valid(steps, k, Some(&input))
+            };
+        // An established TCP connection, as a cache entry of the client's
+        // segments saw it.
+        let syn = key(11, 5555, 12, 80, SYN);
+        let c = ct
+            .commit(7, &CtPacket::from_key(&syn), &CtCommit::default(), 1)
+            .unwrap();
+        ct.lookup(7, &CtPacket::from_key(&key(12, 80, 11, 5555, SYN | ACK)), 2);
+        let ack = key(11, 5555, 12, 80, ACK);
+        let r = ct.lookup(7, &CtPacket::from_key(&ack), 3);
+        assert_eq!(r.state, ct_state::TRK | ct_state::EST);
+        let mut step = [CachedCt {
+            zone: 7,
+            conn: Some((c.conn.unwrap(), Dir::Original)),
+            tuple: CtPacket::from_key(&ack).tuple,
+            result: CtResult {
+                state: r.state,
+                mark: r.mark,
+                label: r.label,
+            },
+            zone_commits: None,
+            stamp: Stamp::default(),
+        }];
+        // The first hit takes the lock and keeps the stamp; the next ones
+        // refresh without it, well past the first timeout.
+        assert!(valid(&mut engine, &mut step, &ack, 4 * SEC));
+        assert_ne!(step[0].stamp, Stamp::default());
+        let established = ConntrackConfig::default().timeouts.tcp_established;
+        let later = 4 * SEC + established.as_nanos() as u64 * 3 / 4;
+        let (id, dir) = step[0].conn.unwrap();
+        assert!(ct.touch_fast(id, dir, ACK, 40, later, step[0].stamp));
+        let much_later = later + established.as_nanos() as u64 * 3 / 4;
+        assert!(valid(&mut engine, &mut step, &ack, much_later));
+        let listed = ct.list(&Default::default(), 8);
+        assert_eq!(listed[0].packets[0], 5, "{listed:?}");
+        assert_eq!(listed[0].last_seen, much_later);
+        // A segment that could change the connection takes the lock.
+        let fin = key(11, 5555, 12, 80, FIN | ACK);
+        assert!(!ct.touch_fast(id, dir, FIN | ACK, 40, much_later, step[0].stamp));
+        // A new mark makes the stamp stale: the hit is refused.
+        let stamp = step[0].stamp;
+        let marked = CtCommit {
+            mark: 1,
+            mark_mask: 1,
+            ..Default::default()
+        };
+        ct.commit(7, &CtPacket::from_key(&ack), &marked, much_later + 1)
+            .unwrap();
+        assert!(!ct.touch_fast(id, dir, ACK, 40, much_later + 2, stamp));
+        assert!(!valid(&mut engine, &mut step, &ack, much_later + 2));
+        assert_eq!(step[0].stamp, stamp, "no stamp kept for another result");
+        // A FIN moves the state under the lock (the result OVN sees stays
+        // `est`): the old stamp is refused, and the closing connection has
+        // no lock-free path.
+        let mut step2 = step;
+        step2[0].result.mark = 1;
+        assert!(valid(&mut engine, &mut step2, &ack, much_later + 3));
+        let s2 = step2[0].stamp;
+        assert!(valid(&mut engine, &mut step2, &fin, much_later + 4));
+        assert_ne!(step2[0].stamp, s2);
+        assert!(!ct.touch_fast(id, dir, ACK, 40, much_later + 5, s2));
+        assert!(!ct.touch_fast(id, dir, ACK, 40, much_later + 5, step2[0].stamp));
+        // Gone: refused.
+        ct.flush(&Default::default());
+        assert!(!ct.touch_fast(id, dir, ACK, 40, much_later + 6, s2));
     }
 }
