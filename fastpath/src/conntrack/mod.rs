@@ -18,8 +18,10 @@
 //! * `ct_commit`, `ct_lb_mark`, `ct_dnat(ip)`, `ct_snat(ip)` →
 //!   [`Conntrack::commit`] with a [`CtCommit`] (mark/label value and mask,
 //!   optional SNAT/DNAT range). Only a commit creates a connection.
-//! * A flow-cache hit → [`Conntrack::touch`] with the cached [`ConnId`] and
-//!   direction: one shard lock, one slab access.
+//! * A flow-cache hit → [`Conntrack::touch_stamped`] with the cached
+//!   [`ConnId`] and direction (one shard lock, one slab access), then, while
+//!   the [`Stamp`] it answered holds and the packet cannot change the
+//!   connection, [`Conntrack::touch_fast`]: no lock, one cache line.
 //! * Housekeeping (off the lcores, or between bursts) → [`Conntrack::expire`]
 //!   with a slot budget; `fastpathctl conntrack` → [`Conntrack::list`] and
 //!   [`Conntrack::flush`].
