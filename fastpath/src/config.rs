@@ -64,6 +64,32 @@ pub struct Config {
     /// The Geneve uplink to other chassis (none: ports bound elsewhere are
     /// unreachable).
     pub tunnel: Option<TunnelSection>,
+    /// How the large tables (flow caches, conntrack) are backed.
+    #[serde(default)]
+    pub memory: MemorySection,
+}
+
+/// `[memory]`: the flow caches and the conntrack table are reserved whole
+/// and written once at start, so that the kernel backs them then and not
+/// on the packet path. With `transparent_huge_pages` (the default) the
+/// fastpath runs with glibc's `glibc.malloc.hugetlb=1`, which asks for
+/// transparent huge pages for them (`madvise`): a connection or flow
+/// touched at random then costs no TLB miss per access. It takes effect
+/// when the kernel's THP mode is `madvise` or `always`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySection {
+    /// Ask for transparent huge pages.
+    #[serde(default = "yes")]
+    pub transparent_huge_pages: bool,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        MemorySection {
+            transparent_huge_pages: true,
+        }
+    }
 }
 
 /// `[tunnel]`: the port Geneve packets to and from other chassis use, and
@@ -644,6 +670,15 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../fastpath.example.toml");
+
+    #[test]
+    fn memory_section_defaults_to_huge_pages() {
+        let c = Config::from_toml("", "x").unwrap();
+        assert!(c.memory.transparent_huge_pages);
+        let c = Config::from_toml("[memory]\ntransparent_huge_pages = false\n", "x").unwrap();
+        assert!(!c.memory.transparent_huge_pages);
+        assert!(Config::from_toml("[memory]\nhuge = 1\n", "x").is_err());
+    }
 
     #[test]
     fn example_config_parses() {

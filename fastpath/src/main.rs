@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use fastpath::config::{Config, PortSection, WorkerSection};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -156,6 +157,37 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
     Ok(())
 }
 
+/// glibc's tunable that makes malloc ask for transparent huge pages.
+const HUGETLB_TUNABLE: &str = "glibc.malloc.hugetlb=1";
+
+/// Restarts this process (same pid, same arguments) with
+/// [`HUGETLB_TUNABLE`] added to `GLIBC_TUNABLES`, which glibc reads only at
+/// start; returns when it is there already or the restart failed (then
+/// the tables use ordinary pages).
+fn with_huge_page_tables() {
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current
+        .split(':')
+        .any(|t| t.starts_with("glibc.malloc.hugetlb="))
+    {
+        log::info!("tables: transparent huge pages asked for (GLIBC_TUNABLES={current})");
+        return;
+    }
+    let tunables = if current.is_empty() {
+        HUGETLB_TUNABLE.to_string()
+    } else {
+        format!("{current}:{HUGETLB_TUNABLE}")
+    };
+    let error = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("GLIBC_TUNABLES", tunables)
+            .exec(),
+        Err(e) => e,
+    };
+    log::warn!("tables: ordinary pages (could not restart with {HUGETLB_TUNABLE}: {error})");
+}
+
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -173,6 +205,9 @@ fn main() -> Result<()> {
         println!("{cfg:#?}");
         println!("EAL arguments: {}", cfg.eal.args().join(" "));
         return Ok(());
+    }
+    if cfg.memory.transparent_huge_pages {
+        with_huge_page_tables();
     }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;

@@ -329,6 +329,48 @@ struct ShardCell {
     hot: Box<[Hot]>,
 }
 
+/// An empty entry array with room for `n`, its memory written once so that
+/// the kernel backs it now (with huge pages when they are on), not on the
+/// packet path when the table fills.
+fn prefaulted_vec(n: usize) -> Vec<Entry> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, Entry::dead());
+    v.clear();
+    v
+}
+
+/// An empty index with room for `n` keys, prefaulted like
+/// [`prefaulted_vec`]: filled with placeholders once, then cleared (which
+/// keeps its memory).
+fn prefaulted_index(n: usize) -> HashTable<KeyRef> {
+    let mut t = HashTable::with_capacity(n);
+    let placeholder = KeyRef {
+        key: Key {
+            zone: 0,
+            tuple: Tuple::default(),
+        },
+        hash: 0,
+        home: 0,
+        slot: 0,
+        incarnation: 0,
+        dir: Dir::Original,
+    };
+    for i in 0..n as u64 {
+        // Spread over the whole table (a multiplicative hash of i).
+        let hash = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        t.insert_unique(
+            hash,
+            KeyRef {
+                hash,
+                ..placeholder
+            },
+            |k| k.hash,
+        );
+    }
+    t.clear();
+    t
+}
+
 /// An index entry in another shard left to remove after a connection died.
 struct Deferred {
     shard: usize,
@@ -370,11 +412,11 @@ impl Conntrack {
         let per_shard = (config.capacity / shards).max(1);
         let cells = (0..shards)
             .map(|_| {
-                let entries: Vec<Entry> = Vec::with_capacity(per_shard);
+                let entries = prefaulted_vec(per_shard);
                 let entries_at = entries.as_ptr() as usize;
                 ShardCell {
                     lock: Mutex::new(Shard {
-                        index: HashTable::with_capacity(per_shard * 2 + 8),
+                        index: prefaulted_index(per_shard * 2 + 8),
                         entries,
                         free: Vec::with_capacity(per_shard),
                         live: 0,

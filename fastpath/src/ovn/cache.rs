@@ -276,6 +276,21 @@ struct Slot {
     referenced: bool,
 }
 
+/// An empty slot array with room for `n`, its memory written once so that
+/// the kernel backs it at start (with huge pages when they are on) rather
+/// than on the miss path as the cache fills.
+fn prefaulted_slots(n: usize) -> Vec<Slot> {
+    let mut v = Vec::with_capacity(n);
+    v.resize_with(n, || Slot {
+        key: FlowKey::zeroed(),
+        hash: 0,
+        entry: FlowEntry::default(),
+        referenced: false,
+    });
+    v.clear();
+    v
+}
+
 /// Ways of a bucket.
 const WAYS: usize = 8;
 
@@ -436,7 +451,7 @@ impl FlowCache {
         FlowCache {
             buckets: vec![Bucket::EMPTY; buckets],
             mask: buckets - 1,
-            slots: Vec::with_capacity(capacity),
+            slots: prefaulted_slots(capacity),
             capacity,
             hand: 0,
         }
