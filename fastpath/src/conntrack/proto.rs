@@ -146,9 +146,10 @@ impl L4State {
 }
 
 /// Direction of a packet relative to its connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Dir {
     /// Same direction as the packet that created the connection.
+    #[default]
     Original,
     /// The answering direction.
     Reply,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 /// Stable identity of a connection: its slot and the slot's incarnation. A
 /// flow cache keeps it and hands it to [`Conntrack::touch`], which answers
 /// `None` once the connection is gone or the slot holds another one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnId {
     slot: u32,
     incarnation: u32,

@@ -131,17 +131,19 @@ impl EntryDrop {
 /// One output of a cached flow: a local fastpath port and the header
 /// rewrites of the copy sent there, or the uplink and the Geneve header
 /// of a copy sent to a remote chassis.
+// Laid out in order: what a hit reads first, the logical port (dumps) last.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachedOutput {
     /// Port index in the fastpath's configuration (the uplink for a
     /// tunnelled copy).
     pub port: u16,
-    /// Logical output port index in the program (for dumps).
-    pub logical_port: u32,
-    /// Header rewrites (of the inner frame for a tunnelled copy).
-    pub rewrite: Rewrite,
     /// The copy is encapsulated to a remote chassis.
     pub tunnel: Option<TunnelOut>,
+    /// Header rewrites (of the inner frame for a tunnelled copy).
+    pub rewrite: Rewrite,
+    /// Logical output port index in the program (for dumps).
+    pub logical_port: u32,
 }
 
 /// The Geneve metadata of a tunnelled output: everything of the outer
@@ -234,24 +236,89 @@ impl FromIterator<CachedOutput> for Outputs {
     }
 }
 
-/// What the pipeline decided for one microflow.
+/// Most connections a [`FastCt`] holds.
+pub const FAST_CT: usize = 2;
+
+/// The connections of an entry's conntrack steps with the stamps they had
+/// when a hit last checked every step, held in the slot itself: while
+/// every stamp holds, a hit touches each connection without its lock
+/// (`Conntrack::touch_fast`) and reads no heap memory. Empty (`n == 0`)
+/// when the entry has a step without a connection, more than [`FAST_CT`]
+/// connections, or a stamp that failed: the hit then checks every step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastCt {
+    n: u8,
+    conns: [(ConnId, Dir); FAST_CT],
+    stamps: [Stamp; FAST_CT],
+}
+
+impl FastCt {
+    /// The distinct connections of `steps` with their stamps, if every
+    /// step has a connection and a stamp and there are at most
+    /// [`FAST_CT`].
+    pub fn of(steps: &[CachedCt]) -> FastCt {
+        let mut f = FastCt::default();
+        for s in steps {
+            let Some(conn) = s.conn else {
+                return FastCt::default();
+            };
+            if s.stamp == Stamp::default() {
+                return FastCt::default();
+            }
+            let n = usize::from(f.n);
+            if f.conns[..n].contains(&conn) {
+                continue;
+            }
+            if n == FAST_CT {
+                return FastCt::default();
+            }
+            f.conns[n] = conn;
+            f.stamps[n] = s.stamp;
+            f.n += 1;
+        }
+        f
+    }
+
+    /// Whether there is anything to touch.
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The connections and their stamps.
+    #[inline(always)]
+    pub fn iter(&self) -> impl Iterator<Item = ((ConnId, Dir), Stamp)> + '_ {
+        let n = usize::from(self.n).min(FAST_CT);
+        self.conns[..n]
+            .iter()
+            .copied()
+            .zip(self.stamps[..n].iter().copied())
+    }
+}
+
+/// What the pipeline decided for one microflow. The fields a hit reads
+/// come first (laid out in order), so that they share the slot's first
+/// lines with the key.
+#[repr(C)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     /// Program generation it was built from.
     pub generation: u64,
-    /// Outputs, in emission order (empty: dropped).
-    pub outputs: Outputs,
-    /// Why it drops, when there is no output.
-    pub drop: Option<EntryDrop>,
     /// Packets that used it.
     pub hits: u64,
-    /// When it was (re)built, in the caller's time unit (TSC cycles).
-    pub built_at: u64,
+    /// The connections of `ct`, for a hit's lock-free touches.
+    pub fast_ct: FastCt,
+    /// QoS meters every packet is policed by, in order.
+    pub meters: Vec<MeterKey>,
+    /// Why it drops, when there is no output.
+    pub drop: Option<EntryDrop>,
+    /// Outputs, in emission order (empty: dropped).
+    pub outputs: Outputs,
     /// The conntrack operations it depends on, in verdict order (empty:
     /// the pipeline tracked nothing).
     pub ct: Vec<CachedCt>,
-    /// QoS meters every packet is policed by, in order.
-    pub meters: Vec<MeterKey>,
+    /// When it was (re)built, in the caller's time unit (TSC cycles).
+    pub built_at: u64,
 }
 
 /// Result of a lookup.
@@ -511,8 +578,17 @@ impl FlowCache {
         if m != 0 {
             let w = m.trailing_zeros() as usize / 16 % WAYS;
             if let Some(s) = self.slots.get(b.slots[w] as usize) {
+                // The lines a hit reads: the key, the entry's head (its
+                // generation, hits and lock-free conntrack touches) and
+                // the first output with its compiled rewrite.
                 crate::dpdk::prefetch(&s.key);
                 crate::dpdk::prefetch(&s.entry);
+                crate::dpdk::prefetch(&s.entry.fast_ct);
+                if let Some(o) = s.entry.outputs.first() {
+                    let at = o as *const CachedOutput as usize;
+                    crate::dpdk::prefetch_addr(at);
+                    crate::dpdk::prefetch_addr(at + 64);
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use crossbeam::queue::ArrayQueue;
 use fastpath_packet::FlowKey;
 
 use super::cache::{
-    key_hash, CachedCt, CachedOutput, EntryDrop, FlowCache, FlowEntry, Lookup, TunnelOut,
+    key_hash, CachedCt, CachedOutput, EntryDrop, FastCt, FlowCache, FlowEntry, Lookup, TunnelOut,
     MAX_CACHED_CT,
 };
 use super::ct::{ConntrackHook, CtOpKind, CtResult, NoConntrack};
@@ -211,8 +211,14 @@ impl OvnLcore {
     /// the entry the (prefetched) slot for `hash` holds.
     #[inline(always)]
     pub fn prefetch_ct_steps(&self, hash: u64) {
-        if let Some(first) = self.cache.tagged_entry(hash).and_then(|e| e.ct.first()) {
-            crate::dpdk::prefetch(first);
+        let Some(e) = self.cache.tagged_entry(hash) else {
+            return;
+        };
+        // (A hit with lock-free touches reads no step.)
+        if e.fast_ct.is_empty() {
+            if let Some(first) = e.ct.first() {
+                crate::dpdk::prefetch(first);
+            }
         }
     }
 
@@ -225,6 +231,14 @@ impl OvnLcore {
         let Some(e) = self.cache.tagged_entry(hash) else {
             return;
         };
+        if !e.fast_ct.is_empty() {
+            for ((id, _), _) in e.fast_ct.iter() {
+                if let Some(hot) = ct.stamp_address(id) {
+                    crate::dpdk::prefetch_addr(hot);
+                }
+            }
+            return;
+        }
         for c in &e.ct {
             let Some((id, _)) = c.conn else { continue };
             // With a stamp, a hit touches one line without the lock.
@@ -267,7 +281,7 @@ impl OvnLcore {
                 let e = self.cache.entry_mut(slot);
                 let tracked = !e.ct.is_empty();
                 self.ct_in_burst |= tracked;
-                if !tracked || still_valid(&mut e.ct, key, ct.as_ref()) {
+                if !tracked || touch_tracked(e, key, ct.as_ref()) {
                     e.hits += 1;
                     return Some(Decision {
                         entry: self.cache.entry(slot),
@@ -341,6 +355,32 @@ impl OvnLcore {
     }
 }
 
+/// Touches the connections of a cached entry for a hit: without their
+/// locks while the entry's [`FastCt`] stamps hold, else every step (and the
+/// stamps are taken again). Whether the entry's results still hold.
+#[inline(always)]
+fn touch_tracked(e: &mut FlowEntry, key: &FlowKey, ct: Option<&CtInput<'_>>) -> bool {
+    let Some(input) = ct else {
+        return false;
+    };
+    if !e.fast_ct.is_empty() {
+        let table = input.engine.conntrack();
+        let flags = key.tcp_flags();
+        if e.fast_ct.iter().all(|((conn, dir), stamp)| {
+            table.touch_fast(conn, dir, flags, input.ip_len, input.now_ns, stamp)
+        }) {
+            return true;
+        }
+    }
+    let valid = still_valid(&mut e.ct, key, ct);
+    e.fast_ct = if valid {
+        FastCt::of(&e.ct)
+    } else {
+        FastCt::default()
+    };
+    valid
+}
+
 /// Touches each connection of a cached entry once (per direction) and
 /// tells whether every result is the one the entry was built with: without
 /// the lock while the step's stamp holds, else with it (keeping the stamp
@@ -358,8 +398,14 @@ fn still_valid(cts: &mut [CachedCt], key: &FlowKey, ct: Option<&CtInput<'_>>) ->
         let now = match c.conn {
             Some((conn, dir)) => {
                 let earlier = cts[..i].iter().position(|d| d.conn == c.conn);
-                match earlier.and_then(|j| seen.get(j).copied().flatten()) {
-                    Some(r) => r,
+                match earlier.and_then(|j| Some((j, seen.get(j).copied().flatten()?))) {
+                    // Touched once for both steps: the stamp is the same.
+                    Some((j, r)) => {
+                        if r == c.result {
+                            cts[i].stamp = cts[j].stamp;
+                        }
+                        r
+                    }
                     None if table.touch_fast(conn, dir, flags, ct.ip_len, ct.now_ns, c.stamp) => {
                         c.result
                     }
@@ -801,5 +847,106 @@ mod tests {
         // Gone: refused.
         ct.flush(&Default::default());
         assert!(!ct.touch_fast(id, dir, ACK, 40, much_later + 6, s2));
+    }
+
+    #[test]
+    fn an_entry_keeps_its_connections_inline_while_their_stamps_hold() {
+        let ct = Arc::new(crate::conntrack::Conntrack::new(&ConntrackConfig {
+            capacity: 64,
+            shards: 4,
+            ..Default::default()
+        }));
+        let mut engine =
+            ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
+        // One UDP flow committed in two zones and answered in both (the
+        // client's and the backend's zone of a ClusterIP packet), the
+        // second zone with two steps (a lookup and a commit).
+        let mut udp = key(11, 5555, 12, 53, 0);
+        udp.set_ip_proto(17);
+        let mut reply = key(12, 53, 11, 5555, 0);
+        reply.set_ip_proto(17);
+        let mut steps = Vec::new();
+        for zone in [3u16, 4] {
+            ct.commit(zone, &CtPacket::from_key(&udp), &CtCommit::default(), 1)
+                .unwrap();
+            ct.lookup(zone, &CtPacket::from_key(&reply), 2);
+            let r = ct.lookup(zone, &CtPacket::from_key(&udp), 3);
+            for _ in 0..usize::from(zone == 4) + 1 {
+                steps.push(CachedCt {
+                    zone,
+                    conn: Some((r.conn.unwrap(), Dir::Original)),
+                    tuple: CtPacket::from_key(&udp).tuple,
+                    result: CtResult {
+                        state: r.state,
+                        mark: r.mark,
+                        label: r.label,
+                    },
+                    zone_commits: None,
+                    stamp: Stamp::default(),
+                });
+            }
+        }
+        let mut e = FlowEntry {
+            ct: steps,
+            ..Default::default()
+        };
+        let hit = |engine: &mut ConntrackEngine, e: &mut FlowEntry, now: u64| {
+            let input = CtInput {
+                engine,
+                now_ns: now,
+                received: None,
+                ip_len: 40,
+            };
+            touch_tracked(e, &udp, Some(&input))
+        };
+        assert!(FastCt::of(&e.ct).is_empty(), "no stamps yet");
+        // The first hit checks every step and keeps both connections.
+        assert!(hit(&mut engine, &mut e, 10));
+        assert_eq!(e.fast_ct.iter().count(), 2);
+        assert_eq!(e.fast_ct, FastCt::of(&e.ct));
+        // Later hits touch them without locks: counted on each.
+        assert!(hit(&mut engine, &mut e, 11));
+        assert!(hit(&mut engine, &mut e, 12));
+        for c in ct.list(&Default::default(), 8) {
+            assert_eq!(c.packets[0], 2 + 3, "{c:?}");
+        }
+        // A new mark in one zone: the inline stamps fail, the full check
+        // sees another result, and nothing stays inline.
+        let marked = CtCommit {
+            mark: 2,
+            mark_mask: 2,
+            ..Default::default()
+        };
+        ct.commit(4, &CtPacket::from_key(&udp), &marked, 13)
+            .unwrap();
+        assert!(!hit(&mut engine, &mut e, 14));
+        assert!(e.fast_ct.is_empty());
+        // A step without a connection, or more connections than fit,
+        // keep nothing inline.
+        let mut steps = e.ct.clone();
+        steps[0].conn = None;
+        assert!(FastCt::of(&steps).is_empty());
+        let mut three = e.ct.clone();
+        for (i, s) in three.iter_mut().enumerate() {
+            s.stamp = Stamp::default();
+            s.conn = Some((
+                ct.commit(
+                    10 + i as u16,
+                    &CtPacket::from_key(&udp),
+                    &CtCommit::default(),
+                    15,
+                )
+                .unwrap()
+                .conn
+                .unwrap(),
+                Dir::Original,
+            ));
+            s.stamp = ct
+                .touch_stamped(s.conn.unwrap().0, Dir::Original, 0, 40, 16)
+                .unwrap()
+                .1;
+        }
+        assert!(FastCt::of(&three[..2]).iter().count() == 2);
+        assert!(FastCt::of(&three).is_empty());
     }
 }

@@ -44,15 +44,18 @@ mod bit {
     pub const THA: u32 = 1 << 11;
 }
 
-/// The header rewrites of one emission.
+/// The header rewrites of one emission. What [`Rewrite::apply`] reads
+/// comes first (laid out in order): a cache hit reads the compiled form,
+/// dumps and traces the final key.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rewrite {
+    /// The same rewrite as stores and checksum deltas, for [`Rewrite::apply`].
+    compiled: Compiled,
     /// Changed fields.
     pub changed: u32,
     /// The final key.
     pub key: FlowKey,
-    /// The same rewrite as stores and checksum deltas, for [`Rewrite::apply`].
-    compiled: Compiled,
 }
 
 /// Blocks of a [`Compiled`] rewrite (bits of `Compiled::ops`).
@@ -80,14 +83,20 @@ mod op {
 /// values are the flow key's and the delta is the same for every packet of
 /// the flow; only the checksum field itself (which covers the IPv4
 /// identification, the payload, ...) is read per packet.
+// Laid out in order, what every IP rewrite reads first (ARP last).
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Compiled {
     ops: u8,
     /// UDP: a zero checksum over IPv4 means none (left alone), and a
     /// computed zero is sent as 0xffff.
     udp: bool,
+    /// The flow is IPv4 (a zero UDP checksum there means none).
+    ipv4: bool,
     /// Offset of the L4 checksum from the L4 header.
     l4_csum: u8,
+    ip_delta: u32,
+    l4_delta: u32,
     ttl: u8,
     tos: u8,
     icmp: [u8; 2],
@@ -97,8 +106,6 @@ struct Compiled {
     addrs: [u8; 32],
     /// ARP from the operation to the target protocol address.
     arp: [u8; 22],
-    ip_delta: u32,
-    l4_delta: u32,
 }
 
 /// The one's-complement sum of `!old + new` over the 16-bit words of a field.
@@ -144,6 +151,7 @@ impl Compiled {
         }
         let v4 = kf & flags::IPV4 != 0;
         let v6 = kf & flags::IPV6 != 0;
+        x.ipv4 = v4;
         if !v4 && !v6 {
             return x;
         }
@@ -331,7 +339,7 @@ impl Rewrite {
         if x.ops & op::L4_CSUM != 0 {
             let at = l4 + usize::from(x.l4_csum);
             let current = get16(frame, at)?;
-            if x.udp && current == 0 && self.key.is_ipv4() {
+            if x.udp && current == 0 && x.ipv4 {
                 return Ok(());
             }
             let updated = add_delta(current, x.l4_delta);
