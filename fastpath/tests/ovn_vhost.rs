@@ -157,14 +157,10 @@ fn udp_to_p3(src: [u8; 4], sport: u16) -> Vec<u8> {
     eth(GW0, P1, 0x0800, &ipv4(src, [10, 0, 1, 13], 64, 17, &udp))
 }
 
-fn stats(fp: &Fastpath) -> Stats {
-    fp.client().call_as(&Request::Stats).unwrap()
-}
-
-#[test]
-fn routed_arp_ping_port_security_and_table_change() {
-    let mut central = Central::start();
-    central.topology();
+/// The fastpath with vhost-user ports `a` (p1) and `b` (p3) and the OVN
+/// pipeline over the tables `ovn-bridge compile` publishes from
+/// `central`.
+fn start_following(central: &mut Central) -> Fastpath {
     let dir = tempfile::Builder::new()
         .prefix("fp-ovn-")
         .tempdir()
@@ -173,7 +169,7 @@ fn routed_arp_ping_port_security_and_table_change() {
     central.follow(&tables, dir.path().join("compile.log"));
     let a = dir.path().join("a.sock");
     let b = dir.path().join("b.sock");
-    let fp = Fastpath::start_in(
+    Fastpath::start_in(
         dir,
         &[
             "--port".into(),
@@ -187,7 +183,18 @@ fn routed_arp_ping_port_security_and_table_change() {
             "--tables".into(),
             tables.display().to_string(),
         ],
-    );
+    )
+}
+
+fn stats(fp: &Fastpath) -> Stats {
+    fp.client().call_as(&Request::Stats).unwrap()
+}
+
+#[test]
+fn routed_arp_ping_port_security_and_table_change() {
+    let mut central = Central::start();
+    central.topology();
+    let fp = start_following(&mut central);
     let (_eal, pool) = common::peer_eal();
     let pa = virtio_port(0, &fp.path("a.sock"), &pool);
     let pb = virtio_port(1, &fp.path("b.sock"), &pool);
@@ -442,29 +449,7 @@ fn gateway_mtu_answers_oversized_packets_over_vhost() {
         "options:gateway_mtu=1400",
     ]);
     central.sync();
-    let dir = tempfile::Builder::new()
-        .prefix("fp-ovn-")
-        .tempdir()
-        .unwrap();
-    let tables = dir.path().join("tables");
-    central.follow(&tables, dir.path().join("compile.log"));
-    let a = dir.path().join("a.sock");
-    let b = dir.path().join("b.sock");
-    let fp = Fastpath::start_in(
-        dir,
-        &[
-            "--port".into(),
-            format!("a=net_vhost0,iface={},queues=1", a.display()),
-            "--port".into(),
-            format!("b=net_vhost1,iface={},queues=1", b.display()),
-            "--worker".into(),
-            "1=a,b".into(),
-            "--pipeline".into(),
-            "ovn".into(),
-            "--tables".into(),
-            tables.display().to_string(),
-        ],
-    );
+    let fp = start_following(&mut central);
     let (_eal, pool) = common::peer_eal();
     let pa = virtio_port(0, &fp.path("a.sock"), &pool);
     let pb = virtio_port(1, &fp.path("b.sock"), &pool);

@@ -464,6 +464,23 @@ impl Conntrack {
         }
     }
 
+    /// The shard and slot of connection `id`.
+    #[inline(always)]
+    fn locate(&self, id: ConnId) -> (usize, usize) {
+        (
+            (id.slot as usize) & (self.shards.len() - 1),
+            (id.slot >> self.shard_bits) as usize,
+        )
+    }
+
+    /// The shard cell and the hot line of connection `id`'s slot.
+    #[inline(always)]
+    fn cell_and_hot(&self, id: ConnId) -> Option<(&ShardCell, &Hot)> {
+        let (shard, slot) = self.locate(id);
+        let cell = self.shards.get(shard)?;
+        Some((cell, cell.hot.get(slot)?))
+    }
+
     fn is_stale(&self, kr: &KeyRef) -> bool {
         self.shards[kr.home as usize].incarnation[kr.slot as usize].load(Ordering::Acquire)
             != kr.incarnation
@@ -542,12 +559,9 @@ impl Conntrack {
         commit: Option<&CtCommit>,
         now: u64,
     ) -> Option<CtResult> {
-        let shard = (id.slot as usize) & (self.shards.len() - 1);
-        let slot = (id.slot >> self.shard_bits) as usize;
-        let cell = self.shards.get(shard)?;
-        let hot = cell.hot.get(slot)?;
+        let (cell, hot) = self.cell_and_hot(id)?;
         let mut g = cell.lock.lock();
-        let e = g.entries.get_mut(slot)?;
+        let e = g.entries.get_mut(self.locate(id).1)?;
         if !e.live || e.incarnation != id.incarnation || hot.expires_at() <= now {
             return None;
         }
@@ -602,8 +616,7 @@ impl Conntrack {
     /// nothing.
     #[inline(always)]
     pub fn entry_address(&self, id: ConnId) -> Option<(usize, usize)> {
-        let shard = (id.slot as usize) & (self.shards.len() - 1);
-        let slot = (id.slot >> self.shard_bits) as usize;
+        let (shard, slot) = self.locate(id);
         if slot >= self.per_shard {
             return None;
         }
@@ -616,9 +629,7 @@ impl Conntrack {
     /// slot outside the table.
     #[inline(always)]
     pub fn stamp_address(&self, id: ConnId) -> Option<usize> {
-        let shard = (id.slot as usize) & (self.shards.len() - 1);
-        let slot = (id.slot >> self.shard_bits) as usize;
-        let hot = self.shards.get(shard)?.hot.get(slot)?;
+        let (_, hot) = self.cell_and_hot(id)?;
         Some(hot as *const Hot as usize)
     }
 
@@ -652,12 +663,9 @@ impl Conntrack {
         len: u32,
         now: u64,
     ) -> Option<(CtResult, Stamp)> {
-        let shard = (id.slot as usize) & (self.shards.len() - 1);
-        let slot = (id.slot >> self.shard_bits) as usize;
-        let cell = self.shards.get(shard)?;
-        let hot = cell.hot.get(slot)?;
+        let (cell, hot) = self.cell_and_hot(id)?;
         let mut g = cell.lock.lock();
-        let e = g.entries.get_mut(slot)?;
+        let e = g.entries.get_mut(self.locate(id).1)?;
         if !e.live || e.incarnation != id.incarnation || hot.expires_at() <= now {
             return None;
         }
@@ -695,9 +703,7 @@ impl Conntrack {
         {
             return false;
         }
-        let shard = (id.slot as usize) & (self.shards.len() - 1);
-        let slot = (id.slot >> self.shard_bits) as usize;
-        let Some(hot) = self.shards.get(shard).and_then(|c| c.hot.get(slot)) else {
+        let Some((_, hot)) = self.cell_and_hot(id) else {
             return false;
         };
         if hot.stamp.load(Ordering::Acquire) != seen.0 || hot.expires_at() <= now {

@@ -702,24 +702,50 @@ mod tests {
         k
     }
 
-    #[test]
-    fn an_uncommitted_step_is_looked_up_again_only_after_a_commit_in_its_zone() {
+    /// A small connection table and a live engine over it.
+    fn table_and_engine() -> (Arc<crate::conntrack::Conntrack>, ConntrackEngine) {
         let ct = Arc::new(crate::conntrack::Conntrack::new(&ConntrackConfig {
             capacity: 64,
             shards: 4,
             ..Default::default()
         }));
-        let mut engine =
-            ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
+        let engine = ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
+        (ct, engine)
+    }
+
+    /// The step a cache entry records for packet `k` that `r` (a result
+    /// with a connection, original direction) classified in `zone`.
+    fn established_step(zone: u16, k: &FlowKey, r: &crate::conntrack::CtResult) -> CachedCt {
+        CachedCt {
+            zone,
+            conn: Some((r.conn.expect("a connection"), Dir::Original)),
+            tuple: CtPacket::from_key(k).tuple,
+            result: CtResult {
+                state: r.state,
+                mark: r.mark,
+                label: r.label,
+            },
+            zone_commits: None,
+            stamp: Stamp::default(),
+        }
+    }
+
+    /// A hit's conntrack input at `now` for a 40-byte IP packet.
+    fn input(engine: &mut ConntrackEngine, now: u64) -> CtInput<'_> {
+        CtInput {
+            engine,
+            now_ns: now,
+            received: None,
+            ip_len: 40,
+        }
+    }
+
+    #[test]
+    fn an_uncommitted_step_is_looked_up_again_only_after_a_commit_in_its_zone() {
+        let (ct, mut engine) = table_and_engine();
         let valid =
             |engine: &mut ConntrackEngine, steps: &mut [CachedCt], k: &FlowKey, now: u64| {
-                let input = CtInput {
-                    engine,
-                    now_ns: now,
-                    received: None,
-                    ip_len: 40,
-                };
-                still_valid(steps, k, Some(&input))
+                still_valid(steps, k, Some(&input(engine, now)))
             };
         // A mid-stream segment in a zone where nothing is committed: new,
         // without a connection.
@@ -766,45 +792,21 @@ mod tests {
     fn a_stamped_step_is_touched_without_the_lock_until_the_connection_changes() {
         const SEC: u64 = 1_000_000_000;
         const FIN: u16 = 0x01;
-        let ct = Arc::new(crate::conntrack::Conntrack::new(&ConntrackConfig {
-            capacity: 64,
-            shards: 4,
-            ..Default::default()
-        }));
-        let mut engine =
-            ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
+        let (ct, mut engine) = table_and_engine();
         let valid =
             |engine: &mut ConntrackEngine, steps: &mut [CachedCt], k: &FlowKey, now: u64| {
-                let input = CtInput {
-                    engine,
-                    now_ns: now,
-                    received: None,
-                    ip_len: 40,
-                };
-                still_valid(steps, k, Some(&input))
+                still_valid(steps, k, Some(&input(engine, now)))
             };
         // An established TCP connection, as a cache entry of the client's
         // segments saw it.
         let syn = key(11, 5555, 12, 80, SYN);
-        let c = ct
-            .commit(7, &CtPacket::from_key(&syn), &CtCommit::default(), 1)
+        ct.commit(7, &CtPacket::from_key(&syn), &CtCommit::default(), 1)
             .unwrap();
         ct.lookup(7, &CtPacket::from_key(&key(12, 80, 11, 5555, SYN | ACK)), 2);
         let ack = key(11, 5555, 12, 80, ACK);
         let r = ct.lookup(7, &CtPacket::from_key(&ack), 3);
         assert_eq!(r.state, ct_state::TRK | ct_state::EST);
-        let mut step = [CachedCt {
-            zone: 7,
-            conn: Some((c.conn.unwrap(), Dir::Original)),
-            tuple: CtPacket::from_key(&ack).tuple,
-            result: CtResult {
-                state: r.state,
-                mark: r.mark,
-                label: r.label,
-            },
-            zone_commits: None,
-            stamp: Stamp::default(),
-        }];
+        let mut step = [established_step(7, &ack, &r)];
         // The first hit takes the lock and keeps the stamp; the next ones
         // refresh without it, well past the first timeout.
         assert!(valid(&mut engine, &mut step, &ack, 4 * SEC));
@@ -851,13 +853,7 @@ mod tests {
 
     #[test]
     fn an_entry_keeps_its_connections_inline_while_their_stamps_hold() {
-        let ct = Arc::new(crate::conntrack::Conntrack::new(&ConntrackConfig {
-            capacity: 64,
-            shards: 4,
-            ..Default::default()
-        }));
-        let mut engine =
-            ConntrackEngine::new(ct.clone(), Arc::new(LbAffinity::new(16)), Mode::Live);
+        let (ct, mut engine) = table_and_engine();
         // One UDP flow committed in two zones and answered in both (the
         // client's and the backend's zone of a ClusterIP packet), the
         // second zone with two steps (a lookup and a commit).
@@ -872,18 +868,7 @@ mod tests {
             ct.lookup(zone, &CtPacket::from_key(&reply), 2);
             let r = ct.lookup(zone, &CtPacket::from_key(&udp), 3);
             for _ in 0..usize::from(zone == 4) + 1 {
-                steps.push(CachedCt {
-                    zone,
-                    conn: Some((r.conn.unwrap(), Dir::Original)),
-                    tuple: CtPacket::from_key(&udp).tuple,
-                    result: CtResult {
-                        state: r.state,
-                        mark: r.mark,
-                        label: r.label,
-                    },
-                    zone_commits: None,
-                    stamp: Stamp::default(),
-                });
+                steps.push(established_step(zone, &udp, &r));
             }
         }
         let mut e = FlowEntry {
@@ -891,13 +876,7 @@ mod tests {
             ..Default::default()
         };
         let hit = |engine: &mut ConntrackEngine, e: &mut FlowEntry, now: u64| {
-            let input = CtInput {
-                engine,
-                now_ns: now,
-                received: None,
-                ip_len: 40,
-            };
-            touch_tracked(e, &udp, Some(&input))
+            touch_tracked(e, &udp, Some(&input(engine, now)))
         };
         assert!(FastCt::of(&e.ct).is_empty(), "no stamps yet");
         // The first hit checks every step and keeps both connections.
