@@ -1,6 +1,7 @@
-//! The cost of connection tracking on the fast path: `touch` (the flow-cache
-//! hit path) and `lookup` of an established UDP connection with 1, 10 000
-//! and 100 000 connections in the table, and commits of new connections per
+//! The cost of connection tracking on the fast path: `touch_fast` (the
+//! flow-cache hit path while the connection's stamp holds: no lock),
+//! `touch` (the same under the shard lock) and `lookup` of an established
+//! UDP connection with 1, 10 000 and 100 000 connections in the table, and commits of new connections per
 //! second (plain and with SNAT). Prints ns per operation and operations per
 //! second, then runs the same under criterion.
 
@@ -63,6 +64,25 @@ fn figures() {
         let (ct, conns) = table(n);
         let rounds = (2_000_000 / n as u64).max(1);
         let ops = rounds * n as u64;
+        let stamps: Vec<_> = conns
+            .iter()
+            .map(|(_, id)| {
+                ct.touch_stamped(*id, Dir::Original, 0, 64, 3)
+                    .expect("live")
+                    .1
+            })
+            .collect();
+        per_op(
+            &format!("touch_fast, established, {n} connections"),
+            ops,
+            || {
+                for r in 0..rounds {
+                    for ((_, id), stamp) in conns.iter().zip(&stamps) {
+                        black_box(ct.touch_fast(*id, Dir::Original, 0, 64, 3 + r, *stamp));
+                    }
+                }
+            },
+        );
         per_op(&format!("touch, established, {n} connections"), ops, || {
             for r in 0..rounds {
                 for (_, id) in &conns {
@@ -118,6 +138,20 @@ fn bench(c: &mut Criterion) {
     figures();
     let (ct, conns) = table(10_000);
     let mut i = 0usize;
+    let stamps: Vec<_> = conns
+        .iter()
+        .map(|(_, id)| {
+            ct.touch_stamped(*id, Dir::Original, 0, 64, 3)
+                .expect("live")
+                .1
+        })
+        .collect();
+    c.bench_function("conntrack touch_fast (10k)", |b| {
+        b.iter(|| {
+            i = (i + 1) % conns.len();
+            black_box(ct.touch_fast(conns[i].1, Dir::Original, 0, 64, 3, stamps[i]))
+        })
+    });
     c.bench_function("conntrack touch (10k)", |b| {
         b.iter(|| {
             i = (i + 1) % conns.len();
