@@ -416,6 +416,14 @@ pub struct PipelineSection {
     /// For `ovn`: flow cache entries per worker lcore.
     #[serde(default = "default_flow_cache")]
     pub flow_cache_entries: usize,
+    /// For `ovn`: megaflows per worker lcore (stateless verdicts kept under
+    /// the mask of the key bits they depended on; 0: none).
+    #[serde(default = "default_megaflows")]
+    pub megaflow_entries: usize,
+}
+
+fn default_megaflows() -> usize {
+    8192
 }
 
 fn default_flow_cache() -> usize {
@@ -432,6 +440,7 @@ impl Default for PipelineSection {
             kind: default_pipeline(),
             xconnect: Vec::new(),
             flow_cache_entries: default_flow_cache(),
+            megaflow_entries: default_megaflows(),
         }
     }
 }

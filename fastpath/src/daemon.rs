@@ -359,6 +359,7 @@ impl State {
                     cache_misses: s.cache[1],
                     cache_evictions: s.cache[2],
                     cache_revalidations: s.cache[3],
+                    cache_megaflow_hits: s.cache[4],
                     cache_entries: l.cache.entries.get(),
                 }
             })
@@ -1188,10 +1189,14 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         port_commands.push((w.lcore, port_tx));
         lcore_stats.push(stats.clone());
         let ovn = match &pipeline {
-            Pipeline::Ovn { cache_entries } => {
+            Pipeline::Ovn {
+                cache_entries,
+                megaflow_entries,
+            } => {
                 let (tx, rx) = crossbeam::channel::bounded(4);
                 commands.push((w.lcore, tx));
                 let mut lcore = OvnLcore::new(*cache_entries, learned_queue.clone());
+                lcore.set_megaflows(*megaflow_entries);
                 lcore.set_uplink(underlay.as_ref().map(|u| u.config.uplink as u16));
                 Some(OvnWorker {
                     lcore,

@@ -32,6 +32,9 @@ struct Cli {
     /// Flow cache entries per worker (pipeline `ovn`).
     #[arg(long)]
     flow_cache_entries: Option<usize>,
+    /// Megaflows per worker (pipeline `ovn`; 0: none).
+    #[arg(long)]
+    megaflow_entries: Option<usize>,
     /// Add an xconnect pair: A,B (repeatable).
     #[arg(long = "xconnect", value_name = "A,B")]
     xconnect: Vec<String>,
@@ -123,6 +126,9 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
     }
     if let Some(n) = cli.flow_cache_entries {
         cfg.pipeline.flow_cache_entries = n;
+    }
+    if let Some(n) = cli.megaflow_entries {
+        cfg.pipeline.megaflow_entries = n;
     }
     if let Some(m) = cli.mbufs {
         cfg.mempool.mbufs = m;

@@ -44,6 +44,8 @@ pub enum Pipeline {
     Ovn {
         /// Flow cache entries per lcore.
         cache_entries: usize,
+        /// Megaflows per lcore (0: none).
+        megaflow_entries: usize,
     },
 }
 
@@ -53,6 +55,7 @@ impl Pipeline {
         match cfg.pipeline.kind.as_str() {
             "ovn" => Pipeline::Ovn {
                 cache_entries: cfg.pipeline.flow_cache_entries,
+                megaflow_entries: cfg.pipeline.megaflow_entries,
             },
             _ => Pipeline::Xconnect(Xconnect::from_config(cfg)),
         }

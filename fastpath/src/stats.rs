@@ -236,8 +236,11 @@ pub struct LcoreStats {
 pub struct CacheCounters {
     /// Packets forwarded (or dropped) from a cache entry.
     pub hits: Counter,
-    /// Packets that went through the interpreter.
+    /// Packets no entry served: served by a megaflow, or run through the
+    /// interpreter.
     pub misses: Counter,
+    /// Of the misses, packets a megaflow served (no interpreter run).
+    pub megaflow_hits: Counter,
     /// Entries replaced to make room.
     pub evictions: Counter,
     /// Entries of an older generation re-run through the interpreter.
@@ -294,8 +297,8 @@ pub struct LcoreSnapshot {
     pub ports: Vec<[u64; 5]>,
     /// Drops by reason name.
     pub drops: Vec<(&'static str, u64)>,
-    /// Flow cache `[hits, misses, evictions, revalidations]`.
-    pub cache: [u64; 4],
+    /// Flow cache `[hits, misses, evictions, revalidations, megaflow hits]`.
+    pub cache: [u64; 5],
 }
 
 impl LcoreStats {
@@ -330,6 +333,7 @@ impl LcoreStats {
                 self.cache.misses.get(),
                 self.cache.evictions.get(),
                 self.cache.revalidations.get(),
+                self.cache.megaflow_hits.get(),
             ],
             ports: self
                 .ports

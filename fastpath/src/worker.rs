@@ -391,6 +391,7 @@ fn serve_command(cmd: LcoreCommand, o: &mut OvnWorker, stats: &LcoreStats) {
         }
         LcoreCommand::FlushFlows(reply) => {
             let n = o.lcore.cache.flush();
+            o.lcore.flush_megaflows();
             stats.cache.entries.set(0);
             let _ = reply.send(n);
         }

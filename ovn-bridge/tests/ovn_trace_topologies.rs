@@ -910,3 +910,265 @@ fn gateway_mtu_answers_oversized_packets_with_icmp_errors() {
         assert_eq!(emitted_ports(&program, v), ["q3"], "{v:?}");
     }
 }
+
+// -------------------------------------------------------------- megaflows
+
+/// A pod for the megaflow test: name, MAC, its router's MAC, addresses.
+struct Pod {
+    name: &'static str,
+    mac: &'static str,
+    gateway: &'static str,
+    ips: &'static [&'static str],
+}
+
+/// Megaflows keep a stateless verdict under the mask of the key bits it
+/// depended on. For several topologies (the Kube-OVN routers with static
+/// and ECMP routes, a dual-stack router with a gateway MTU, a localnet
+/// switch, a switch with `unknown` ports and an FDB row), thousands of
+/// packets between every pair of pods and to unknown places, with
+/// random ports, TTLs, protocols, spoofed sources and unknown MACs, get
+/// exactly the decision of an lcore without megaflows: the same outputs
+/// with the same rewrites, the same drop, the same generated packets. Many
+/// of them must come from megaflows for the test to count.
+#[test]
+fn megaflows_decide_as_the_interpreter_does() {
+    use fastpath::ovn::lcore::OvnLcore;
+    use fastpath::stats::CacheCounters;
+    use std::sync::Arc;
+    let kube: &[Pod] = &[
+        Pod {
+            name: "pod1",
+            mac: POD1,
+            gateway: CLUSTER_GW,
+            ips: &["10.16.0.11"],
+        },
+        Pod {
+            name: "pod2",
+            mac: POD2,
+            gateway: CLUSTER_GW,
+            ips: &["10.16.0.12"],
+        },
+        Pod {
+            name: "ext1",
+            mac: EXT1,
+            gateway: NODE1_EXT,
+            ips: &["172.18.0.100"],
+        },
+        Pod {
+            name: "ext2",
+            mac: "50:54:00:00:02:02",
+            gateway: "00:00:00:00:30:02",
+            ips: &["172.19.0.100"],
+        },
+    ];
+    let dual: &[Pod] = &[
+        Pod {
+            name: "q1",
+            mac: Q1,
+            gateway: R0,
+            ips: &["10.1.0.11", "fd00::11"],
+        },
+        Pod {
+            name: "q2",
+            mac: Q2,
+            gateway: R0,
+            ips: &["10.1.0.12", "fd00::12"],
+        },
+        Pod {
+            name: "q3",
+            mac: Q3,
+            gateway: R1,
+            ips: &["10.1.1.13", "fd01::13"],
+        },
+    ];
+    let local: &[Pod] = &[
+        Pod {
+            name: "v1",
+            mac: V1,
+            gateway: V2,
+            ips: &["192.168.50.11"],
+        },
+        Pod {
+            name: "v2",
+            mac: V2,
+            gateway: V1,
+            ips: &["192.168.50.12"],
+        },
+    ];
+    let fdb: &[Pod] = &[
+        Pod {
+            name: "f1",
+            mac: F1,
+            gateway: F1,
+            ips: &["192.168.60.11"],
+        },
+        Pod {
+            name: "vm1",
+            mac: "50:54:00:00:06:21",
+            gateway: F1,
+            ips: &["192.168.60.21"],
+        },
+        Pod {
+            name: "vm2",
+            mac: "50:54:00:00:06:22",
+            gateway: F1,
+            ips: &["192.168.60.22"],
+        },
+    ];
+    let gateway_mtu = |c: &Central| {
+        dual_stack(c);
+        c.nb("set logical_router_port lr6-sw1 options:gateway_mtu=1400");
+    };
+    type Topology<'a> = (&'a str, &'a dyn Fn(&Central), &'a [Pod]);
+    let topologies: [Topology; 4] = [
+        ("kube-ovn routers", &kube_ovn_routers, kube),
+        ("dual stack with a gateway MTU", &gateway_mtu, dual),
+        ("localnet", &localnet_switch, local),
+        ("fdb", &fdb_switch, fdb),
+    ];
+    let mut state = 0x6d65_6761_666c_6f77u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for (topology, build, pods) in topologies {
+        let c = Central::start();
+        build(&c);
+        c.sync();
+        let names: Vec<&str> = pods.iter().map(|p| p.name).collect();
+        let (program, _) = c.program_mapped(&names);
+        let program = Arc::new(program);
+        let learned = Arc::new(crossbeam::queue::ArrayQueue::new(1024));
+        let mut mega = OvnLcore::new(1 << 16, learned.clone());
+        mega.set_megaflows(4096);
+        mega.set_program(Some(program.clone()));
+        let mut plain = OvnLcore::new(1 << 16, learned);
+        plain.set_program(Some(program.clone()));
+        let (cm, cp) = (CacheCounters::default(), CacheCounters::default());
+        let mut compared = 0;
+        for round in 0..6_000u32 {
+            let src = &pods[next() as usize % pods.len()];
+            let dst = &pods[next() as usize % pods.len()];
+            let v6 = src.ips.len() > 1 && dst.ips.len() > 1 && next() % 2 == 0;
+            let pick = |p: &Pod| p.ips[usize::from(v6 && p.ips.len() > 1)];
+            let eth_dst = match next() % 8 {
+                0 => "ff:ff:ff:ff:ff:ff",
+                1 => "50:54:00:00:99:99",
+                2..=4 => dst.mac,
+                _ => src.gateway,
+            };
+            let eth_src = if next() % 16 == 0 {
+                "50:54:00:00:98:98"
+            } else {
+                src.mac
+            };
+            let dst_ip = match next() % 6 {
+                0 => {
+                    if v6 {
+                        "fd00::77"
+                    } else {
+                        "10.16.0.77"
+                    }
+                }
+                1 => {
+                    if v6 {
+                        "fd01::1"
+                    } else {
+                        "192.168.0.5"
+                    }
+                }
+                _ => pick(dst),
+            };
+            let ttl = match next() % 8 {
+                0 => 1,
+                1 => 2,
+                _ => 64,
+            };
+            let probe = Probe {
+                name: "megaflow",
+                datapath: "",
+                inport: src.name,
+                eth_src: mac(eth_src),
+                eth_dst: mac(eth_dst),
+                net: match (v6, next() % 3) {
+                    (false, 0) => Net::Tcp4 {
+                        src: ip(pick(src)),
+                        dst: ip(dst_ip),
+                        ttl,
+                        dport: 80,
+                    },
+                    (false, 1) => Net::Ping4 {
+                        src: ip(pick(src)),
+                        dst: ip(dst_ip),
+                        ttl,
+                    },
+                    (false, _) => Net::Udp4 {
+                        src: ip(pick(src)),
+                        dst: ip(dst_ip),
+                        ttl,
+                    },
+                    (true, 0) => Net::Tcp6 {
+                        src: ip6(pick(src)),
+                        dst: ip6(dst_ip),
+                        hlim: ttl,
+                        dport: 80,
+                    },
+                    (true, 1) => Net::Ping6 {
+                        src: ip6(pick(src)),
+                        dst: ip6(dst_ip),
+                        hlim: ttl,
+                    },
+                    (true, _) => Net::Udp6 {
+                        src: ip6(pick(src)),
+                        dst: ip6(dst_ip),
+                        hlim: ttl,
+                    },
+                },
+            };
+            let len = if next() % 8 == 0 { 1500 } else { 100 };
+            let frame = probe.frame_with_udp_payload(len - 62);
+            let in_port = names.iter().position(|n| *n == src.name).unwrap() as u16;
+            let Ok((mut key, _)) = fastpath_packet::extract(&frame, in_port) else {
+                continue;
+            };
+            if key.has_l4() && key.ip_proto() != 1 && key.ip_proto() != 58 {
+                key.set_tp_src(1024 + (next() % 60_000) as u16);
+                key.set_tp_dst([53, 80, 443, 8080][next() as usize % 4]);
+            }
+            let pkt_len = frame.len() as u32;
+            let a = mega.decide(&key, pkt_len, u64::from(round), &cm).map(|d| {
+                (
+                    d.entry.outputs.clone(),
+                    d.entry.drop,
+                    d.entry.meters.clone(),
+                    format!("{:?}", d.generated),
+                )
+            });
+            let b = plain.decide(&key, pkt_len, u64::from(round), &cp).map(|d| {
+                (
+                    d.entry.outputs.clone(),
+                    d.entry.drop,
+                    d.entry.meters.clone(),
+                    format!("{:?}", d.generated),
+                )
+            });
+            assert_eq!(
+                a,
+                b,
+                "{topology}: {}",
+                fastpath::ovn::trace::describe_key(&key)
+            );
+            compared += 1;
+        }
+        let served = cm.megaflow_hits.get();
+        eprintln!(
+            "{topology}: {compared} packets, {served} served by {} megaflows, {} interpreter runs",
+            mega.megaflows(),
+            cm.misses.get() - served
+        );
+        assert!(compared > 5_000, "{topology}: {compared}");
+        assert!(served > 1_000, "{topology}: only {served} megaflow hits");
+    }
+}

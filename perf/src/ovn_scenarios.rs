@@ -50,6 +50,8 @@ pub struct OvnReport {
     pub cache_hits: u64,
     /// Misses.
     pub cache_misses: u64,
+    /// Of the misses, packets a megaflow served (no interpreter run).
+    pub megaflow_hits: u64,
     /// Misses per second of busy time on the core (new-flows).
     pub new_flows_per_second: Option<f64>,
     /// Every system measured.
@@ -182,18 +184,18 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
         "perf: [2/2] fastpath ovn ({}) on core {}, pktgen on core {}",
         args.scenario, args.dut_core, args.gen_core
     );
-    let (fp, mut client) = start_fastpath(
-        args,
-        dir,
-        &[
-            "--pipeline".into(),
-            "ovn".into(),
-            "--tables".into(),
-            tables.display().to_string(),
-            "--flow-cache-entries".into(),
-            cache_entries.to_string(),
-        ],
-    )?;
+    let mut fastpath_args = vec![
+        "--pipeline".into(),
+        "ovn".into(),
+        "--tables".into(),
+        tables.display().to_string(),
+        "--flow-cache-entries".into(),
+        cache_entries.to_string(),
+    ];
+    if args.no_megaflows {
+        fastpath_args.extend(["--megaflow-entries".into(), "0".into()]);
+    }
+    let (fp, mut client) = start_fastpath(args, dir, &fastpath_args)?;
     wait_tables(&mut client)?;
     client.call(&Request::ClearStats)?;
     let (dst_mac, dst_ip) = if routed {
@@ -253,6 +255,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
         mpps: ovn.mpps,
         cache_hits: l.cache_hits,
         cache_misses: l.cache_misses,
+        megaflow_hits: l.cache_megaflow_hits,
         new_flows_per_second,
         systems: vec![floor.clone(), ovn.clone()],
     };
@@ -268,8 +271,8 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
         );
     }
     println!(
-        "\ncache hits {} misses {}; ratio ovn/xconnect busy cycles per packet: {ratio:.3}",
-        l.cache_hits, l.cache_misses
+        "\ncache hits {} misses {} (megaflow {}); ratio ovn/xconnect busy cycles per packet: {ratio:.3}",
+        l.cache_hits, l.cache_misses, l.cache_megaflow_hits
     );
     if let Some(n) = new_flows_per_second {
         println!("new flows per second per core: {n:.0}");

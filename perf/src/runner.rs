@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Skip the testpmd floor run.
     #[arg(long)]
     pub no_floor: bool,
+    /// l2, l3, new-flows: run the OVN pipeline without megaflows (every
+    /// flow-cache miss runs the interpreter).
+    #[arg(long)]
+    pub no_megaflows: bool,
     /// pod-add: pods in the manifests before the measured ones.
     #[arg(long, default_value_t = 1000)]
     pub pods_present: usize,

@@ -436,9 +436,14 @@ pub struct LcoreInfo {
     /// Flow cache: packets that hit an entry.
     #[serde(default)]
     pub cache_hits: u64,
-    /// Flow cache: packets that ran the interpreter.
+    /// Flow cache: packets no entry served (a megaflow served them, or
+    /// they ran the interpreter).
     #[serde(default)]
     pub cache_misses: u64,
+    /// Of the misses, packets a megaflow served without running the
+    /// interpreter.
+    #[serde(default)]
+    pub cache_megaflow_hits: u64,
     /// Flow cache: entries replaced to make room.
     #[serde(default)]
     pub cache_evictions: u64,

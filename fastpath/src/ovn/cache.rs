@@ -1,6 +1,7 @@
 //! The per-lcore exact-match flow cache: what the OVN pipeline decided for
 //! one microflow (a [`FlowKey`], which carries the receiving port), kept so
-//! that the next packets of the flow skip the interpreter.
+//! that the next packets of the flow skip the interpreter. (A miss may
+//! still skip it: see [`super::megaflow`].)
 //!
 //! Owns the entries, their lookup (an index of cache-line buckets of slot
 //! indices, hashed by independent folded multiplies over pairs of the
@@ -195,6 +196,16 @@ impl Outputs {
                 Outputs::Many(v)
             }
         };
+    }
+
+    /// The outputs as a writable slice.
+    pub fn as_mut_slice(&mut self) -> &mut [CachedOutput] {
+        match self {
+            Outputs::None => &mut [],
+            Outputs::One(o) => std::slice::from_mut(o),
+            Outputs::Two(o) => o,
+            Outputs::Many(v) => v,
+        }
     }
 
     /// The outputs as a slice.

@@ -339,6 +339,58 @@ impl Classifier {
         best.map(|(_, id)| id)
     }
 
+    /// [`Classifier::lookup`], adding to `seen` every vector bit the
+    /// answer depended on: the whole mask of every rule a scan compared,
+    /// or of every subtable a search probed (a packet that agrees with
+    /// this one on those bits gets the same answer). Nothing for a
+    /// constant table.
+    pub fn lookup_consulting(
+        &self,
+        v: &[u64; vector::WORDS],
+        seen: &mut [u64; vector::WORDS],
+    ) -> Option<u32> {
+        if self.constant.is_some() {
+            return self.constant;
+        }
+        let mut mark = |w: u8, m: u64| {
+            if let Some(s) = seen.get_mut(usize::from(w)) {
+                *s |= m;
+            }
+        };
+        if !self.linear.is_empty() {
+            // A rule's words are compared in order up to the first that
+            // differs: the answer depends on those alone (a rule on the
+            // DHCP ports that fails on the address consults no port).
+            for r in &self.linear {
+                let start = r.start as usize;
+                let rest = &self.linear_words[start..start + r.len as usize];
+                let matched = std::iter::once(&r.first).chain(rest).all(|&(w, m, x)| {
+                    mark(w, m);
+                    v[usize::from(w)] & m == x
+                });
+                if matched {
+                    return Some(r.id);
+                }
+            }
+            return None;
+        }
+        let mut best: Option<(u16, u32)> = None;
+        for st in &self.subtables {
+            if best.is_some_and(|(p, _)| p >= st.max_priority) {
+                break;
+            }
+            for &(w, m) in st.mask.iter() {
+                mark(w, m);
+            }
+            if let Some((p, id)) = st.lookup(v) {
+                if best.is_none_or(|(bp, _)| p > bp) {
+                    best = Some((p, id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
     /// Number of rules given.
     pub fn len(&self) -> usize {
         self.rules
@@ -488,6 +540,53 @@ mod tests {
                     *w = u64::from_le_bytes(chunk.try_into().unwrap());
                 }
                 assert_eq!(c.lookup(&v), l.lookup(&v), "{size} rules");
+            }
+        }
+    }
+
+    #[test]
+    fn consulted_bits_decide_the_answer() {
+        // For every table shape (scanned, searched, with catch-alls), a
+        // vector changed only outside the bits a lookup consulted gets
+        // the same answer, and consulting changes no answer.
+        let mut state = 0x005e_ed0f_c0de_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for size in [1usize, 3, 17, 64, 65, 200] {
+            let mut rules = Vec::new();
+            for id in 0..size {
+                let mut tests = Vec::new();
+                for offset in [13u16, 36, 63, 100] {
+                    match next() % 3 {
+                        0 => {}
+                        1 => tests.push(test(offset, &[(next() % 4) as u8], &[0xff])),
+                        _ => tests.push(test(offset, &[(next() % 4) as u8], &[0x03])),
+                    }
+                }
+                rules.push(Rule::from_tests((next() % 40) as u16, id as u32, &tests).unwrap());
+            }
+            let c = Classifier::new(&rules);
+            for _ in 0..2_000 {
+                let mut v = [0u64; vector::WORDS];
+                for w in v.iter_mut() {
+                    *w = next() & 0x0303_0303_0303_0303;
+                }
+                let mut seen = [0u64; vector::WORDS];
+                let id = c.lookup_consulting(&v, &mut seen);
+                assert_eq!(id, c.lookup(&v), "{size} rules");
+                let mut other = v;
+                for (o, s) in other.iter_mut().zip(seen) {
+                    *o = (*o & s) | (next() & !s);
+                }
+                assert_eq!(
+                    c.lookup(&other),
+                    id,
+                    "{size} rules: unconsulted bits changed it"
+                );
             }
         }
     }

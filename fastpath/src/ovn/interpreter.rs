@@ -22,7 +22,8 @@
 
 use fastpath_packet::flowkey::{field, flags};
 use fastpath_tables::ovn::{
-    ct, ct_flag, nested, op, pipeline, port_kind, unsupported_index, vector, OvnInstruction,
+    ct, ct_flag, nested, op, pipeline, port_kind, unsupported_index, vector, FieldSlice,
+    OvnInstruction,
 };
 
 use super::ct::{
@@ -275,6 +276,16 @@ pub struct Interpreter {
     pub tracing: bool,
     /// ACL log events recorded since the interpreter was made.
     pub log_events: u64,
+    /// Record which vector bits the verdict depended on ([`Interpreter::consulted`]).
+    pub consulting: bool,
+    /// The vector bits the last verdict depended on (with `consulting`):
+    /// every bit of every classifier subtable probed and rule compared,
+    /// every field an action read. Only meaningful while
+    /// [`Interpreter::opaque`] is false.
+    pub consulted: [u64; vector::WORDS],
+    /// The last verdict depended on something besides the vector and the
+    /// tables (conntrack, affinity): it holds for this packet only.
+    pub opaque: bool,
     packet_len: u32,
 }
 
@@ -416,6 +427,28 @@ impl Interpreter {
         self.verdict.generated = false;
         self.trace.clear();
         self.packet_len = packet_len;
+        self.consulted = [0; vector::WORDS];
+        self.opaque = false;
+    }
+
+    /// Records that the verdict depends on the vector bytes of `s`.
+    #[inline]
+    fn consult(&mut self, s: &FieldSlice) {
+        let start = usize::from(s.offset);
+        self.consult_bytes(start..start + usize::from(s.bytes));
+    }
+
+    /// Records that the verdict depends on vector bytes `bytes`.
+    #[inline]
+    fn consult_bytes(&mut self, bytes: std::ops::Range<usize>) {
+        if !self.consulting || self.opaque {
+            return;
+        }
+        let c: &mut [u8] = bytemuck::cast_slice_mut(&mut self.consulted);
+        let end = bytes.end.min(c.len());
+        for b in &mut c[bytes.start.min(end)..end] {
+            *b = 0xff;
+        }
     }
 
     /// Sends a copy through the tunnel to `chassis`.
@@ -471,7 +504,15 @@ impl Interpreter {
             let flow = ctx
                 .program
                 .table(ctx.datapath, ctx.pipeline, table)
-                .and_then(|c| c.lookup(v.words()));
+                .and_then(|c| {
+                    // (Once conntrack made the verdict this packet's own,
+                    // what it consults no longer matters.)
+                    if self.consulting && !self.opaque {
+                        c.lookup_consulting(v.words(), &mut self.consulted)
+                    } else {
+                        c.lookup(v.words())
+                    }
+                });
             if self.tracing {
                 self.trace.push(TraceEvent::Table {
                     datapath: ctx.datapath,
@@ -524,6 +565,15 @@ impl Interpreter {
         while i < code.len() {
             let ins = &code[i];
             i += 1;
+            // Conntrack and affinity make the verdict this packet's own
+            // (`ct_clear` only zeroes the vector's conntrack fields).
+            if matches!(
+                ins.op,
+                op::CHK_LB_HAIRPIN | op::CHK_LB_AFF | op::LB_AFF_COMMIT
+            ) || (ins.op == op::CT && ins.arg & 0xff != ct::CLEAR)
+            {
+                self.opaque = true;
+            }
             match ins.op {
                 op::NEXT => {
                     went = true;
@@ -552,16 +602,20 @@ impl Interpreter {
                 }
                 op::LOAD => v.write(&ins.dst, ins.imm_value()),
                 op::MOVE => {
+                    self.consult(&ins.src);
                     let x = v.read(&ins.src);
                     v.write(&ins.dst, x);
                 }
                 op::EXCHANGE => {
+                    self.consult(&ins.dst);
+                    self.consult(&ins.src);
                     let a = v.read(&ins.dst);
                     let b = v.read(&ins.src);
                     v.write(&ins.dst, b);
                     v.write(&ins.src, a);
                 }
                 op::DEC_TTL => {
+                    self.consult_bytes(field::TTL..field::TTL + 1);
                     let ttl = v.bytes()[field::TTL];
                     if ttl <= 1 {
                         self.drop(DropCause::TtlExpired, depth);
@@ -603,6 +657,9 @@ impl Interpreter {
                     });
                 }
                 op::LOOKUP_BINDING => {
+                    self.consult(&ins.imm_slice0());
+                    self.consult(&ins.src);
+                    self.consult(&ins.imm_slice1());
                     let port_key = v.read(&ins.imm_slice0()) as u32;
                     let ip = ip_bytes(v.read(&ins.src), ins.arg);
                     let mac = mac_bytes(v.read(&ins.imm_slice1()));
@@ -610,6 +667,8 @@ impl Interpreter {
                     v.write(&ins.dst, u128::from(hit));
                 }
                 op::GET_BINDING => {
+                    self.consult(&ins.dst);
+                    self.consult(&ins.src);
                     let port_key = v.read(&ins.dst) as u32;
                     let ip = ip_bytes(v.read(&ins.src), ins.arg);
                     let mac = ctx
@@ -620,6 +679,11 @@ impl Interpreter {
                 }
                 op::CHECK_IN_PORT_SEC | op::CHECK_OUT_PORT_SEC => {
                     let inbound = ins.op == op::CHECK_IN_PORT_SEC;
+                    if self.consulting {
+                        for f in port_security_reads(v, inbound) {
+                            self.consult_bytes(f);
+                        }
+                    }
                     let key = if inbound { v.inport() } else { v.outport() };
                     let violation = ctx
                         .program
@@ -634,12 +698,15 @@ impl Interpreter {
                 }
                 op::GET_FDB => {
                     // The port the MAC was learned behind, or 0 ("none").
+                    self.consult(&ins.src);
                     let mac = mac_bytes(v.read(&ins.src));
                     let port = ctx.program.fdb_port(ctx.datapath, &mac).unwrap_or(0);
                     v.write(&ins.dst, u128::from(port));
                 }
                 op::LOOKUP_FDB => {
                     // Whether the MAC was learned behind exactly this port.
+                    self.consult(&ins.imm_slice0());
+                    self.consult(&ins.src);
                     let port_key = v.read(&ins.imm_slice0()) as u32;
                     let mac = mac_bytes(v.read(&ins.src));
                     let hit = ctx.program.fdb_port(ctx.datapath, &mac) == Some(port_key);
@@ -674,6 +741,11 @@ impl Interpreter {
                 }
                 op::CT_ADDRESS | op::SELECT_MEMBER => {}
                 op::SELECT => {
+                    // The member hash reads the addresses, protocol and ports.
+                    for f in [field::SRC, field::DST, field::TP_SRC, field::TP_DST] {
+                        self.consult_bytes(f);
+                    }
+                    self.consult_bytes(field::IP_PROTO..field::IP_PROTO + 1);
                     let n = (ins.count as usize).min(code.len() - i);
                     let members = &code[i..i + n];
                     i += n;
@@ -1205,6 +1277,31 @@ fn in_prefix(addr: &[u8; 16], net: &[u8; 16], plen: u32) -> bool {
         u128::MAX << (128 - plen.min(128))
     };
     a & mask == n & mask
+}
+
+/// The vector bytes [`port_security_violation`] reads for this packet: the
+/// MAC, the flags, the address (and ARP's sender MAC), and for an IPv4
+/// packet from 0.0.0.0 inbound what tells DHCP discovery.
+fn port_security_reads(v: &FlowVector, inbound: bool) -> Vec<std::ops::Range<usize>> {
+    let mut r = vec![
+        if inbound {
+            field::ETH_SRC
+        } else {
+            field::ETH_DST
+        },
+        field::FLAGS..field::FLAGS + 1,
+        if inbound { field::SRC } else { field::DST },
+        field::SHA,
+    ];
+    if inbound && v.key_flags() & flags::IPV4 != 0 && v.field(field::SRC)[12..] == [0, 0, 0, 0] {
+        r.extend([
+            field::DST,
+            field::IP_PROTO..field::IP_PROTO + 1,
+            field::TP_SRC,
+            field::TP_DST,
+        ]);
+    }
+    r
 }
 
 /// Whether a packet violates a port's security (`true`: drop). Inbound

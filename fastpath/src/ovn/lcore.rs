@@ -33,6 +33,7 @@ use super::cache::{
 use super::ct::{ConntrackHook, CtOpKind, CtResult, NoConntrack};
 use super::ct_engine::ConntrackEngine;
 use super::interpreter::{Generated, Interpreter, Learned};
+use super::megaflow::{KeyMask, Megaflows};
 use super::program::Program;
 use super::rewrite::Rewrite;
 use super::vector::FlowVector;
@@ -102,6 +103,8 @@ pub struct OvnLcore {
     ct_in_burst: bool,
     /// The last burst had such hits: prefetch conntrack state for this one.
     prefetch_ct: bool,
+    /// Stateless verdicts under the mask of what they depended on.
+    megaflows: Megaflows,
 }
 
 impl OvnLcore {
@@ -119,7 +122,24 @@ impl OvnLcore {
             uplink: None,
             ct_in_burst: false,
             prefetch_ct: true,
+            megaflows: Megaflows::new(0),
         }
+    }
+
+    /// Keeps up to `capacity` megaflows (0: none; the default).
+    pub fn set_megaflows(&mut self, capacity: usize) {
+        self.megaflows = Megaflows::new(capacity);
+        self.interpreter.consulting = capacity > 0;
+    }
+
+    /// Megaflows held now.
+    pub fn megaflows(&self) -> usize {
+        self.megaflows.len()
+    }
+
+    /// Forgets every megaflow (`fastpathctl flows flush`).
+    pub fn flush_megaflows(&mut self) {
+        self.megaflows.clear();
     }
 
     /// Sends copies for ports of remote chassis through the Geneve uplink
@@ -295,18 +315,32 @@ impl OvnLcore {
             Lookup::Stale(slot) => Some((slot, true)),
             Lookup::Miss => None,
         };
-        let (mut entry, cacheable) = run(
-            &mut self.interpreter,
-            &mut self.generated,
-            &mut self.frame_nat,
-            &self.learned,
-            &mut self.learned_lost,
-            self.uplink,
-            program,
-            key,
-            pkt_len,
-            ct.as_mut(),
-        );
+        let (mut entry, cacheable) = match self.megaflows.lookup(key, generation) {
+            Some(e) => {
+                self.generated.clear();
+                self.frame_nat.clear();
+                counters.megaflow_hits.add(1);
+                (e, true)
+            }
+            None => {
+                let (entry, cacheable, mask) = run(
+                    &mut self.interpreter,
+                    &mut self.generated,
+                    &mut self.frame_nat,
+                    &self.learned,
+                    &mut self.learned_lost,
+                    self.uplink,
+                    program,
+                    key,
+                    pkt_len,
+                    ct.as_mut(),
+                );
+                if let Some(mask) = mask {
+                    self.megaflows.insert(key, mask, &entry, generation);
+                }
+                (entry, cacheable)
+            }
+        };
         entry.built_at = now;
         entry.hits = 1;
         match stale {
@@ -460,7 +494,10 @@ fn still_valid(cts: &mut [CachedCt], key: &FlowKey, ct: Option<&CtInput<'_>>) ->
     true
 }
 
-/// Runs the interpreter; returns the entry and whether it may be cached.
+/// Runs the interpreter; returns the entry, whether it may be cached, and
+/// (when the interpreter recorded what it consulted and the verdict is a
+/// function of the key and the tables alone) the mask under which it holds
+/// for other keys.
 /// (A function of the lcore's parts, so that the program stays borrowed
 /// from the lcore rather than cloned per miss.)
 #[allow(clippy::too_many_arguments)]
@@ -475,7 +512,7 @@ fn run(
     key: &FlowKey,
     pkt_len: u32,
     ct: Option<&mut CtInput<'_>>,
-) -> (FlowEntry, bool) {
+) -> (FlowEntry, bool, Option<KeyMask>) {
     generated.clear();
     frame_nat.clear();
     let mut entry = FlowEntry {
@@ -490,7 +527,7 @@ fn run(
             Some(inport) => Entry::Port(inport),
             None => {
                 entry.drop = Some(EntryDrop::Pipeline(super::DropCause::UnknownInport));
-                return (entry, true);
+                return (entry, true, None);
             }
         },
     };
@@ -624,7 +661,29 @@ fn run(
         });
     }
     let cacheable = !verdict.length_dependent && !verdict.generated && ct_cacheable;
-    (entry, cacheable)
+    let stateless = verdict
+        .ct_ops
+        .iter()
+        .all(|op| matches!(op.kind, CtOpKind::Clear))
+        && verdict.learned.is_empty()
+        && verdict.logs.is_empty()
+        && generated.is_empty()
+        && frame_nat.is_empty();
+    let stateless = stateless && interpreter.consulting && !interpreter.opaque;
+    let mask = (cacheable && stateless).then(|| {
+        let mut m = KeyMask::from_consulted(&interpreter.consulted);
+        // A rewrite's checksum deltas depend on the old values, and it
+        // writes whole fields (the old values of those it leaves as they
+        // were included).
+        for o in entry.outputs.iter() {
+            m.add_differences(key, &o.rewrite.key);
+            for f in o.rewrite.written() {
+                m.add(f);
+            }
+        }
+        m
+    });
+    (entry, cacheable, mask)
 }
 
 /// Where a packet enters the logical pipeline.

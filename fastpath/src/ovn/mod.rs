@@ -10,7 +10,8 @@
 //! header rewrites of a frame), [`cache`] (the per-lcore exact-match flow
 //! cache), [`ct_engine`] (the conntrack hook over the process's connection
 //! table, with load-balancer affinity), [`lcore`] (one lcore's decision for a packet: cache hit, or the
-//! interpreter on a miss), [`generate`] (frames of generated packets) and
+//! interpreter on a miss), [`megaflow`] (stateless verdicts kept under the
+//! mask of what they depended on), [`generate`] (frames of generated packets) and
 //! [`trace`] (a readable trace of one packet). Everything here is plain Rust over byte
 //! buffers: it needs no EAL and must never touch DPDK, so it is tested (and
 //! compared with `ovn-trace`) without one.
@@ -23,6 +24,7 @@ pub mod ct_engine;
 pub mod generate;
 pub mod interpreter;
 pub mod lcore;
+pub mod megaflow;
 pub mod program;
 pub mod rewrite;
 pub mod trace;

@@ -165,13 +165,13 @@ impl Compiled {
         };
         let icmp4 = proto == 1 && has_l4;
         x.udp = proto == 17;
-        x.ttl = nb[field::TTL];
-        x.tos = nb[field::TOS];
         let addr = |f: std::ops::Range<usize>| if v4 { f.start + 12..f.end } else { f };
         let (src, dst) = (addr(field::SRC), addr(field::DST));
         let mut l4 = 0u32;
         if v4 && c & (bit::TTL | bit::TOS | bit::SRC | bit::DST) != 0 {
             x.ops |= op::IP4;
+            x.ttl = nb[field::TTL];
+            x.tos = nb[field::TOS];
             x.addrs[0..4].copy_from_slice(&nb[src.clone()]);
             x.addrs[4..8].copy_from_slice(&nb[dst.clone()]);
             let mut ip = 0u32;
@@ -187,6 +187,7 @@ impl Compiled {
         }
         if v6 && c & (bit::TTL | bit::SRC | bit::DST) != 0 {
             x.ops |= op::IP6;
+            x.ttl = nb[field::TTL];
             x.addrs
                 .copy_from_slice(&nb[field::SRC.start..field::DST.end]);
         }
@@ -295,6 +296,40 @@ impl Rewrite {
             key,
             compiled: Compiled::default(),
         }
+    }
+
+    /// The flow-key fields [`Rewrite::apply`] writes into a frame (each
+    /// block writes every field it covers, changed or not).
+    pub fn written(&self) -> Vec<std::ops::Range<usize>> {
+        let ops = self.compiled.ops;
+        let mut w = Vec::new();
+        if ops & op::ETH != 0 {
+            w.extend([field::ETH_DST, field::ETH_SRC]);
+        }
+        if ops & (op::IP4 | op::IP6) != 0 {
+            w.extend([
+                field::TOS..field::TOS + 1,
+                field::TTL..field::TTL + 1,
+                field::SRC,
+                field::DST,
+            ]);
+        }
+        if ops & op::PORTS != 0 {
+            w.extend([field::TP_SRC, field::TP_DST]);
+        }
+        if ops & op::ICMP != 0 {
+            w.push(field::ICMP_TYPE..field::ICMP_CODE + 1);
+        }
+        if ops & op::ARP != 0 {
+            w.extend([
+                field::ARP_OP,
+                field::SHA,
+                field::SRC,
+                field::THA,
+                field::DST,
+            ]);
+        }
+        w
     }
 
     /// Whether nothing changes.

@@ -3,7 +3,6 @@
 //! and `--lb-dst`) as the oracle, and the comparison of verdicts.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::Duration;
@@ -116,10 +115,20 @@ impl Central {
     /// Compiles the current Southbound for chassis `hv1` (deterministic
     /// conntrack zones) and loads it; also returns the compile statistics.
     pub fn program(&self) -> (Program, ovn_bridge::compile::CompileStats) {
+        self.program_mapped(&[])
+    }
+
+    /// [`Central::program`] with `ports` mapped to fastpath ports 0, 1, ...
+    /// in order (what the node role does for its pods).
+    pub fn program_mapped(&self, ports: &[&str]) -> (Program, ovn_bridge::compile::CompileStats) {
         let db = self.snapshot();
         let opts = ovn_bridge::compile::CompileOptions {
             chassis: "hv1".into(),
-            port_map: HashMap::new(),
+            port_map: ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.to_string(), i as u16))
+                .collect(),
         };
         let compiled = ovn_bridge::compile::compile(&db, &opts).expect("compile");
         assert!(compiled.stats.rules > 100, "{:?}", compiled.stats);

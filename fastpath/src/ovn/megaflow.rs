@@ -1,0 +1,290 @@
+//! The per-lcore megaflow cache: a stateless verdict of the interpreter,
+//! kept for every packet that agrees with the one it was computed for on
+//! the bits of the flow key the verdict depended on, so that a new
+//! microflow of a known kind (another 5-tuple between the same two pods)
+//! costs one masked lookup instead of a pipeline run. This is the layer
+//! OVS-DPDK has between its exact-match cache and the upcall.
+//!
+//! Which bits a verdict depended on is what the interpreter consulted
+//! ([`super::Interpreter::consulted`]): the whole mask of every
+//! classifier subtable it probed and every rule it compared, every field
+//! an action read (moves, TTL, port security, bindings, FDB, `select`),
+//! plus bits that always count (the in-port and tunnel metadata, the
+//! parser's flags, the Ethernet type and IP protocol) and every field an
+//! output rewrites (a rewrite's checksum deltas depend on the old value).
+//! Any two packets equal on those bits take the same path through every
+//! table and get the same verdict, so two megaflows that both match a
+//! packet agree.
+//!
+//! Only verdicts that are pure functions of the key and the tables are
+//! kept: none with conntrack, generated packets, a length check, learned
+//! bindings or logging (the caller decides, see `lcore`). The cache holds
+//! one generation of the program: a new generation empties it. It is
+//! bounded; when full it is emptied (the next misses refill it). It must
+//! not run the pipeline or be shared between lcores.
+
+use fastpath_packet::flowkey::field;
+use fastpath_packet::FlowKey;
+use fastpath_tables::ovn::vector;
+use hashbrown::HashMap;
+
+use super::cache::{key_hash, FlowEntry};
+
+/// Words of a flow key.
+const WORDS: usize = FlowKey::LEN / 8;
+
+/// Most distinct masks kept (a verdict with another mask is not kept).
+const MAX_MASKS: usize = 64;
+
+/// The bits of a flow key a verdict depended on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyMask([u64; WORDS]);
+
+impl KeyMask {
+    /// The key bits behind the vector bits the interpreter consulted, plus
+    /// those that always count.
+    pub fn from_consulted(consulted: &[u64; vector::WORDS]) -> KeyMask {
+        let mut m = KeyMask([0; WORDS]);
+        m.0.copy_from_slice(&consulted[..WORDS]);
+        // `vlan.tci` as OVS presents it comes from the key's TCI and flags.
+        let bytes: &[u8] = bytemuck::cast_slice(consulted);
+        if bytes[vector::VLAN_TCI].iter().any(|b| *b != 0) {
+            m.add(field::VLAN_TCI);
+            m.add(field::FLAGS..field::FLAGS + 1);
+        }
+        for f in [
+            field::IN_PORT,
+            field::ETH_TYPE,
+            field::FLAGS..field::FRAG + 1,
+            field::IP_PROTO..field::IP_PROTO + 1,
+            // The tunnel metadata of a packet from another chassis.
+            field::PAD,
+        ] {
+            m.add(f);
+        }
+        m
+    }
+
+    /// Adds every bit of the key bytes `bytes`.
+    pub fn add(&mut self, bytes: std::ops::Range<usize>) {
+        let m: &mut [u8] = bytemuck::cast_slice_mut(&mut self.0);
+        for b in &mut m[bytes.start.min(FlowKey::LEN)..bytes.end.min(FlowKey::LEN)] {
+            *b = 0xff;
+        }
+    }
+
+    /// Adds the bytes in which `a` and `b` differ.
+    pub fn add_differences(&mut self, a: &FlowKey, b: &FlowKey) {
+        let m: &mut [u8] = bytemuck::cast_slice_mut(&mut self.0);
+        for ((m, x), y) in m.iter_mut().zip(a.as_bytes()).zip(b.as_bytes()) {
+            if x != y {
+                *m = 0xff;
+            }
+        }
+    }
+
+    #[inline]
+    fn apply(&self, key: &FlowKey) -> [u64; WORDS] {
+        let mut w = key_words(key);
+        for (w, m) in w.iter_mut().zip(self.0) {
+            *w &= m;
+        }
+        w
+    }
+}
+
+fn key_words(key: &FlowKey) -> [u64; WORDS] {
+    let mut w = [0u64; WORDS];
+    let b: &mut [u8] = bytemuck::cast_slice_mut(&mut w);
+    b.copy_from_slice(key.as_bytes());
+    w
+}
+
+/// One mask and the megaflows under it, by masked key.
+struct Subtable {
+    mask: KeyMask,
+    flows: HashMap<[u64; WORDS], u32>,
+}
+
+/// A kept verdict: the entry and the key it was computed for.
+struct Megaflow {
+    origin: FlowKey,
+    entry: FlowEntry,
+}
+
+/// The megaflows of one lcore (see the module doc).
+pub struct Megaflows {
+    generation: u64,
+    subtables: Vec<Subtable>,
+    flows: Vec<Megaflow>,
+    capacity: usize,
+}
+
+impl Megaflows {
+    /// A cache of at most `capacity` megaflows (0: none are kept).
+    pub fn new(capacity: usize) -> Megaflows {
+        Megaflows {
+            generation: u64::MAX,
+            subtables: Vec::new(),
+            flows: Vec::new(),
+            capacity,
+        }
+    }
+
+    /// Whether megaflows are kept at all.
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
+    /// Number of megaflows.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Forgets every megaflow.
+    pub fn clear(&mut self) {
+        self.subtables.clear();
+        self.flows.clear();
+    }
+
+    /// The entry for `key` from a megaflow of program generation
+    /// `generation` that matches it, made for `key` (its outputs' final
+    /// keys and tunnel flow hashes).
+    pub fn lookup(&self, key: &FlowKey, generation: u64) -> Option<FlowEntry> {
+        if generation != self.generation {
+            return None;
+        }
+        let i = self
+            .subtables
+            .iter()
+            .find_map(|st| st.flows.get(&st.mask.apply(key)).copied())?;
+        let m = self.flows.get(i as usize)?;
+        let mut e = m.entry.clone();
+        let hash = (key_hash(key) >> 32) as u32;
+        let origin = m.origin.as_bytes();
+        for o in e.outputs.as_mut_slice() {
+            // The bytes the output rewrites are in the mask: the rest of
+            // its final key is this packet's.
+            let planned = *o.rewrite.key.as_bytes();
+            let mut bytes = *key.as_bytes();
+            for ((b, before), after) in bytes.iter_mut().zip(origin).zip(&planned) {
+                if before != after {
+                    *b = *after;
+                }
+            }
+            o.rewrite.key = FlowKey::from_bytes(bytes);
+            if let Some(t) = o.tunnel.as_mut() {
+                t.flow_hash = hash;
+            }
+        }
+        Some(e)
+    }
+
+    /// Keeps `entry`, computed for `key` with program generation
+    /// `generation`, for every key equal to it under `mask`.
+    pub fn insert(&mut self, key: &FlowKey, mask: KeyMask, entry: &FlowEntry, generation: u64) {
+        if !self.enabled() {
+            return;
+        }
+        if generation != self.generation {
+            self.clear();
+            self.generation = generation;
+        }
+        if self.flows.len() >= self.capacity {
+            self.clear();
+        }
+        let st = match self.subtables.iter().position(|st| st.mask == mask) {
+            Some(i) => i,
+            None if self.subtables.len() < MAX_MASKS => {
+                self.subtables.push(Subtable {
+                    mask,
+                    flows: HashMap::new(),
+                });
+                self.subtables.len() - 1
+            }
+            None => return,
+        };
+        let index = self.flows.len() as u32;
+        self.flows.push(Megaflow {
+            origin: *key,
+            entry: entry.clone(),
+        });
+        self.subtables[st].flows.insert(mask.apply(key), index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ovn::cache::{CachedOutput, Outputs, TunnelOut};
+    use crate::ovn::rewrite::Rewrite;
+
+    fn key(sport: u16, ttl: u8) -> FlowKey {
+        let mut k = FlowKey::zeroed();
+        k.set_in_port(3);
+        k.set_ttl(ttl);
+        k.set_tp_src(sport);
+        k.set_tp_dst(80);
+        k
+    }
+
+    /// An entry whose one output rewrites the TTL to `ttl - 1` and goes
+    /// through the tunnel.
+    fn entry(origin: &FlowKey) -> FlowEntry {
+        let mut fin = *origin;
+        fin.set_ttl(origin.ttl() - 1);
+        let mut rewrite = Rewrite::identity(fin);
+        rewrite.key = fin;
+        FlowEntry {
+            outputs: Outputs::One(CachedOutput {
+                port: 1,
+                tunnel: Some(TunnelOut {
+                    chassis: 0,
+                    flow_hash: (key_hash(origin) >> 32) as u32,
+                    vni: 7,
+                    ingress: 1,
+                    egress: 2,
+                }),
+                rewrite,
+                logical_port: 4,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_megaflow_serves_keys_equal_under_its_mask_for_its_generation() {
+        let mut m = Megaflows::new(2);
+        let origin = key(1000, 64);
+        let mut mask = KeyMask::from_consulted(&[0; vector::WORDS]);
+        mask.add(field::TTL..field::TTL + 1);
+        m.insert(&origin, mask, &entry(&origin), 5);
+        // Another source port: served, with its own final key and hash.
+        let other = key(2000, 64);
+        let e = m.lookup(&other, 5).expect("served");
+        let o = &e.outputs[0];
+        assert_eq!(o.rewrite.key.tp_src(), 2000);
+        assert_eq!(o.rewrite.key.ttl(), 63);
+        assert_eq!(o.tunnel.unwrap().flow_hash, (key_hash(&other) >> 32) as u32);
+        // Another TTL is another verdict; another generation knows nothing.
+        assert!(m.lookup(&key(2000, 9), 5).is_none());
+        assert!(m.lookup(&other, 6).is_none());
+        // A new generation starts afresh; the bound empties the cache.
+        m.insert(&key(1, 10), mask, &entry(&key(1, 10)), 6);
+        assert_eq!(m.len(), 1);
+        assert!(m.lookup(&other, 6).is_none());
+        m.insert(&key(1, 11), mask, &entry(&key(1, 11)), 6);
+        m.insert(&key(1, 12), mask, &entry(&key(1, 12)), 6);
+        assert_eq!(m.len(), 1, "full: emptied, then the new one");
+        assert!(m.lookup(&key(9, 12), 6).is_some());
+        // Disabled: nothing is kept.
+        let mut off = Megaflows::new(0);
+        off.insert(&origin, mask, &entry(&origin), 5);
+        assert!(off.lookup(&origin, 5).is_none());
+    }
+}
