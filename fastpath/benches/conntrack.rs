@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fastpath::conntrack::{
-    ConnId, Conntrack, ConntrackConfig, CtCommit, CtPacket, Dir, NatRange, PacketClass, Tuple,
+    ConnId, Conntrack, ConntrackConfig, CtCommit, CtPacket, Dir, NatRange, PacketClass, Stamp,
+    Tuple,
 };
 use std::net::Ipv4Addr;
 
@@ -52,6 +53,19 @@ fn table(n: u32) -> (Conntrack, Vec<(CtPacket, ConnId)>) {
     (ct, conns)
 }
 
+/// The stamp of each connection after one locked touch (what a flow
+/// cache keeps for its lock-free touches).
+fn stamps(ct: &Conntrack, conns: &[(CtPacket, ConnId)]) -> Vec<Stamp> {
+    conns
+        .iter()
+        .map(|(_, id)| {
+            ct.touch_stamped(*id, Dir::Original, 0, 64, 3)
+                .expect("live")
+                .1
+        })
+        .collect()
+}
+
 fn per_op(label: &str, ops: u64, f: impl FnOnce()) {
     let t = Instant::now();
     f();
@@ -64,14 +78,7 @@ fn figures() {
         let (ct, conns) = table(n);
         let rounds = (2_000_000 / n as u64).max(1);
         let ops = rounds * n as u64;
-        let stamps: Vec<_> = conns
-            .iter()
-            .map(|(_, id)| {
-                ct.touch_stamped(*id, Dir::Original, 0, 64, 3)
-                    .expect("live")
-                    .1
-            })
-            .collect();
+        let stamps = stamps(&ct, &conns);
         per_op(
             &format!("touch_fast, established, {n} connections"),
             ops,
@@ -138,14 +145,7 @@ fn bench(c: &mut Criterion) {
     figures();
     let (ct, conns) = table(10_000);
     let mut i = 0usize;
-    let stamps: Vec<_> = conns
-        .iter()
-        .map(|(_, id)| {
-            ct.touch_stamped(*id, Dir::Original, 0, 64, 3)
-                .expect("live")
-                .1
-        })
-        .collect();
+    let stamps = stamps(&ct, &conns);
     c.bench_function("conntrack touch_fast (10k)", |b| {
         b.iter(|| {
             i = (i + 1) % conns.len();
