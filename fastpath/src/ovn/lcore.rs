@@ -661,6 +661,12 @@ fn run(
         });
     }
     let cacheable = !verdict.length_dependent && !verdict.generated && ct_cacheable;
+    // Whether an emission can be rewritten at all depends on the fields
+    // the pipeline changed, for outputs that became drops too.
+    let mut changed = KeyMask::none();
+    for em in &verdict.emissions {
+        changed.add_differences(key, &em.vector.key());
+    }
     let stateless = verdict
         .ct_ops
         .iter()
@@ -672,6 +678,7 @@ fn run(
     let stateless = stateless && interpreter.consulting && !interpreter.opaque;
     let mask = (cacheable && stateless).then(|| {
         let mut m = KeyMask::from_consulted(&interpreter.consulted);
+        m.union(&changed);
         // A rewrite's checksum deltas depend on the old values, and it
         // writes whole fields (the old values of those it leaves as they
         // were included).

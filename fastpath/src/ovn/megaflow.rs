@@ -10,8 +10,10 @@
 //! classifier subtable it probed and every rule it compared, every field
 //! an action read (moves, TTL, port security, bindings, FDB, `select`),
 //! plus bits that always count (the in-port and tunnel metadata, the
-//! parser's flags, the Ethernet type and IP protocol) and every field an
-//! output rewrites (a rewrite's checksum deltas depend on the old value).
+//! parser's flags, the Ethernet type and IP protocol), every field an
+//! emitted copy changed (whether a change can be rewritten at all, and a
+//! rewrite's checksum deltas, depend on the old value) and every field a
+//! rewrite writes (it writes whole fields, unchanged ones included).
 //! Any two packets equal on those bits take the same path through every
 //! table and get the same verdict, so two megaflows that both match a
 //! packet agree.
@@ -63,6 +65,18 @@ impl KeyMask {
             m.add(f);
         }
         m
+    }
+
+    /// No bits.
+    pub fn none() -> KeyMask {
+        KeyMask([0; WORDS])
+    }
+
+    /// Adds every bit of `other`.
+    pub fn union(&mut self, other: &KeyMask) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
     }
 
     /// Adds every bit of the key bytes `bytes`.
