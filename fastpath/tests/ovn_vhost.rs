@@ -186,6 +186,35 @@ fn start_following(central: &mut Central) -> Fastpath {
     )
 }
 
+/// The fastpath following `central`'s tables with this process as the
+/// DPDK peer on both ports (`pa` is p1's, `pb` p3's), links up and the
+/// first generation in use.
+struct Routed {
+    fp: Fastpath,
+    _eal: fastpath::dpdk::Eal,
+    pool: fastpath::dpdk::Mempool,
+    pa: fastpath::dpdk::EthPort,
+    pb: fastpath::dpdk::EthPort,
+}
+
+impl Routed {
+    fn start(central: &mut Central) -> Routed {
+        let fp = start_following(central);
+        let (eal, pool) = common::peer_eal();
+        let pa = virtio_port(0, &fp.path("a.sock"), &pool);
+        let pb = virtio_port(1, &fp.path("b.sock"), &pool);
+        fp.wait_links_up(&["a", "b"]);
+        wait_generation(&fp, 0);
+        Routed {
+            fp,
+            _eal: eal,
+            pool,
+            pa,
+            pb,
+        }
+    }
+}
+
 fn stats(fp: &Fastpath) -> Stats {
     fp.client().call_as(&Request::Stats).unwrap()
 }
@@ -194,12 +223,13 @@ fn stats(fp: &Fastpath) -> Stats {
 fn routed_arp_ping_port_security_and_table_change() {
     let mut central = Central::start();
     central.topology();
-    let fp = start_following(&mut central);
-    let (_eal, pool) = common::peer_eal();
-    let pa = virtio_port(0, &fp.path("a.sock"), &pool);
-    let pb = virtio_port(1, &fp.path("b.sock"), &pool);
-    fp.wait_links_up(&["a", "b"]);
-    wait_generation(&fp, 0);
+    let Routed {
+        fp,
+        _eal,
+        pool,
+        pa,
+        pb,
+    } = Routed::start(&mut central);
 
     // Routed: p1 -> gateway -> p3, rewritten and TTL decremented; later
     // packets of the flow hit the cache.
@@ -449,12 +479,13 @@ fn gateway_mtu_answers_oversized_packets_over_vhost() {
         "options:gateway_mtu=1400",
     ]);
     central.sync();
-    let fp = start_following(&mut central);
-    let (_eal, pool) = common::peer_eal();
-    let pa = virtio_port(0, &fp.path("a.sock"), &pool);
-    let pb = virtio_port(1, &fp.path("b.sock"), &pool);
-    fp.wait_links_up(&["a", "b"]);
-    wait_generation(&fp, 0);
+    let Routed {
+        fp,
+        _eal,
+        pool,
+        pa,
+        pb,
+    } = Routed::start(&mut central);
 
     let big = udp_to_p3_sized(1500);
     for _ in 0..2 {

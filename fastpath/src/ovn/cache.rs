@@ -477,7 +477,7 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
 
 /// The key's thirteen 8-byte words.
 #[inline(always)]
-fn words(key: &FlowKey) -> [u64; FlowKey::LEN / 8] {
+pub(crate) fn words(key: &FlowKey) -> [u64; FlowKey::LEN / 8] {
     let mut w = [0u64; FlowKey::LEN / 8];
     for (w, b) in w.iter_mut().zip(key.as_bytes().chunks_exact(8)) {
         let mut a = [0u8; 8];

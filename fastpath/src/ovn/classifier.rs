@@ -306,6 +306,30 @@ impl Classifier {
     /// The id of the highest-priority matching rule.
     #[inline]
     pub fn lookup(&self, v: &[u64; vector::WORDS]) -> Option<u32> {
+        self.search(v, |_, _| {})
+    }
+
+    /// [`Classifier::lookup`], adding to `seen` every vector bit the
+    /// answer depended on: of every scanned rule the words compared, up to
+    /// the first that differs (a rule on the DHCP ports that fails on the
+    /// address consults no port), and the whole mask of every subtable a
+    /// search probed (a packet that agrees with this one on those bits gets
+    /// the same answer). Nothing for a constant table.
+    pub fn lookup_consulting(
+        &self,
+        v: &[u64; vector::WORDS],
+        seen: &mut [u64; vector::WORDS],
+    ) -> Option<u32> {
+        self.search(v, |w, m| {
+            if let Some(s) = seen.get_mut(usize::from(w)) {
+                *s |= m;
+            }
+        })
+    }
+
+    /// The lookup, telling `consult` each `(word, mask)` it reads.
+    #[inline(always)]
+    fn search(&self, v: &[u64; vector::WORDS], mut consult: impl FnMut(u8, u64)) -> Option<u32> {
         if self.constant.is_some() {
             return self.constant;
         }
@@ -315,13 +339,17 @@ impl Classifier {
                 .iter()
                 .find(|r| {
                     let (w, m, x) = r.first;
+                    consult(w, m);
                     if v[usize::from(w)] & m != x {
                         return false;
                     }
                     let start = r.start as usize;
                     self.linear_words[start..start + r.len as usize]
                         .iter()
-                        .all(|&(w, m, x)| v[usize::from(w)] & m == x)
+                        .all(|&(w, m, x)| {
+                            consult(w, m);
+                            v[usize::from(w)] & m == x
+                        })
                 })
                 .map(|r| r.id);
         }
@@ -330,57 +358,8 @@ impl Classifier {
             if best.is_some_and(|(p, _)| p >= st.max_priority) {
                 break;
             }
-            if let Some((p, id)) = st.lookup(v) {
-                if best.is_none_or(|(bp, _)| p > bp) {
-                    best = Some((p, id));
-                }
-            }
-        }
-        best.map(|(_, id)| id)
-    }
-
-    /// [`Classifier::lookup`], adding to `seen` every vector bit the
-    /// answer depended on: the whole mask of every rule a scan compared,
-    /// or of every subtable a search probed (a packet that agrees with
-    /// this one on those bits gets the same answer). Nothing for a
-    /// constant table.
-    pub fn lookup_consulting(
-        &self,
-        v: &[u64; vector::WORDS],
-        seen: &mut [u64; vector::WORDS],
-    ) -> Option<u32> {
-        if self.constant.is_some() {
-            return self.constant;
-        }
-        let mut mark = |w: u8, m: u64| {
-            if let Some(s) = seen.get_mut(usize::from(w)) {
-                *s |= m;
-            }
-        };
-        if !self.linear.is_empty() {
-            // A rule's words are compared in order up to the first that
-            // differs: the answer depends on those alone (a rule on the
-            // DHCP ports that fails on the address consults no port).
-            for r in &self.linear {
-                let start = r.start as usize;
-                let rest = &self.linear_words[start..start + r.len as usize];
-                let matched = std::iter::once(&r.first).chain(rest).all(|&(w, m, x)| {
-                    mark(w, m);
-                    v[usize::from(w)] & m == x
-                });
-                if matched {
-                    return Some(r.id);
-                }
-            }
-            return None;
-        }
-        let mut best: Option<(u16, u32)> = None;
-        for st in &self.subtables {
-            if best.is_some_and(|(p, _)| p >= st.max_priority) {
-                break;
-            }
             for &(w, m) in st.mask.iter() {
-                mark(w, m);
+                consult(w, m);
             }
             if let Some((p, id)) = st.lookup(v) {
                 if best.is_none_or(|(bp, _)| p > bp) {

@@ -451,6 +451,31 @@ impl Interpreter {
         }
     }
 
+    /// Records the vector bytes [`port_security_violation`] reads for this
+    /// packet: the MAC, the flags, the address (and ARP's sender MAC), and
+    /// for an IPv4 packet from 0.0.0.0 inbound what tells DHCP discovery.
+    fn consult_port_security(&mut self, v: &FlowVector, inbound: bool) {
+        let (mac, addr) = if inbound {
+            (field::ETH_SRC, field::SRC)
+        } else {
+            (field::ETH_DST, field::DST)
+        };
+        for f in [mac, field::FLAGS..field::FLAGS + 1, addr, field::SHA] {
+            self.consult_bytes(f);
+        }
+        if inbound && v.key_flags() & flags::IPV4 != 0 && v.field(field::SRC)[12..] == [0, 0, 0, 0]
+        {
+            for f in [
+                field::DST,
+                field::IP_PROTO..field::IP_PROTO + 1,
+                field::TP_SRC,
+                field::TP_DST,
+            ] {
+                self.consult_bytes(f);
+            }
+        }
+    }
+
     /// Sends a copy through the tunnel to `chassis`.
     fn tunnel(&mut self, ctx: &Ctx<'_>, v: &FlowVector, port: u32, chassis: u16, depth: u32) {
         if self.tracing {
@@ -679,11 +704,7 @@ impl Interpreter {
                 }
                 op::CHECK_IN_PORT_SEC | op::CHECK_OUT_PORT_SEC => {
                     let inbound = ins.op == op::CHECK_IN_PORT_SEC;
-                    if self.consulting {
-                        for f in port_security_reads(v, inbound) {
-                            self.consult_bytes(f);
-                        }
-                    }
+                    self.consult_port_security(v, inbound);
                     let key = if inbound { v.inport() } else { v.outport() };
                     let violation = ctx
                         .program
@@ -1277,31 +1298,6 @@ fn in_prefix(addr: &[u8; 16], net: &[u8; 16], plen: u32) -> bool {
         u128::MAX << (128 - plen.min(128))
     };
     a & mask == n & mask
-}
-
-/// The vector bytes [`port_security_violation`] reads for this packet: the
-/// MAC, the flags, the address (and ARP's sender MAC), and for an IPv4
-/// packet from 0.0.0.0 inbound what tells DHCP discovery.
-fn port_security_reads(v: &FlowVector, inbound: bool) -> Vec<std::ops::Range<usize>> {
-    let mut r = vec![
-        if inbound {
-            field::ETH_SRC
-        } else {
-            field::ETH_DST
-        },
-        field::FLAGS..field::FLAGS + 1,
-        if inbound { field::SRC } else { field::DST },
-        field::SHA,
-    ];
-    if inbound && v.key_flags() & flags::IPV4 != 0 && v.field(field::SRC)[12..] == [0, 0, 0, 0] {
-        r.extend([
-            field::DST,
-            field::IP_PROTO..field::IP_PROTO + 1,
-            field::TP_SRC,
-            field::TP_DST,
-        ]);
-    }
-    r
 }
 
 /// Whether a packet violates a port's security (`true`: drop). Inbound

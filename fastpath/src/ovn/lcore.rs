@@ -531,6 +531,7 @@ fn run(
             }
         },
     };
+    let consulting = interpreter.consulting;
     let mut no_engine = NoConntrack;
     let (verdict, engine) = match ct {
         Some(ct) => {
@@ -661,29 +662,30 @@ fn run(
         });
     }
     let cacheable = !verdict.length_dependent && !verdict.generated && ct_cacheable;
-    // Whether an emission can be rewritten at all depends on the fields
-    // the pipeline changed, for outputs that became drops too.
-    let mut changed = KeyMask::none();
-    for em in &verdict.emissions {
-        changed.add_differences(key, &em.vector.key());
-    }
-    let stateless = verdict
-        .ct_ops
-        .iter()
-        .all(|op| matches!(op.kind, CtOpKind::Clear))
+    let keepable = consulting
+        && cacheable
+        && verdict
+            .ct_ops
+            .iter()
+            .all(|op| matches!(op.kind, CtOpKind::Clear))
         && verdict.learned.is_empty()
         && verdict.logs.is_empty()
         && generated.is_empty()
         && frame_nat.is_empty();
-    let stateless = stateless && interpreter.consulting && !interpreter.opaque;
-    let mask = (cacheable && stateless).then(|| {
+    // Whether a copy can be rewritten at all, and a rewrite's checksum
+    // deltas, depend on the old values of the fields the pipeline changed
+    // (for copies that became drops too).
+    let mut changed = KeyMask::none();
+    if keepable {
+        for em in &verdict.emissions {
+            changed.add_differences(key, &em.vector.key());
+        }
+    }
+    let mask = (keepable && !interpreter.opaque).then(|| {
         let mut m = KeyMask::from_consulted(&interpreter.consulted);
         m.union(&changed);
-        // A rewrite's checksum deltas depend on the old values, and it
-        // writes whole fields (the old values of those it leaves as they
-        // were included).
+        // A rewrite writes whole fields, unchanged ones included.
         for o in entry.outputs.iter() {
-            m.add_differences(key, &o.rewrite.key);
             for f in o.rewrite.written() {
                 m.add(f);
             }

@@ -30,7 +30,7 @@ use fastpath_packet::FlowKey;
 use fastpath_tables::ovn::vector;
 use hashbrown::HashMap;
 
-use super::cache::{key_hash, FlowEntry};
+use super::cache::{key_hash, words, FlowEntry};
 
 /// Words of a flow key.
 const WORDS: usize = FlowKey::LEN / 8;
@@ -99,19 +99,12 @@ impl KeyMask {
 
     #[inline]
     fn apply(&self, key: &FlowKey) -> [u64; WORDS] {
-        let mut w = key_words(key);
+        let mut w = words(key);
         for (w, m) in w.iter_mut().zip(self.0) {
             *w &= m;
         }
         w
     }
-}
-
-fn key_words(key: &FlowKey) -> [u64; WORDS] {
-    let mut w = [0u64; WORDS];
-    let b: &mut [u8] = bytemuck::cast_slice_mut(&mut w);
-    b.copy_from_slice(key.as_bytes());
-    w
 }
 
 /// One mask and the megaflows under it, by masked key.
@@ -120,10 +113,11 @@ struct Subtable {
     flows: HashMap<[u64; WORDS], u32>,
 }
 
-/// A kept verdict: the entry and the key it was computed for.
+/// A kept verdict: the entry, and for each of its outputs the bytes its
+/// final key changed (the rest of a final key is the packet's own).
 struct Megaflow {
-    origin: FlowKey,
     entry: FlowEntry,
+    changed: Vec<KeyMask>,
 }
 
 /// The megaflows of one lcore (see the module doc).
@@ -180,17 +174,16 @@ impl Megaflows {
         let m = self.flows.get(i as usize)?;
         let mut e = m.entry.clone();
         let hash = (key_hash(key) >> 32) as u32;
-        let origin = m.origin.as_bytes();
-        for o in e.outputs.as_mut_slice() {
-            // The bytes the output rewrites are in the mask: the rest of
+        let own = words(key);
+        for (o, changed) in e.outputs.as_mut_slice().iter_mut().zip(&m.changed) {
+            // The bytes the output changed are in the mask: the rest of
             // its final key is this packet's.
-            let planned = *o.rewrite.key.as_bytes();
-            let mut bytes = *key.as_bytes();
-            for ((b, before), after) in bytes.iter_mut().zip(origin).zip(&planned) {
-                if before != after {
-                    *b = *after;
-                }
+            let mut fin = words(&o.rewrite.key);
+            for ((f, k), c) in fin.iter_mut().zip(own).zip(changed.0) {
+                *f = (*f & c) | (k & !c);
             }
+            let mut bytes = [0u8; FlowKey::LEN];
+            bytes.copy_from_slice(bytemuck::cast_slice(&fin));
             o.rewrite.key = FlowKey::from_bytes(bytes);
             if let Some(t) = o.tunnel.as_mut() {
                 t.flow_hash = hash;
@@ -224,9 +217,18 @@ impl Megaflows {
             None => return,
         };
         let index = self.flows.len() as u32;
+        let changed = entry
+            .outputs
+            .iter()
+            .map(|o| {
+                let mut c = KeyMask::none();
+                c.add_differences(key, &o.rewrite.key);
+                c
+            })
+            .collect();
         self.flows.push(Megaflow {
-            origin: *key,
             entry: entry.clone(),
+            changed,
         });
         self.subtables[st].flows.insert(mask.apply(key), index);
     }
