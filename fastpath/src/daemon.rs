@@ -1214,6 +1214,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
                     pool: pool.clone(),
                     commands: rx,
                     frame: Vec::with_capacity(2048),
+                    clock_ns: 0,
                 })
             }
             Pipeline::Xconnect(_) => None,

@@ -131,6 +131,9 @@ pub struct OvnWorker {
     pub arp_throttle: ArpThrottle,
     /// The program in use (the remote chassis of tunnelled outputs).
     pub program: Option<Arc<crate::ovn::Program>>,
+    /// The conntrack clock (ns) as of the burst in hand: converted from the
+    /// TSC once a burst, not per packet.
+    pub clock_ns: u64,
 }
 
 /// Everything one worker needs; moved onto its lcore.
@@ -242,6 +245,7 @@ impl Worker {
                     },
                     Pipeline::Ovn { .. } => match ovn.as_mut() {
                         Some(o) => {
+                            o.clock_ns = crate::ovn::ct_engine::tsc_to_ns(t0, o.tsc_hz);
                             if o.underlay
                                 .as_ref()
                                 .is_some_and(|u| u.config.uplink == q.port)
@@ -839,15 +843,13 @@ fn ovn_packet(
         underlay,
         arp_throttle,
         program,
+        clock_ns,
         ..
     } = o;
-    // ICMP needs the frame (echo identifier, quoted header of an error);
-    // other packets are summarised from the key alone.
-    let received = crate::ovn::ct_engine::frame_summary(key, &layout, m.data());
     let ct = crate::ovn::lcore::CtInput {
         engine: conntrack,
-        now_ns: crate::ovn::ct_engine::tsc_to_ns(now, *tsc_hz),
-        received,
+        now_ns: *clock_ns,
+        frame: Some((&layout, m.data())),
         ip_len: u32::from(layout.end.saturating_sub(layout.l3)),
     };
     let Some(d) = lcore.decide_hashed(key, hash, pkt_len, now, &stats.cache, Some(ct)) else {

@@ -170,7 +170,7 @@ impl Lcore {
         let ct = CtInput {
             engine: &mut self.engine,
             now_ns: self.now,
-            received: frame_summary(&key, &layout, frame),
+            frame: Some((&layout, frame)),
             ip_len: u32::from(layout.end - layout.l3),
         };
         let d = self

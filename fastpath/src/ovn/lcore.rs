@@ -77,10 +77,10 @@ pub struct CtInput<'a> {
     pub engine: &'a mut ConntrackEngine,
     /// The conntrack clock (ns).
     pub now_ns: u64,
-    /// The received packet's summary from its frame
-    /// (`ct_engine::received_packet`), for ICMP; `None` summarises from the
-    /// key.
-    pub received: Option<(FlowKey, CtPacket)>,
+    /// The received frame and its layout: a miss summarises an ICMP packet
+    /// from it (echo identifier, quoted header; see
+    /// `ct_engine::frame_summary`). `None` summarises from the key.
+    pub frame: Option<(&'a fastpath_packet::Layout, &'a [u8])>,
     /// IP length of the packet (connection byte counters).
     pub ip_len: u32,
 }
@@ -535,7 +535,10 @@ fn run(
     let mut no_engine = NoConntrack;
     let (verdict, engine) = match ct {
         Some(ct) => {
-            ct.engine.begin(ct.now_ns, ct.ip_len, ct.received);
+            let received = ct
+                .frame
+                .and_then(|(layout, frame)| super::ct_engine::frame_summary(key, layout, frame));
+            ct.engine.begin(ct.now_ns, ct.ip_len, received);
             let hook: &mut dyn ConntrackHook = &mut *ct.engine;
             let v = entry_point.run(interpreter, program, key, pkt_len, hook);
             (v, Some(&*ct.engine))
@@ -803,7 +806,7 @@ mod tests {
         CtInput {
             engine,
             now_ns: now,
-            received: None,
+            frame: None,
             ip_len: 40,
         }
     }
