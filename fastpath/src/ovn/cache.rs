@@ -345,13 +345,15 @@ pub enum Lookup {
 }
 
 /// One cached flow. The key comes first so that a hit's key comparison and
-/// the entry's head share the lines [`FlowCache::prefetch_slot`] fetches.
+/// the entry's head share the lines [`FlowCache::prefetch_slot`] fetches;
+/// `referenced`, which every hit writes, sits on the key's last line
+/// rather than on a line of its own at the end.
 #[repr(C)]
 struct Slot {
     key: FlowKey,
     hash: u64,
-    entry: FlowEntry,
     referenced: bool,
+    entry: FlowEntry,
 }
 
 /// An empty slot array with room for `n`, its memory written once so that
@@ -592,14 +594,14 @@ impl FlowCache {
                 // The lines a hit reads: the key, the entry's head (its
                 // generation, hits and lock-free conntrack touches) and
                 // the first output with its compiled rewrite.
+                // The addresses are taken, not read: reading the outputs'
+                // variant here would wait for the line just asked for.
                 crate::dpdk::prefetch(&s.key);
                 crate::dpdk::prefetch(&s.entry);
                 crate::dpdk::prefetch(&s.entry.fast_ct);
-                if let Some(o) = s.entry.outputs.first() {
-                    let at = o as *const CachedOutput as usize;
-                    crate::dpdk::prefetch_addr(at);
-                    crate::dpdk::prefetch_addr(at + 64);
-                }
+                let at = &s.entry.outputs as *const Outputs as usize;
+                crate::dpdk::prefetch_addr(at);
+                crate::dpdk::prefetch_addr(at + 64);
             }
         }
     }
