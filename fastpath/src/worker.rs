@@ -540,9 +540,10 @@ fn stage_burst(
 }
 
 /// Stage 3 over a staged burst: the cache slot of each parsed packet, then
-/// (when the program tracks connections) its entry's conntrack steps, then
-/// the conntrack entries they name (each pass over the burst gives the
-/// previous one's loads time to arrive).
+/// (when the program tracks connections) the stamps of its entry's
+/// lock-free connections or else its conntrack steps, then, only when some
+/// entry has steps, the conntrack entries they name (each pass over the
+/// burst gives the previous one's loads time to arrive).
 #[inline(always)]
 fn prefetch_staged(staged: &Staged, lcore: &OvnLcore, conntrack: &crate::conntrack::Conntrack) {
     let parsed = |i: usize| staged.parsed & (1 << i) != 0;
@@ -554,10 +555,14 @@ fn prefetch_staged(staged: &Staged, lcore: &OvnLcore, conntrack: &crate::conntra
     if !lcore.tracks_connections() {
         return;
     }
+    let mut steps = false;
     for (i, hash) in staged.hashes.iter().enumerate() {
         if parsed(i) {
-            lcore.prefetch_ct_steps(*hash);
+            steps |= lcore.prefetch_ct_first(*hash, conntrack);
         }
+    }
+    if !steps {
+        return;
     }
     for (i, hash) in staged.hashes.iter().enumerate() {
         if parsed(i) {

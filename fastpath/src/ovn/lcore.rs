@@ -227,29 +227,15 @@ impl OvnLcore {
         self.ct_in_burst = false;
     }
 
-    /// Stage three (a): starts loading the conntrack steps (`ct` list) of
-    /// the entry the (prefetched) slot for `hash` holds.
+    /// Stage three (a): for the entry the (prefetched) slot for `hash`
+    /// holds, starts loading what its hit's conntrack touches read: the
+    /// stamps of its lock-free connections, else its conntrack steps
+    /// (`ct` list). True when it has steps to follow, which
+    /// [`OvnLcore::prefetch_conntrack`] does in a later pass.
     #[inline(always)]
-    pub fn prefetch_ct_steps(&self, hash: u64) {
+    pub fn prefetch_ct_first(&self, hash: u64, ct: &crate::conntrack::Conntrack) -> bool {
         let Some(e) = self.cache.tagged_entry(hash) else {
-            return;
-        };
-        // (A hit with lock-free touches reads no step.)
-        if e.fast_ct.is_empty() {
-            if let Some(first) = e.ct.first() {
-                crate::dpdk::prefetch(first);
-            }
-        }
-    }
-
-    /// Stage three (b): starts loading the conntrack entries a hit of the
-    /// slot for `hash` will touch (its steps were
-    /// prefetched by [`OvnLcore::prefetch_ct_steps`]), so that an
-    /// established connection's `touch` does not wait for memory.
-    #[inline(always)]
-    pub fn prefetch_conntrack(&self, hash: u64, ct: &crate::conntrack::Conntrack) {
-        let Some(e) = self.cache.tagged_entry(hash) else {
-            return;
+            return false;
         };
         if !e.fast_ct.is_empty() {
             for ((id, _), _) in e.fast_ct.iter() {
@@ -257,6 +243,27 @@ impl OvnLcore {
                     crate::dpdk::prefetch_addr(hot);
                 }
             }
+            return false;
+        }
+        match e.ct.first() {
+            Some(first) => {
+                crate::dpdk::prefetch(first);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stage three (b), for entries without lock-free touches: starts
+    /// loading the conntrack entries their steps (prefetched by
+    /// [`OvnLcore::prefetch_ct_first`]) name, so that an established
+    /// connection's `touch` does not wait for memory.
+    #[inline(always)]
+    pub fn prefetch_conntrack(&self, hash: u64, ct: &crate::conntrack::Conntrack) {
+        let Some(e) = self.cache.tagged_entry(hash) else {
+            return;
+        };
+        if !e.fast_ct.is_empty() {
             return;
         }
         for c in &e.ct {
