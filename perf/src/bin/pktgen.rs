@@ -143,6 +143,12 @@ fn flow_ports(flow: u32) -> (u16, u16) {
     (sport, dport.min(u32::from(u16::MAX)) as u16)
 }
 
+/// The flow `dropped` flows before `flow`, counting modulo `flows`.
+fn rewind(flow: u32, dropped: u32, flows: u32) -> u32 {
+    let flows = flows.max(1);
+    ((u64::from(flow) + u64::from(flows) - u64::from(dropped % flows)) % u64::from(flows)) as u32
+}
+
 /// Writes the UDP ports of flow `flow` into a frame built by [`build_frame`].
 fn set_flow(frame: &mut [u8], flow: u32) {
     let (sport, dport) = flow_ports(flow);
@@ -380,6 +386,10 @@ fn main() -> Result<()> {
             let r = txb.flush(tx_id, 0);
             sent += u64::from(r.sent);
             backpressure += u64::from(r.dropped);
+            // The frames the port refused carried the burst's last flows:
+            // those go out next, so that with `--packets` equal to
+            // `--flows` every 5-tuple is sent exactly once.
+            flow = rewind(flow, r.dropped, cli.flows);
         }
         receive(&mut rx, &mut received, &mut rx_bytes, &mut lat);
         if reply {
@@ -476,6 +486,16 @@ fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refused_frames_send_their_flows_again() {
+        use super::rewind;
+        assert_eq!(rewind(10, 3, 100), 7);
+        assert_eq!(rewind(2, 5, 100), 97, "wraps below zero");
+        assert_eq!(rewind(0, 0, 100), 0);
+        assert_eq!(rewind(5, 250, 100), 55, "more refused than flows");
+        assert_eq!(rewind(0, 7, 1), 0);
+    }
+
     use super::*;
 
     #[test]
