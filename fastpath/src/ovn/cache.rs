@@ -507,6 +507,13 @@ pub fn key_hash(key: &FlowKey) -> u64 {
     folded_multiply(h, MIX[13])
 }
 
+/// The flow hash a tunnelled copy of `key` carries (the outer UDP source
+/// port derives from it): the top half of [`key_hash`].
+#[inline]
+pub fn tunnel_flow_hash(key: &FlowKey) -> u32 {
+    (key_hash(key) >> 32) as u32
+}
+
 /// Whether two keys are equal, compared as words (no call to `memcmp`).
 #[inline(always)]
 fn same_key(a: &FlowKey, b: &FlowKey) -> bool {

@@ -27,8 +27,8 @@ use crossbeam::queue::ArrayQueue;
 use fastpath_packet::FlowKey;
 
 use super::cache::{
-    key_hash, CachedCt, CachedOutput, EntryDrop, FastCt, FlowCache, FlowEntry, Lookup, TunnelOut,
-    MAX_CACHED_CT,
+    key_hash, tunnel_flow_hash, CachedCt, CachedOutput, EntryDrop, FastCt, FlowCache, FlowEntry,
+    Lookup, TunnelOut, MAX_CACHED_CT,
 };
 use super::ct::{ConntrackHook, CtOpKind, CtResult, NoConntrack};
 use super::ct_engine::ConntrackEngine;
@@ -684,7 +684,8 @@ fn run(
         && frame_nat.is_empty();
     // Whether a copy can be rewritten at all, and a rewrite's checksum
     // deltas, depend on the old values of the fields the pipeline changed
-    // (for copies that became drops too).
+    // (for copies that became drops too). (Computed before the mask: the
+    // verdict borrows the interpreter.)
     let mut changed = KeyMask::none();
     if keepable {
         for em in &verdict.emissions {
@@ -696,9 +697,7 @@ fn run(
         m.union(&changed);
         // A rewrite writes whole fields, unchanged ones included.
         for o in entry.outputs.iter() {
-            for f in o.rewrite.written() {
-                m.add(f);
-            }
+            o.rewrite.for_each_written(|f| m.add(f));
         }
         m
     });
@@ -744,7 +743,7 @@ fn tunnel_out(chassis: u16, key: &FlowKey, v: &FlowVector) -> Option<TunnelOut> 
     }
     Some(TunnelOut {
         chassis,
-        flow_hash: (key_hash(key) >> 32) as u32,
+        flow_hash: tunnel_flow_hash(key),
         vni,
         ingress,
         egress,

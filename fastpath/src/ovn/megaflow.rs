@@ -30,7 +30,7 @@ use fastpath_packet::FlowKey;
 use fastpath_tables::ovn::vector;
 use hashbrown::HashMap;
 
-use super::cache::{key_hash, words, FlowEntry};
+use super::cache::{tunnel_flow_hash, words, FlowEntry};
 
 /// Words of a flow key.
 const WORDS: usize = FlowKey::LEN / 8;
@@ -173,7 +173,6 @@ impl Megaflows {
             .find_map(|st| st.flows.get(&st.mask.apply(key)).copied())?;
         let m = self.flows.get(i as usize)?;
         let mut e = m.entry.clone();
-        let hash = (key_hash(key) >> 32) as u32;
         let own = words(key);
         for (o, changed) in e.outputs.as_mut_slice().iter_mut().zip(&m.changed) {
             // The bytes the output changed are in the mask: the rest of
@@ -186,7 +185,7 @@ impl Megaflows {
             bytes.copy_from_slice(bytemuck::cast_slice(&fin));
             o.rewrite.key = FlowKey::from_bytes(bytes);
             if let Some(t) = o.tunnel.as_mut() {
-                t.flow_hash = hash;
+                t.flow_hash = tunnel_flow_hash(key);
             }
         }
         Some(e)
@@ -261,7 +260,7 @@ mod tests {
                 port: 1,
                 tunnel: Some(TunnelOut {
                     chassis: 0,
-                    flow_hash: (key_hash(origin) >> 32) as u32,
+                    flow_hash: tunnel_flow_hash(origin),
                     vni: 7,
                     ingress: 1,
                     egress: 2,
@@ -286,7 +285,7 @@ mod tests {
         let o = &e.outputs[0];
         assert_eq!(o.rewrite.key.tp_src(), 2000);
         assert_eq!(o.rewrite.key.ttl(), 63);
-        assert_eq!(o.tunnel.unwrap().flow_hash, (key_hash(&other) >> 32) as u32);
+        assert_eq!(o.tunnel.unwrap().flow_hash, tunnel_flow_hash(&other));
         // Another TTL is another verdict; another generation knows nothing.
         assert!(m.lookup(&key(2000, 9), 5).is_none());
         assert!(m.lookup(&other, 6).is_none());

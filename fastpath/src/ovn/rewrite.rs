@@ -298,16 +298,16 @@ impl Rewrite {
         }
     }
 
-    /// The flow-key fields [`Rewrite::apply`] writes into a frame (each
-    /// block writes every field it covers, changed or not).
-    pub fn written(&self) -> Vec<std::ops::Range<usize>> {
+    /// Calls `f` with each flow-key field [`Rewrite::apply`] writes into a
+    /// frame (each block writes every field it covers, changed or not).
+    pub fn for_each_written(&self, mut f: impl FnMut(std::ops::Range<usize>)) {
         let ops = self.compiled.ops;
-        let mut w = Vec::new();
+        let mut each = |fields: &[std::ops::Range<usize>]| fields.iter().cloned().for_each(&mut f);
         if ops & op::ETH != 0 {
-            w.extend([field::ETH_DST, field::ETH_SRC]);
+            each(&[field::ETH_DST, field::ETH_SRC]);
         }
         if ops & (op::IP4 | op::IP6) != 0 {
-            w.extend([
+            each(&[
                 field::TOS..field::TOS + 1,
                 field::TTL..field::TTL + 1,
                 field::SRC,
@@ -315,13 +315,16 @@ impl Rewrite {
             ]);
         }
         if ops & op::PORTS != 0 {
-            w.extend([field::TP_SRC, field::TP_DST]);
+            each(&[field::TP_SRC, field::TP_DST]);
         }
         if ops & op::ICMP != 0 {
-            w.push(field::ICMP_TYPE..field::ICMP_CODE + 1);
+            each(&[
+                field::ICMP_TYPE..field::ICMP_TYPE + 1,
+                field::ICMP_CODE..field::ICMP_CODE + 1,
+            ]);
         }
         if ops & op::ARP != 0 {
-            w.extend([
+            each(&[
                 field::ARP_OP,
                 field::SHA,
                 field::SRC,
@@ -329,7 +332,6 @@ impl Rewrite {
                 field::DST,
             ]);
         }
-        w
     }
 
     /// Whether nothing changes.
