@@ -1277,16 +1277,21 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         let budget = cfg.conntrack.expire_budget;
         std::thread::Builder::new()
             .name("fp-ct-expire".into())
-            .spawn(move || expire_loop(&ct, &aff, budget, tsc_hz, &stop))?
+            .spawn(move || {
+                dpdk::pin_control_thread();
+                expire_loop(&ct, &aff, budget, tsc_hz, &stop)
+            })?
     };
-    let watcher_thread = match watcher {
-        Some(w) => Some(
-            std::thread::Builder::new()
-                .name("fp-tables".into())
-                .spawn(move || w.run())?,
-        ),
-        None => None,
-    };
+    let watcher_thread =
+        match watcher {
+            Some(w) => Some(std::thread::Builder::new().name("fp-tables".into()).spawn(
+                move || {
+                    dpdk::pin_control_thread();
+                    w.run()
+                },
+            )?),
+            None => None,
+        };
     let server = ControlServer::bind(&cfg.control.socket)
         .with_context(|| format!("binding control socket {}", cfg.control.socket.display()))?;
     let control_stop = Arc::new(AtomicBool::new(false));
@@ -1296,6 +1301,8 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         std::thread::Builder::new()
             .name("fp-control".into())
             .spawn(move || {
+                let cpus = dpdk::pin_control_thread();
+                log::info!("housekeeping threads (control, tables, conntrack expiry) on CPUs {cpus:?}, off the worker lcores");
                 if let Err(e) = server.serve(handler, stop) {
                     log::error!("control socket stopped: {e}");
                 }

@@ -193,3 +193,90 @@ fn generations_reach_every_lcore_and_survive_writer_and_fastpath_restarts() {
     assert!(dump.contains("pod-e.ns"), "{dump}");
     drop(fp);
 }
+
+/// CPUs in a `/proc` status line's list form ("0-2,5").
+fn cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+/// (name, allowed CPUs) of every thread of process `pid`.
+fn threads(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), cpu_list(&field("Cpus_allowed_list:"))));
+    }
+    out
+}
+
+#[test]
+fn housekeeping_threads_leave_the_worker_cpu_alone() {
+    let mine = threads(std::process::id())
+        .into_iter()
+        .next()
+        .map(|(_, c)| c)
+        .unwrap();
+    if !(mine.contains(&0) && mine.contains(&1)) {
+        eprintln!("skipped: this test needs CPUs 0 and 1, it may use {mine:?}");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("fp-test-")
+        .tempdir()
+        .unwrap();
+    let file = dir.path().join("tables");
+    let g = publish(&file, &["0:pod-a.ns:1:1:local"]);
+    // One worker, the main lcore, on CPU 1.
+    let fp = Fastpath::start_in(
+        dir,
+        &[
+            "--lcores".into(),
+            "1".into(),
+            "--port".into(),
+            "r0=net_ring0".into(),
+            "--worker".into(),
+            "1=r0".into(),
+            "--tables".into(),
+            file.display().to_string(),
+        ],
+    );
+    let start = Instant::now();
+    while tables(&fp).lcores.iter().any(|(_, lg)| *lg != g) {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", fp.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = fp.child.as_ref().unwrap().id();
+    // What the process may run on, without the worker's CPU.
+    let expected: Vec<usize> = mine.iter().copied().filter(|&c| c != 1).collect();
+    let all = threads(pid);
+    let named = |n: &str| {
+        all.iter()
+            .find(|(name, _)| name == n)
+            .unwrap_or_else(|| panic!("no thread {n} in {all:?}"))
+            .1
+            .clone()
+    };
+    // The worker polls on CPU 1 alone.
+    assert_eq!(named("fastpath"), vec![1], "{all:?}");
+    for n in ["fp-tables", "fp-ct-expire", "fp-control"] {
+        assert_eq!(named(n), expected, "{n} shares the worker's CPU: {all:?}");
+    }
+    assert!(fp.log().contains("housekeeping threads"), "{}", fp.log());
+}
