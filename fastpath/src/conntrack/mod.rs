@@ -49,8 +49,8 @@
 //! preallocated entries and a `hashbrown` index of keys, behind its own
 //! `parking_lot` mutex held only for one table operation (no allocation in
 //! steady state). The shard of a key comes from [`Tuple::symmetric_hash`], the
-//! same for a tuple and its reverse, so both directions of a connection
-//! without NAT meet in one shard and one lock. A NATed connection's reply
+//! same for a tuple and its reverse and in every zone, so both directions of
+//! a connection without NAT meet in one shard and one lock. A NATed connection's reply
 //! tuple may hash elsewhere: its index entry then lives in that shard and
 //! points at the home shard (the original tuple's), and a reply lookup takes
 //! the two locks one after the other, never nested. A commit that needs both

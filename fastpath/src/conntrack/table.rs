@@ -32,7 +32,7 @@ struct Key {
 impl Key {
     #[inline]
     fn hash(&self) -> u64 {
-        self.tuple.symmetric_hash(self.zone)
+        self.tuple.symmetric_hash()
     }
 }
 
@@ -392,6 +392,10 @@ pub struct Conntrack {
     /// Connections created per zone (wrapping), so that a flow cache can
     /// tell that nothing was committed in a zone since it looked.
     zone_commits: Box<[AtomicU32]>,
+    /// One bit per zone, set for good once the zone has had a connection
+    /// whose reply tuple goes from an address to itself (a client
+    /// load-balanced to itself): until then no reply can be a hairpin's.
+    self_replies: Box<[AtomicU64]>,
 }
 
 /// Spins on `try_lock` a bounded number of times (for a lock taken out of
@@ -437,6 +441,7 @@ impl Conntrack {
             nat_attempts: config.nat_attempts.max(1),
             expire_start: AtomicUsize::new(0),
             zone_commits: (0..=u16::MAX).map(|_| AtomicU32::new(0)).collect(),
+            self_replies: (0..=u16::MAX / 64).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -607,6 +612,17 @@ impl Conntrack {
         self.zone_commits
             .get(usize::from(zone))
             .map_or(0, |n| n.load(Ordering::Acquire))
+    }
+
+    /// Whether zone `zone` ever had a connection whose reply tuple's source
+    /// and destination addresses are the same (a hairpinned one). When it
+    /// did not, no lookup of a tuple addressed back to its own source can
+    /// find a reply there, and `chk_lb_hairpin_reply` needs none.
+    #[inline(always)]
+    pub fn had_self_replies(&self, zone: u16) -> bool {
+        self.self_replies
+            .get(usize::from(zone) / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (zone % 64)) != 0)
     }
 
     /// The address and size of the entry of connection `id`, for a caller
@@ -996,6 +1012,14 @@ impl Conntrack {
     ) -> CtResult {
         if let Some(n) = self.zone_commits.get(usize::from(key.zone)) {
             n.fetch_add(1, Ordering::Release);
+        }
+        if rkey.tuple.src == rkey.tuple.dst {
+            let bit = 1 << (key.zone % 64);
+            if let Some(w) = self.self_replies.get(usize::from(key.zone) / 64) {
+                if w.load(Ordering::Relaxed) & bit == 0 {
+                    w.fetch_or(bit, Ordering::Release);
+                }
+            }
         }
         let slot = match gs.free.pop() {
             Some(i) => i,

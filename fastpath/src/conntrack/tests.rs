@@ -791,3 +791,31 @@ fn commits_without_nat_never_conflict_in_an_empty_zone() {
         assert!(r.is_ok(), "port {port}: {r:?}");
     }
 }
+
+#[test]
+fn a_client_balanced_to_itself_marks_its_zone_for_hairpin_replies() {
+    let ct = table();
+    let to = |addr: &str| CtCommit {
+        dnat: Some(NatRange::addr_port(ip4(addr).into(), 8080)),
+        ..CtCommit::default()
+    };
+    // Zone 3: a client balanced to another backend.
+    let other = tcp4("10.0.0.1", 40000, "172.16.0.10", 80, tf::SYN);
+    ct.commit(3, &pkt(&other), &to("10.0.0.2"), SEC).unwrap();
+    assert!(!ct.had_self_replies(3) && !ct.had_self_replies(5));
+    // Zone 5: the client is the backend it was sent to.
+    let hairpin = tcp4("10.0.0.1", 40001, "172.16.0.10", 80, tf::SYN);
+    let r = ct.commit(5, &pkt(&hairpin), &to("10.0.0.1"), SEC).unwrap();
+    assert_eq!(r.state, NEW | ct_state::DNAT);
+    assert!(ct.had_self_replies(5));
+    assert!(!ct.had_self_replies(3) && !ct.had_self_replies(4) && !ct.had_self_replies(69));
+    // The reply the bit lets through to a lookup: backend to itself.
+    let reply = tcp4("10.0.0.1", 8080, "10.0.0.1", 40001, tf::SYN | tf::ACK);
+    assert_eq!(
+        ct.peek(5, &pkt(&reply), SEC).state,
+        EST_RPL | ct_state::DNAT
+    );
+    // Zone 69 shares zone 5's bit word, not its bit.
+    ct.commit(69, &pkt(&other), &commit_plain(), SEC).unwrap();
+    assert!(!ct.had_self_replies(69));
+}

@@ -166,8 +166,12 @@ impl Tuple {
 
     /// A hash that is the same for a tuple and its [`Tuple::reverse`]: the
     /// endpoints are ordered before hashing and the ICMP type is left out.
+    /// The zone is left out too: a connection's tuples in every zone it
+    /// crosses (a load-balanced one is looked up and committed in the
+    /// client's zone and again, translated, in the backend's) share an
+    /// index group, which the first of them brings into the cache.
     #[inline]
-    pub fn symmetric_hash(&self, zone: u16) -> u64 {
+    pub fn symmetric_hash(&self) -> u64 {
         let a = (u128::from_be_bytes(self.src), self.src_port);
         let b = (
             u128::from_be_bytes(self.dst),
@@ -178,8 +182,10 @@ impl Tuple {
             },
         );
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        let mut h = mix(0x243f_6a88_85a3_08d3, zone as u64);
-        h = mix(h, (self.proto as u64) << 1 | self.ipv6 as u64);
+        let mut h = mix(
+            0x243f_6a88_85a3_08d3,
+            (self.proto as u64) << 1 | self.ipv6 as u64,
+        );
         h = mix(h, (lo.0 >> 64) as u64);
         h = mix(h, lo.0 as u64);
         h = mix(h, (hi.0 >> 64) as u64);

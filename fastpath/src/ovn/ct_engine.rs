@@ -429,6 +429,9 @@ impl ConntrackEngine {
     /// its own source) and whose VIP is the packet's destination. Read
     /// only, in both modes.
     fn hairpin_reply_to_vip(&self, zone: CtZone, v: &FlowVector) -> bool {
+        if !self.ct.had_self_replies(zone) {
+            return false;
+        }
         let mut p = CtPacket::from_key(&v.key());
         if p.class != PacketClass::Trackable || !has_ports(p.tuple.proto) {
             return false;
