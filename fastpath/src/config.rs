@@ -224,13 +224,16 @@ pub struct TablesSection {
     /// The shared-memory file the control process publishes into (hugetlbfs
     /// or /dev/shm). Unset: no tables (the xconnect pipeline needs none).
     pub path: Option<PathBuf>,
-    /// How often the watcher looks for a new generation, in microseconds.
+    /// How often the watcher looks for a new generation, in microseconds
+    /// (default 1000: a new generation waits half a millisecond on average,
+    /// and the watcher wakes a thousand times a second on its housekeeping
+    /// CPU).
     #[serde(default = "default_tables_poll")]
     pub poll_us: u64,
 }
 
 fn default_tables_poll() -> u64 {
-    100
+    1000
 }
 
 impl Default for TablesSection {
