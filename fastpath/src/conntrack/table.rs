@@ -402,6 +402,9 @@ pub struct Conntrack {
 /// the shard order, which must never block).
 const TRY_LOCK_SPINS: usize = 256;
 
+/// Most slots an expiry pass scans under one hold of a shard lock.
+const EXPIRE_CHUNK: usize = 128;
+
 enum Create {
     Done(CtResult),
     Retry,
@@ -836,6 +839,10 @@ impl Conntrack {
             return Err(CtError::TableFull);
         }
         let (nat_bits, cands) = self.candidates(key, c)?;
+        // A candidate whose shard was busy out of order (another lcore or
+        // the expiry pass held it): skipped, but not taken as proof that
+        // the candidates are exhausted.
+        let mut busy = None;
         for reply in cands.take(self.nat_attempts) {
             let rkey = Key {
                 zone: key.zone,
@@ -861,7 +868,10 @@ impl Conntrack {
                     g
                 })
             };
-            let Some(mut gr) = gr else { continue };
+            let Some(mut gr) = gr else {
+                busy = Some(r);
+                continue;
+            };
             if self.key_free(r, &mut gr, rh, &rkey, now, &mut None) {
                 let res = self.insert(
                     s,
@@ -878,6 +888,13 @@ impl Conntrack {
                 );
                 return Ok(Create::Done(res));
             }
+        }
+        if let Some(r) = busy {
+            // Wait for the busy shard without holding ours (no nesting out
+            // of order), then start over: its holder is gone by then.
+            drop(gs);
+            drop(self.shards[r].lock.lock());
+            return Ok(Create::Retry);
         }
         Err(if nat_bits != 0 {
             CtError::NatExhausted
@@ -1178,19 +1195,29 @@ impl Conntrack {
                 break;
             }
             let idx = (start + i) % n;
-            let mut g = self.shards[idx].lock.lock();
-            let len = g.entries.len();
-            let scan = left.min(len);
-            for _ in 0..scan {
-                let slot = g.cursor % len;
-                g.cursor = (slot + 1) % len;
-                let e = &g.entries[slot];
-                if e.live && self.shards[idx].hot[slot].expires_at() <= now {
-                    deferred.extend(self.remove_locked(idx, &mut g, slot as u32));
-                    removed += 1;
-                }
-            }
+            let mut scan = left.min(self.shards[idx].lock.lock().entries.len());
             left -= scan;
+            // In chunks, each under the lock on its own: a scan reads two
+            // cold lines a slot, and an lcore committing into this shard
+            // waits for the lock (or, out of shard order, retries).
+            while scan > 0 {
+                let mut g = self.shards[idx].lock.lock();
+                let len = g.entries.len();
+                let chunk = scan.min(EXPIRE_CHUNK).min(len);
+                if chunk == 0 {
+                    break;
+                }
+                for _ in 0..chunk {
+                    let slot = g.cursor % len;
+                    g.cursor = (slot + 1) % len;
+                    let e = &g.entries[slot];
+                    if e.live && self.shards[idx].hot[slot].expires_at() <= now {
+                        deferred.extend(self.remove_locked(idx, &mut g, slot as u32));
+                        removed += 1;
+                    }
+                }
+                scan -= chunk;
+            }
         }
         for d in deferred {
             self.finish_deferred(d);
@@ -1343,5 +1370,20 @@ pub fn format_tuple(t: &Tuple) -> String {
         format!("icmp {a} -> {b} id={} type={}", t.src_port, t.icmp_type())
     } else {
         format!("proto={} {a}:{} -> {b}:{}", t.proto, t.src_port, t.dst_port)
+    }
+}
+
+#[cfg(test)]
+impl Conntrack {
+    /// The shard a tuple's keys live in.
+    pub(super) fn shard_of_tuple(&self, t: &Tuple) -> usize {
+        self.shard_of(t.symmetric_hash())
+    }
+
+    /// Runs `f` while holding shard `idx`'s lock (as an lcore or the expiry
+    /// pass would).
+    pub(super) fn with_shard_held(&self, idx: usize, f: impl FnOnce()) {
+        let _g = self.shards[idx].lock.lock();
+        f();
     }
 }

@@ -819,3 +819,40 @@ fn a_client_balanced_to_itself_marks_its_zone_for_hairpin_replies() {
     ct.commit(69, &pkt(&other), &commit_plain(), SEC).unwrap();
     assert!(!ct.had_self_replies(69));
 }
+
+#[test]
+fn a_busy_reply_shard_delays_a_nat_commit_without_refusing_it() {
+    let ct = Arc::new(table());
+    let dnat = CtCommit {
+        dnat: Some(NatRange::addr_port(ip4("10.1.0.5").into(), 8080)),
+        ..CtCommit::default()
+    };
+    // A client port whose reply tuple (backend to client) lives in a shard
+    // below the original's: the commit must take that lock out of order.
+    let (frame, reply_shard) = (1024..u16::MAX)
+        .find_map(|sp| {
+            let f = tcp4("10.0.0.1", sp, "172.16.0.10", 80, tf::SYN);
+            let reply = pkt(&tcp4("10.1.0.5", 8080, "10.0.0.1", sp, tf::SYN)).tuple;
+            let r = ct.shard_of_tuple(&reply);
+            (r < ct.shard_of_tuple(&pkt(&f).tuple)).then_some((f, r))
+        })
+        .unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = {
+        let ct = ct.clone();
+        std::thread::spawn(move || {
+            ct.with_shard_held(reply_shard, || {
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            })
+        })
+    };
+    held_rx.recv().unwrap();
+    // The reply tuple is free: the commit waits for the shard, then opens
+    // the connection (it used to give up with ct_nat_exhausted).
+    let r = ct.commit(0, &pkt(&frame), &dnat, SEC);
+    holder.join().unwrap();
+    let r = r.unwrap();
+    assert_eq!(r.state, NEW | ct_state::DNAT);
+    assert_eq!(ct.len(), 1);
+}
