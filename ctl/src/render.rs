@@ -169,6 +169,7 @@ pub fn lcores(l: &[LcoreInfo]) -> String {
                 c.cache_evictions.to_string(),
                 c.cache_revalidations.to_string(),
                 c.cache_entries.to_string(),
+                c.preemptions.map_or("-".into(), |n| n.to_string()),
             ]
         })
         .collect();
@@ -187,6 +188,7 @@ pub fn lcores(l: &[LcoreInfo]) -> String {
             "EVICTED",
             "REVALIDATED",
             "ENTRIES",
+            "PREEMPTED",
         ],
         &rows,
     )

@@ -361,6 +361,7 @@ impl State {
                     cache_revalidations: s.cache[3],
                     cache_megaflow_hits: s.cache[4],
                     cache_entries: l.cache.entries.get(),
+                    preemptions: crate::stats::thread_preemptions(l.thread_id.get()),
                 }
             })
             .collect()

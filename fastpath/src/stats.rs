@@ -215,6 +215,9 @@ pub struct LcoreStats {
     pub iterations: Counter,
     /// Table generation in use (0 when none).
     pub table_generation: Counter,
+    /// The kernel's id of the lcore's thread (0 until it runs), for its
+    /// scheduling counters in `/proc`.
+    pub thread_id: Counter,
     /// Per-port counters, by port index.
     pub ports: Box<[PortCounters]>,
     /// Drops by reason, by [`DropReason::index`].
@@ -260,6 +263,7 @@ impl LcoreStats {
             idle_cycles: Counter::default(),
             iterations: Counter::default(),
             table_generation: Counter::default(),
+            thread_id: Counter::default(),
             ports: (0..nports).map(|_| PortCounters::default()).collect(),
             drops: (0..DropReason::COUNT).map(|_| Counter::default()).collect(),
             parse_drops: (0..fastpath_packet::ParseError::COUNT)
@@ -428,5 +432,57 @@ mod tests {
         assert_eq!(d.ports[1][2], 4);
         assert_eq!(d.cycles_per_packet(), 80.0);
         assert_eq!(d.drops.iter().find(|x| x.0 == "tx_full").unwrap().1, 1);
+    }
+}
+
+/// The kernel's id of the calling thread, from `/proc/thread-self`.
+pub fn current_thread_id() -> Option<u64> {
+    std::fs::read_link("/proc/thread-self")
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
+}
+
+/// How many times the kernel took the CPU from thread `tid` of this
+/// process while it could still run (`nonvoluntary_ctxt_switches`): a
+/// polling lcore alone on its CPU sees next to none.
+pub fn thread_preemptions(tid: u64) -> Option<u64> {
+    if tid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    preemptions_in_status(&status)
+}
+
+/// `nonvoluntary_ctxt_switches` of a `/proc/.../status` text.
+fn preemptions_in_status(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod preemption_tests {
+    use super::*;
+
+    #[test]
+    fn preemptions_come_from_the_status_line_of_that_name() {
+        let status =
+            "Name:\tfastpath\nvoluntary_ctxt_switches:\t4012\nnonvoluntary_ctxt_switches:\t37\n";
+        assert_eq!(preemptions_in_status(status), Some(37));
+        assert_eq!(preemptions_in_status("voluntary_ctxt_switches:\t4\n"), None);
+        assert_eq!(
+            preemptions_in_status("nonvoluntary_ctxt_switches:\tmany\n"),
+            None
+        );
+        // This thread's own count is readable.
+        let me = current_thread_id().unwrap();
+        assert!(thread_preemptions(me).is_some());
+        assert_eq!(thread_preemptions(0), None);
     }
 }

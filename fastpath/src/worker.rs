@@ -180,6 +180,9 @@ impl Worker {
         let mut tx: Vec<TxBuffer> = port_ids.iter().map(|_| TxBuffer::new()).collect();
         let sleep = Duration::from_micros(u64::from(idle.sleep_us));
         let mut empty_rounds: u32 = 0;
+        if let Some(tid) = crate::stats::current_thread_id() {
+            stats.thread_id.set(tid);
+        }
         log::info!(
             "lcore {}: polling {} queue(s), pipeline {}",
             stats.lcore,

@@ -453,6 +453,13 @@ pub struct LcoreInfo {
     /// Flow cache: entries held.
     #[serde(default)]
     pub cache_entries: u64,
+    /// Times the kernel took the lcore's CPU from it while it could still
+    /// run (its thread's `nonvoluntary_ctxt_switches`, not cleared by
+    /// `clear-stats`). A polling lcore alone on its CPU sees next to none;
+    /// a count that grows means another thread shares the CPU (isolate
+    /// it). `None` when it cannot be read.
+    #[serde(default)]
+    pub preemptions: Option<u64>,
 }
 
 /// Answer to [`Request::Stats`].

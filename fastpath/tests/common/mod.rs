@@ -28,19 +28,33 @@ impl Fastpath {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[String]) -> Fastpath {
+        Self::start_with(dir, extra, true)
+    }
+
+    /// [`Fastpath::start`] without the idle back-off: the worker polls
+    /// flat out, as in production.
+    pub fn start_busy_polling(extra: &[String]) -> Fastpath {
+        let dir = tempfile::Builder::new()
+            .prefix("fp-test-")
+            .tempdir()
+            .expect("tempdir");
+        Self::start_with(dir, extra, false)
+    }
+
+    fn start_with(dir: tempfile::TempDir, extra: &[String], backoff: bool) -> Fastpath {
         // DPDK 22.11's af_packet PMD names its PACKET_FANOUT group
         // (pid ^ ifindex) & 0xffff, and the kernel refuses a second group
         // of the same id on another device: two processes started with
         // consecutive pids on the two ends of a veth pair (consecutive
         // ifindexes) collide. Another start has another pid.
-        let mut fp = Self::spawn_in(dir, extra);
+        let mut fp = Self::spawn_in(dir, extra, backoff);
         for _ in 0..3 {
             match fp.wait_ready() {
                 Ok(()) => return fp,
                 Err(log) if log.contains("could not set PACKET_FANOUT") => {
                     eprintln!("fastpath start: af_packet fanout group taken; starting again");
                     let dir = fp.dir_for_restart();
-                    fp = Self::spawn_in(dir, extra);
+                    fp = Self::spawn_in(dir, extra, backoff);
                 }
                 Err(log) => panic!("fastpath exited early:\n{log}"),
             }
@@ -61,7 +75,7 @@ impl Fastpath {
         std::mem::replace(&mut self.dir, dir)
     }
 
-    fn spawn_in(dir: tempfile::TempDir, extra: &[String]) -> Fastpath {
+    fn spawn_in(dir: tempfile::TempDir, extra: &[String], backoff: bool) -> Fastpath {
         let socket = dir.path().join("control.sock");
         // (Left by a start that failed.)
         let _ = std::fs::remove_file(&socket);
@@ -71,7 +85,8 @@ impl Fastpath {
             cmd.args(["--lcores", "1"]);
         }
         let child = cmd
-            .args(["--in-memory", "--no-pci", "--idle-backoff"])
+            .args(["--in-memory", "--no-pci"])
+            .args(backoff.then_some("--idle-backoff"))
             .args(["--file-prefix", &format!("fpt-{}", std::process::id())])
             .args(["--mbufs", "4095", "--data-room", "10240"])
             .args(["--socket", &socket.display().to_string()])
