@@ -17,7 +17,9 @@
 //! Owns these scenarios only; the generator, the start/stop helpers and the
 //! OVN central are `runner`'s and `ovn_scenarios`'.
 
-use crate::ovn_scenarios::{compile_tables, wait_tables, Central};
+use crate::ovn_scenarios::{
+    compile_tables, lcore_preemptions, report_preemptions, wait_tables, Central,
+};
 use crate::plot;
 use crate::runner::{
     fastpath_xconnect, run_pktgen, start_fastpath, stop_fastpath, GenReport, RunArgs, SystemResult,
@@ -68,6 +70,8 @@ pub struct AclLbRun {
     pub cache_hits: u64,
     /// Flow-cache misses during the measurement.
     pub cache_misses: u64,
+    /// Times the kernel preempted the lcore during the measurement.
+    pub lcore_preemptions: Option<u64>,
     /// Every system measured.
     pub systems: Vec<SystemResult>,
 }
@@ -128,6 +132,8 @@ pub struct NewConnectionsReport {
     pub cache_misses: u64,
     /// Drops by reason during the run.
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// Times the kernel preempted the lcore during the run.
+    pub lcore_preemptions: Option<u64>,
     /// Every system measured.
     pub systems: Vec<SystemResult>,
 }
@@ -340,8 +346,10 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
             );
         }
         client.call(&Request::ClearStats)?;
+        let preempted_before = lcore_preemptions(&mut client)?;
         let gen = run_pktgen(&run_args, dir, "ovn", &client_frames())?;
         let (l, stats) = lcore(&mut client)?;
+        let preempted = report_preemptions(preempted_before, l.preemptions);
         if gen.received == 0 {
             bail!(
                 "no packet came through the OVN pipeline; drops: {:?}",
@@ -361,6 +369,7 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
             mpps: ovn.mpps,
             cache_hits: l.cache_hits,
             cache_misses: l.cache_misses,
+            lcore_preemptions: preempted,
             systems: vec![floor.clone(), ovn],
         })
     })();
@@ -491,15 +500,17 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     let (fp, mut client) = start_ovn(&run_args, dir, tables, capacity, cache)?;
     let r: Result<_> = (|| {
         client.call(&Request::ClearStats)?;
+        let preempted_before = lcore_preemptions(&mut client)?;
         let mut extra = client_frames();
         extra.extend(["--packets".into(), n.to_string()]);
         let gen = run_pktgen(&run_args, dir, "ovn", &extra)?;
         let (l, stats) = lcore(&mut client)?;
         let count: ConntrackCount = client.call_as(&Request::ConntrackCount)?;
-        Ok((gen, l, stats, count))
+        Ok((gen, l, stats, count, preempted_before))
     })();
     stop_fastpath(fp);
-    let (gen, l, stats, count) = r?;
+    let (gen, l, stats, count, preempted_before) = r?;
+    let preempted = report_preemptions(preempted_before, l.preemptions);
     if gen.received == 0 {
         bail!(
             "no packet came through the OVN pipeline; drops: {:?}",
@@ -529,6 +540,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         cache_hits: l.cache_hits,
         cache_misses: l.cache_misses,
         drops: stats.drops.clone(),
+        lcore_preemptions: preempted,
         systems: vec![floor, ovn],
     };
     println!();

@@ -54,6 +54,8 @@ pub struct OvnReport {
     pub megaflow_hits: u64,
     /// Misses per second of busy time on the core (new-flows).
     pub new_flows_per_second: Option<f64>,
+    /// Times the kernel preempted the lcore during the OVN run.
+    pub lcore_preemptions: Option<u64>,
     /// Every system measured.
     pub systems: Vec<SystemResult>,
 }
@@ -142,6 +144,24 @@ pub(crate) fn compile_tables(
 }
 
 /// Waits until the fastpath has loaded a generation of the tables.
+/// How many times the kernel has preempted the (first) lcore so far.
+pub(crate) fn lcore_preemptions(client: &mut fastpath_api::Client) -> Result<Option<u64>> {
+    let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
+    Ok(lcores.first().and_then(|l| l.preemptions))
+}
+
+/// Preemptions between two readings, printed: a measurement the kernel
+/// interrupted often is not the fastpath's own figure.
+pub(crate) fn report_preemptions(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    let n = after.zip(before).map(|(a, b)| a.saturating_sub(b));
+    if let Some(n) = n {
+        eprintln!(
+            "perf: the kernel preempted the fastpath's lcore {n} time(s) during the measurement"
+        );
+    }
+    n
+}
+
 pub(crate) fn wait_tables(client: &mut fastpath_api::Client) -> Result<()> {
     let start = Instant::now();
     loop {
@@ -198,6 +218,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     let (fp, mut client) = start_fastpath(args, dir, &fastpath_args)?;
     wait_tables(&mut client)?;
     client.call(&Request::ClearStats)?;
+    let preempted_before = lcore_preemptions(&mut client)?;
     let (dst_mac, dst_ip) = if routed {
         (GW0, "10.0.1.13")
     } else {
@@ -221,6 +242,8 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
     let stats: fastpath_api::Stats = client.call_as(&Request::Stats)?;
     stop_fastpath(fp);
+    let lcore_preemptions =
+        report_preemptions(preempted_before, lcores.first().and_then(|l| l.preemptions));
     let l = lcores.first().cloned().unwrap_or_default();
     if gen.received == 0 {
         bail!(
@@ -257,6 +280,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
         cache_misses: l.cache_misses,
         megaflow_hits: l.cache_megaflow_hits,
         new_flows_per_second,
+        lcore_preemptions,
         systems: vec![floor.clone(), ovn.clone()],
     };
     println!();
