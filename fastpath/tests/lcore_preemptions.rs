@@ -38,14 +38,7 @@ fn a_busy_thread_on_the_lcores_cpu_shows_as_preemptions() {
         return;
     }
     // One worker on CPU 1, polling without back-off.
-    let fp = Fastpath::start_busy_polling(&[
-        "--lcores".into(),
-        "1".into(),
-        "--port".into(),
-        "r0=net_ring0".into(),
-        "--worker".into(),
-        "1=r0".into(),
-    ]);
+    let fp = Fastpath::start_busy_polling(&common::ring_worker_on_cpu1());
     let lone_start = preemptions(&fp);
     std::thread::sleep(Duration::from_secs(1));
     let lone = preemptions(&fp) - lone_start;

@@ -244,19 +244,9 @@ fn housekeeping_threads_leave_the_worker_cpu_alone() {
     let file = dir.path().join("tables");
     let g = publish(&file, &["0:pod-a.ns:1:1:local"]);
     // One worker, the main lcore, on CPU 1.
-    let fp = Fastpath::start_in(
-        dir,
-        &[
-            "--lcores".into(),
-            "1".into(),
-            "--port".into(),
-            "r0=net_ring0".into(),
-            "--worker".into(),
-            "1=r0".into(),
-            "--tables".into(),
-            file.display().to_string(),
-        ],
-    );
+    let mut args = common::ring_worker_on_cpu1();
+    args.extend(["--tables".into(), file.display().to_string()]);
+    let fp = Fastpath::start_in(dir, &args);
     let start = Instant::now();
     while tables(&fp).lcores.iter().any(|(_, lg)| *lg != g) {
         assert!(start.elapsed() < Duration::from_secs(10), "{}", fp.log());

@@ -412,6 +412,20 @@ pub mod frames {
 pub mod netns;
 
 /// The `ovn-bridge` binary, built beside the fastpath binary.
+/// Arguments for one worker, the main lcore, on CPU 1, polling a ring port.
+pub fn ring_worker_on_cpu1() -> Vec<String> {
+    [
+        "--lcores",
+        "1",
+        "--port",
+        "r0=net_ring0",
+        "--worker",
+        "1=r0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 pub fn ovn_bridge_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_fastpath")).with_file_name("ovn-bridge");
     assert!(
