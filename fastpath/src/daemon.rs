@@ -1052,6 +1052,21 @@ fn expire_loop(ct: &Conntrack, aff: &LbAffinity, budget: usize, tsc_hz: u64, sto
     }
 }
 
+/// Starts a housekeeping thread: it first moves itself off the worker
+/// lcores' CPUs ([`dpdk::pin_control_thread`]), then runs `f` with the CPUs
+/// it went to.
+fn spawn_housekeeping<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce(&[usize]) -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let cpus = dpdk::pin_control_thread();
+            f(&cpus)
+        })
+}
+
 /// Runs the fastpath until SIGTERM/SIGINT (or until `stop` is set).
 pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     let eal = Eal::init(&cfg.eal.args()).context("starting DPDK")?;
@@ -1276,38 +1291,26 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
         let ct = conntrack.clone();
         let aff = affinity.clone();
         let budget = cfg.conntrack.expire_budget;
-        std::thread::Builder::new()
-            .name("fp-ct-expire".into())
-            .spawn(move || {
-                dpdk::pin_control_thread();
-                expire_loop(&ct, &aff, budget, tsc_hz, &stop)
-            })?
+        spawn_housekeeping("fp-ct-expire", move |_| {
+            expire_loop(&ct, &aff, budget, tsc_hz, &stop)
+        })?
     };
-    let watcher_thread =
-        match watcher {
-            Some(w) => Some(std::thread::Builder::new().name("fp-tables".into()).spawn(
-                move || {
-                    dpdk::pin_control_thread();
-                    w.run()
-                },
-            )?),
-            None => None,
-        };
+    let watcher_thread = match watcher {
+        Some(w) => Some(spawn_housekeeping("fp-tables", move |_| w.run())?),
+        None => None,
+    };
     let server = ControlServer::bind(&cfg.control.socket)
         .with_context(|| format!("binding control socket {}", cfg.control.socket.display()))?;
     let control_stop = Arc::new(AtomicBool::new(false));
     let control = {
         let stop = control_stop.clone();
         let handler: Arc<dyn Handler> = state.clone();
-        std::thread::Builder::new()
-            .name("fp-control".into())
-            .spawn(move || {
-                let cpus = dpdk::pin_control_thread();
-                log::info!("housekeeping threads (control, tables, conntrack expiry) on CPUs {cpus:?}, off the worker lcores");
-                if let Err(e) = server.serve(handler, stop) {
-                    log::error!("control socket stopped: {e}");
-                }
-            })?
+        spawn_housekeeping("fp-control", move |cpus| {
+            log::info!("housekeeping threads (control, tables, conntrack expiry) on CPUs {cpus:?}, off the worker lcores");
+            if let Err(e) = server.serve(handler, stop) {
+                log::error!("control socket stopped: {e}");
+            }
+        })?
     };
     log::info!("control socket at {}", cfg.control.socket.display());
 

@@ -401,40 +401,6 @@ impl LcoreSnapshot {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn drop_reason_table_is_consistent() {
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            assert_eq!(r.index(), i);
-        }
-        let names: std::collections::HashSet<_> =
-            DropReason::ALL.iter().map(|r| r.name()).collect();
-        assert_eq!(names.len(), DropReason::COUNT);
-    }
-
-    #[test]
-    fn snapshot_since_subtracts() {
-        let s = LcoreStats::new(1, vec![], 2);
-        s.packets.add(10);
-        s.busy_cycles.add(1000);
-        s.ports[1].tx_packets.add(3);
-        s.drop_packets(DropReason::TxFull, 2);
-        let base = s.snapshot();
-        s.packets.add(5);
-        s.busy_cycles.add(400);
-        s.ports[1].tx_packets.add(4);
-        s.drop_packets(DropReason::TxFull, 1);
-        let d = s.snapshot().since(&base);
-        assert_eq!(d.packets, 5);
-        assert_eq!(d.ports[1][2], 4);
-        assert_eq!(d.cycles_per_packet(), 80.0);
-        assert_eq!(d.drops.iter().find(|x| x.0 == "tx_full").unwrap().1, 1);
-    }
-}
-
 /// The kernel's id of the calling thread, from `/proc/thread-self`.
 pub fn current_thread_id() -> Option<u64> {
     std::fs::read_link("/proc/thread-self")
@@ -467,8 +433,37 @@ fn preemptions_in_status(status: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod preemption_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn drop_reason_table_is_consistent() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn snapshot_since_subtracts() {
+        let s = LcoreStats::new(1, vec![], 2);
+        s.packets.add(10);
+        s.busy_cycles.add(1000);
+        s.ports[1].tx_packets.add(3);
+        s.drop_packets(DropReason::TxFull, 2);
+        let base = s.snapshot();
+        s.packets.add(5);
+        s.busy_cycles.add(400);
+        s.ports[1].tx_packets.add(4);
+        s.drop_packets(DropReason::TxFull, 1);
+        let d = s.snapshot().since(&base);
+        assert_eq!(d.packets, 5);
+        assert_eq!(d.ports[1][2], 4);
+        assert_eq!(d.cycles_per_packet(), 80.0);
+        assert_eq!(d.drops.iter().find(|x| x.0 == "tx_full").unwrap().1, 1);
+    }
 
     #[test]
     fn preemptions_come_from_the_status_line_of_that_name() {

@@ -1195,29 +1195,25 @@ impl Conntrack {
                 break;
             }
             let idx = (start + i) % n;
-            let mut scan = left.min(self.shards[idx].lock.lock().entries.len());
-            left -= scan;
-            // In chunks, each under the lock on its own: a scan reads two
-            // cold lines a slot, and an lcore committing into this shard
-            // waits for the lock (or, out of shard order, retries).
-            while scan > 0 {
-                let mut g = self.shards[idx].lock.lock();
+            let mut g = self.shards[idx].lock.lock();
+            let scan = left.min(g.entries.len());
+            for k in 0..scan {
+                // A scan reads two cold lines a slot: every few, hand the
+                // lock to an lcore waiting to commit into this shard (fair:
+                // to the waiter, not back to this pass).
+                if k > 0 && k % EXPIRE_CHUNK == 0 {
+                    MutexGuard::unlocked_fair(&mut g, || {});
+                }
                 let len = g.entries.len();
-                let chunk = scan.min(EXPIRE_CHUNK).min(len);
-                if chunk == 0 {
-                    break;
+                let slot = g.cursor % len;
+                g.cursor = (slot + 1) % len;
+                let e = &g.entries[slot];
+                if e.live && self.shards[idx].hot[slot].expires_at() <= now {
+                    deferred.extend(self.remove_locked(idx, &mut g, slot as u32));
+                    removed += 1;
                 }
-                for _ in 0..chunk {
-                    let slot = g.cursor % len;
-                    g.cursor = (slot + 1) % len;
-                    let e = &g.entries[slot];
-                    if e.live && self.shards[idx].hot[slot].expires_at() <= now {
-                        deferred.extend(self.remove_locked(idx, &mut g, slot as u32));
-                        removed += 1;
-                    }
-                }
-                scan -= chunk;
             }
+            left -= scan;
         }
         for d in deferred {
             self.finish_deferred(d);

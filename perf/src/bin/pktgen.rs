@@ -486,17 +486,16 @@ fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn refused_frames_send_their_flows_again() {
-        use super::rewind;
         assert_eq!(rewind(10, 3, 100), 7);
         assert_eq!(rewind(2, 5, 100), 97, "wraps below zero");
         assert_eq!(rewind(0, 0, 100), 0);
         assert_eq!(rewind(5, 250, 100), 55, "more refused than flows");
         assert_eq!(rewind(0, 7, 1), 0);
     }
-
-    use super::*;
 
     #[test]
     fn flows_beyond_the_source_ports_are_distinct_tuples() {
