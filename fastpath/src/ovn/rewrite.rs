@@ -58,6 +58,11 @@ pub struct Rewrite {
     pub key: FlowKey,
 }
 
+/// Bytes from the start of a [`Rewrite`] that applying it to an IPv4
+/// flow reads (the compiled form up to the IPv4 addresses; an IPv6 flow
+/// reads its 32 address bytes, ARP the block after them).
+pub const IPV4_APPLY_BYTES: usize = std::mem::offset_of!(Compiled, addrs) + 8;
+
 /// Blocks of a [`Compiled`] rewrite (bits of `Compiled::ops`).
 mod op {
     /// Write `eth` (destination and source MAC) at offset 0.
