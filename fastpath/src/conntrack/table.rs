@@ -1045,6 +1045,7 @@ impl Conntrack {
                 (gs.entries.len() - 1) as u32
             }
         };
+        self.prefetch_next_slot(s, gs);
         let incarnation = self.shards[s].incarnation[slot as usize].load(Ordering::Acquire);
         let l4 = match p.tuple.proto {
             ip_proto::TCP => L4State::Tcp(tcp_open_state(p.tcp_flags)),
@@ -1099,6 +1100,32 @@ impl Conntrack {
             }
         }
         res
+    }
+
+    /// Starts loading the lines the shard's next new connection will write
+    /// (its entry, stamp line and incarnation), so that the commit after
+    /// this one, usually many packets later, does not wait for memory:
+    /// a new connection's stores otherwise each wait for a cold line.
+    #[inline]
+    fn prefetch_next_slot(&self, s: usize, gs: &MutexGuard<'_, Shard>) {
+        let next = gs.free.last().map_or(gs.entries.len(), |&i| i as usize);
+        if next >= self.per_shard {
+            return;
+        }
+        let cell = &self.shards[s];
+        let size = std::mem::size_of::<Entry>();
+        let entry = cell.entries_at + next * size;
+        let mut line = entry & !63;
+        while line < entry + size {
+            crate::dpdk::prefetch_addr(line);
+            line += 64;
+        }
+        if let Some(hot) = cell.hot.get(next) {
+            crate::dpdk::prefetch(hot);
+        }
+        if let Some(inc) = cell.incarnation.get(next) {
+            crate::dpdk::prefetch(inc);
+        }
     }
 
     /// Kills the entry at `slot` of shard `idx` (locked): frees the slot,
