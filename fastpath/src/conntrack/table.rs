@@ -36,8 +36,13 @@ impl Key {
     }
 }
 
-/// One index entry: a key and the connection it belongs to.
+/// One index entry: a key and the connection it belongs to. One cache
+/// line, on a line boundary, so that a lookup comparing a key and an
+/// insert writing one touch a single cold line of the index: unaligned,
+/// every 64-byte entry sat 16 bytes into a line (the allocator's
+/// alignment) and straddled two.
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 struct KeyRef {
     key: Key,
     hash: u64,
@@ -1401,6 +1406,15 @@ impl Conntrack {
     /// The shard a tuple's keys live in.
     pub(super) fn shard_of_tuple(&self, t: &Tuple) -> usize {
         self.shard_of(t.symmetric_hash())
+    }
+
+    /// Where in a cache line the index entry of `(zone, t)` starts, if
+    /// the index holds it.
+    pub(super) fn index_entry_line_offset(&self, zone: u16, t: &Tuple) -> Option<usize> {
+        let key = Key { zone, tuple: *t };
+        let g = self.shards[self.shard_of(key.hash())].lock.lock();
+        let kr = g.index.find(key.hash(), |k| k.key == key)?;
+        Some(kr as *const KeyRef as usize % 64)
     }
 
     /// Runs `f` while holding shard `idx`'s lock (as an lcore or the expiry

@@ -821,6 +821,23 @@ fn a_client_balanced_to_itself_marks_its_zone_for_hairpin_replies() {
 }
 
 #[test]
+fn index_entries_start_on_a_cache_line() {
+    // A key compared or inserted touches one line of the index, not two.
+    let ct = table();
+    let dnat = CtCommit {
+        dnat: Some(NatRange::addr_port(ip4("10.1.0.5").into(), 8080)),
+        ..CtCommit::default()
+    };
+    for sp in 1024..1056 {
+        let p = pkt(&tcp4("10.0.0.1", sp, "172.16.0.10", 80, tf::SYN));
+        ct.commit(3, &p, &dnat, SEC).unwrap();
+        let reply = pkt(&tcp4("10.1.0.5", 8080, "10.0.0.1", sp, tf::SYN)).tuple;
+        assert_eq!(ct.index_entry_line_offset(3, &p.tuple), Some(0));
+        assert_eq!(ct.index_entry_line_offset(3, &reply), Some(0));
+    }
+}
+
+#[test]
 fn a_busy_reply_shard_delays_a_nat_commit_without_refusing_it() {
     let ct = Arc::new(table());
     let dnat = CtCommit {
