@@ -351,11 +351,12 @@ pub enum Lookup {
 /// output port and its compiled rewrite) lies in the first [`HOT_BYTES`];
 /// the hash (used when the index is rebuilt) comes last.
 ///
-/// Slots are not aligned to cache lines: a 480-byte slot starts on a line
-/// or halfway into one, so a hit reads four or five lines. Aligning them
-/// (512 or 576 bytes, always four lines) measured slower at 100 000
-/// connections: 512-byte strides put every slot's hot lines in the same
-/// half of the cache sets, and 576 bytes made the table a fifth larger.
+/// Slots are not aligned to cache lines: consecutive 480-byte slots start
+/// at two offsets half a line apart, so a hit reads four or five lines.
+/// Aligning them (512 or 576 bytes, always four lines) measured slower at
+/// 100 000 connections, probably because 512-byte strides put every
+/// slot's hot lines in the same half of the cache sets and 576 bytes made
+/// the table a fifth larger.
 #[repr(C)]
 struct Slot {
     key: FlowKey,
