@@ -143,7 +143,6 @@ pub(crate) fn compile_tables(
     Ok(())
 }
 
-/// Waits until the fastpath has loaded a generation of the tables.
 /// How many times the kernel has preempted the (first) lcore so far.
 pub(crate) fn lcore_preemptions(client: &mut fastpath_api::Client) -> Result<Option<u64>> {
     let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
@@ -162,6 +161,7 @@ pub(crate) fn report_preemptions(before: Option<u64>, after: Option<u64>) -> Opt
     n
 }
 
+/// Waits until the fastpath has loaded a generation of the tables.
 pub(crate) fn wait_tables(client: &mut fastpath_api::Client) -> Result<()> {
     let start = Instant::now();
     loop {

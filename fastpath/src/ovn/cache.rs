@@ -367,6 +367,8 @@ struct Slot {
 
 /// Bytes at the start of a [`Slot`] that a unicast IPv4 hit reads.
 const HOT_BYTES: usize = 240;
+// `prefetch_slot` names the lines of the first 256 bytes one by one.
+const _: () = assert!(HOT_BYTES > 192 && HOT_BYTES <= 256);
 
 /// An empty slot array with room for `n`, its memory written once so that
 /// the kernel backs it at start (with huge pages when they are on) rather
