@@ -22,12 +22,13 @@ use crate::ovn_scenarios::{
 };
 use crate::plot;
 use crate::runner::{
-    fastpath_xconnect, run_pktgen, start_fastpath, stop_fastpath, GenReport, RunArgs, SystemResult,
+    alternate, fastpath_xconnect, median_index, plot_path, print_rounds, round_bars, round_label,
+    run_pktgen, start_fastpath, stop_fastpath, GenReport, RoundFigures, RunArgs, SystemResult,
 };
 use anyhow::{bail, Context, Result};
 use fastpath_api::{Client, ConntrackCount, ConntrackList, LcoreInfo, Request, Stats};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const P1: &str = "50:54:00:00:00:01";
 const P3: &str = "50:54:00:00:00:03";
@@ -72,8 +73,11 @@ pub struct AclLbRun {
     pub cache_misses: u64,
     /// Times the kernel preempted the lcore during the measurement.
     pub lcore_preemptions: Option<u64>,
-    /// Every system measured.
+    /// Every system measured (of the reported round).
     pub systems: Vec<SystemResult>,
+    /// Every round of `--rounds` (one when it is not given); the figures
+    /// above are those of the round with the median ratio.
+    pub rounds: Vec<RoundFigures>,
 }
 
 /// The JSON document of `acl-lb`: the top-level figures are those of the
@@ -134,6 +138,9 @@ pub struct NewConnectionsReport {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Times the kernel preempted the lcore during the run.
     pub lcore_preemptions: Option<u64>,
+    /// Every round of `--rounds` (one when it is not given); the figures
+    /// above are those of the round with the median rate.
+    pub rounds: Vec<RoundFigures>,
     /// Every system measured.
     pub systems: Vec<SystemResult>,
 }
@@ -288,26 +295,74 @@ fn ratio(cpp: f64, floor: f64) -> f64 {
     }
 }
 
-/// One `acl-lb` measurement with `n` connections.
+/// `acl-lb` with `n` connections: `--rounds` rounds of the floor and the
+/// scenario; the round of the median ratio, with every round's figures.
 fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclLbRun> {
     let run_args = RunArgs {
         flows: n,
         ..args.clone()
     };
-    eprintln!(
-        "perf: acl-lb, {n} connection(s): [1/2] fastpath xconnect on core {}, pktgen on core {}",
-        args.dut_core, args.gen_core
-    );
-    let floor = fastpath_xconnect(&run_args, dir)?;
+    let rounds = alternate(
+        args.rounds,
+        |r| {
+            eprintln!(
+                "perf: acl-lb, {n} connection(s): {}fastpath xconnect on core {}, pktgen on core {}",
+                round_label(r, args.rounds),
+                args.dut_core,
+                args.gen_core
+            );
+            fastpath_xconnect(&run_args, dir)
+        },
+        |r| {
+            eprintln!(
+                "perf: acl-lb, {n} connection(s): {}fastpath ovn",
+                round_label(r, args.rounds)
+            );
+            acl_lb_ovn(&run_args, dir, tables, n)
+        },
+    )?;
+    let mut runs: Vec<AclLbRun> = rounds
+        .into_iter()
+        .map(|(floor, mut run, _)| {
+            run.floor_cycles_per_packet = floor.cycles_per_packet;
+            run.ratio = ratio(run.cycles_per_packet, floor.cycles_per_packet);
+            run.systems.insert(0, floor);
+            run
+        })
+        .collect();
+    let figures: Vec<RoundFigures> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| RoundFigures {
+            floor_cycles_per_packet: r.floor_cycles_per_packet,
+            cycles_per_packet: r.cycles_per_packet,
+            ratio: r.ratio,
+            scenario_first: i % 2 == 1,
+        })
+        .collect();
+    let ratios: Vec<f64> = figures.iter().map(|f| f.ratio).collect();
+    let chosen = median_index(&ratios).context("no round measured")?;
+    if args.rounds > 1 {
+        println!("\nacl-lb, {n} connection(s):");
+        print_rounds(&figures, chosen);
+    }
+    let mut run = runs.swap_remove(chosen);
+    run.rounds = figures;
+    Ok(run)
+}
+
+/// One measurement of the OVN pipeline with `n` established connections
+/// (the floor figures are left for the caller).
+fn acl_lb_ovn(run_args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclLbRun> {
     // Two conntrack entries per connection (the client's zone with the
     // load balancer, the backend's zone with the ACL), two flow cache
     // entries (one per direction), with room to spare.
     let capacity = sized(4 * n as usize, 1 << 18);
     let cache = sized(4 * n as usize, 1 << 16);
     eprintln!(
-        "perf: acl-lb, {n} connection(s): [2/2] fastpath ovn, conntrack capacity {capacity}, {cache} flow cache entries"
+        "perf: acl-lb, {n} connection(s): conntrack capacity {capacity}, {cache} flow cache entries"
     );
-    let (fp, mut client) = start_ovn(&run_args, dir, tables, capacity, cache)?;
+    let (fp, mut client) = start_ovn(run_args, dir, tables, capacity, cache)?;
     let r = (|| {
         // Warm-up: pktgen answers every packet from the backend side, so
         // each connection sees a reply and becomes established.
@@ -347,7 +402,7 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
         }
         client.call(&Request::ClearStats)?;
         let preempted_before = lcore_preemptions(&mut client)?;
-        let gen = run_pktgen(&run_args, dir, "ovn", &client_frames())?;
+        let gen = run_pktgen(run_args, dir, "ovn", &client_frames())?;
         let (l, stats) = lcore(&mut client)?;
         let preempted = report_preemptions(preempted_before, l.preemptions);
         if gen.received == 0 {
@@ -364,24 +419,18 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
             conntrack_established: est,
             flow_cache_entries: cache,
             cycles_per_packet: ovn.cycles_per_packet,
-            floor_cycles_per_packet: floor.cycles_per_packet,
-            ratio: ratio(ovn.cycles_per_packet, floor.cycles_per_packet),
+            floor_cycles_per_packet: 0.0,
+            ratio: 0.0,
             mpps: ovn.mpps,
             cache_hits: l.cache_hits,
             cache_misses: l.cache_misses,
             lcore_preemptions: preempted,
-            systems: vec![floor.clone(), ovn],
+            systems: vec![ovn],
+            rounds: Vec::new(),
         })
     })();
     stop_fastpath(fp);
     r
-}
-
-fn plot_path(args: &RunArgs) -> PathBuf {
-    args.plot.clone().unwrap_or_else(|| match &args.json {
-        Some(j) => j.with_extension("svg"),
-        None => PathBuf::from(format!("perf-{}.svg", args.scenario)),
-    })
 }
 
 fn write_json<T: Serialize>(args: &RunArgs, report: &T) -> Result<()> {
@@ -448,13 +497,10 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     write_json(args, &report)?;
     let mut bars = Vec::new();
     for r in &runs {
-        bars.push((
-            format!("xconnect floor ({} flows)", r.connections),
-            r.floor_cycles_per_packet,
-        ));
-        bars.push((
-            format!("acl-lb, {} connections", r.connections),
-            r.cycles_per_packet,
+        bars.extend(round_bars(
+            &r.rounds,
+            &format!("xconnect floor ({} flows)", r.connections),
+            &format!("acl-lb, {} connections", r.connections),
         ));
     }
     let path = plot_path(args);
@@ -473,6 +519,63 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One `new-connections` measurement: every packet opens a connection.
+struct NewConnectionsPhase {
+    gen: GenReport,
+    lcore: LcoreInfo,
+    stats: Stats,
+    count: ConntrackCount,
+    preemptions: Option<u64>,
+}
+
+impl NewConnectionsPhase {
+    /// New connections per second of busy time.
+    fn per_second(&self) -> f64 {
+        let busy_secs = self.lcore.busy_cycles as f64 / self.stats.tsc_hz.max(1) as f64;
+        if busy_secs > 0.0 {
+            self.lcore.packets as f64 / busy_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+fn new_connections_phase(
+    run_args: &RunArgs,
+    dir: &Path,
+    tables: &Path,
+    capacity: usize,
+    cache: usize,
+) -> Result<NewConnectionsPhase> {
+    let (fp, mut client) = start_ovn(run_args, dir, tables, capacity, cache)?;
+    let r: Result<_> = (|| {
+        client.call(&Request::ClearStats)?;
+        let preempted_before = lcore_preemptions(&mut client)?;
+        let mut extra = client_frames();
+        extra.extend(["--packets".into(), run_args.flows.to_string()]);
+        let gen = run_pktgen(run_args, dir, "ovn", &extra)?;
+        let (l, stats) = lcore(&mut client)?;
+        let count: ConntrackCount = client.call_as(&Request::ConntrackCount)?;
+        Ok((gen, l, stats, count, preempted_before))
+    })();
+    stop_fastpath(fp);
+    let (gen, lcore, stats, count, preempted_before) = r?;
+    let preemptions = report_preemptions(preempted_before, lcore.preemptions);
+    if gen.received == 0 {
+        bail!(
+            "no packet came through the OVN pipeline; drops: {:?}",
+            stats.drops
+        );
+    }
+    Ok(NewConnectionsPhase {
+        gen,
+        lcore,
+        stats,
+        count,
+        preemptions,
+    })
+}
+
 fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     let n = match args.connections {
         Some(0) => bail!("--connections must be at least 1"),
@@ -483,46 +586,60 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         flows: n,
         ..args.clone()
     };
-    eprintln!(
-        "perf: new-connections: [1/2] fastpath xconnect on core {}, pktgen on core {}",
-        args.dut_core, args.gen_core
-    );
-    let floor = fastpath_xconnect(&run_args, dir)?;
     // Each 5-tuple is sent once (pktgen --packets), so every packet the
     // fastpath receives opens a connection: two conntrack entries each
     // (client and backend zones), and a flow cache far smaller than the
     // connections.
     let capacity = sized(2 * n as usize + (1 << 16), 1 << 18);
     let cache = 4096;
-    eprintln!(
-        "perf: new-connections: [2/2] fastpath ovn, {n} connections, conntrack capacity {capacity}, {cache} flow cache entries"
-    );
-    let (fp, mut client) = start_ovn(&run_args, dir, tables, capacity, cache)?;
-    let r: Result<_> = (|| {
-        client.call(&Request::ClearStats)?;
-        let preempted_before = lcore_preemptions(&mut client)?;
-        let mut extra = client_frames();
-        extra.extend(["--packets".into(), n.to_string()]);
-        let gen = run_pktgen(&run_args, dir, "ovn", &extra)?;
-        let (l, stats) = lcore(&mut client)?;
-        let count: ConntrackCount = client.call_as(&Request::ConntrackCount)?;
-        Ok((gen, l, stats, count, preempted_before))
-    })();
-    stop_fastpath(fp);
-    let (gen, l, stats, count, preempted_before) = r?;
-    let preempted = report_preemptions(preempted_before, l.preemptions);
-    if gen.received == 0 {
-        bail!(
-            "no packet came through the OVN pipeline; drops: {:?}",
-            stats.drops
-        );
+    let rounds = alternate(
+        args.rounds,
+        |r| {
+            eprintln!(
+                "perf: new-connections: {}fastpath xconnect on core {}, pktgen on core {}",
+                round_label(r, args.rounds),
+                args.dut_core,
+                args.gen_core
+            );
+            fastpath_xconnect(&run_args, dir)
+        },
+        |r| {
+            eprintln!(
+                "perf: new-connections: {}fastpath ovn, {n} connections, conntrack capacity {capacity}, {cache} flow cache entries",
+                round_label(r, args.rounds)
+            );
+            new_connections_phase(&run_args, dir, tables, capacity, cache)
+        },
+    )?;
+    let figures: Vec<RoundFigures> = rounds
+        .iter()
+        .map(|(floor, p, scenario_first)| RoundFigures {
+            floor_cycles_per_packet: floor.cycles_per_packet,
+            cycles_per_packet: p.lcore.cycles_per_packet,
+            ratio: ratio(p.lcore.cycles_per_packet, floor.cycles_per_packet),
+            scenario_first: *scenario_first,
+        })
+        .collect();
+    let rates: Vec<f64> = rounds.iter().map(|(_, p, _)| p.per_second()).collect();
+    let chosen = median_index(&rates).context("no round measured")?;
+    if rounds.len() > 1 {
+        print_rounds(&figures, chosen);
+        let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rates.iter().copied().fold(0.0, f64::max);
+        println!("new connections per second over the rounds: {lo:.0}–{hi:.0}");
     }
-    let busy_secs = l.busy_cycles as f64 / stats.tsc_hz.max(1) as f64;
-    let per_second = if busy_secs > 0.0 {
-        l.packets as f64 / busy_secs
-    } else {
-        0.0
-    };
+    let (floor, phase, _) = rounds
+        .into_iter()
+        .nth(chosen)
+        .context("no round measured")?;
+    let per_second = phase.per_second();
+    let NewConnectionsPhase {
+        gen,
+        lcore: l,
+        stats,
+        count,
+        preemptions: preempted,
+    } = phase;
     let ovn = ovn_system("fastpath new-connections", &gen, &l);
     let report = NewConnectionsReport {
         scenario: args.scenario.clone(),
@@ -542,6 +659,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         drops: stats.drops.clone(),
         lcore_preemptions: preempted,
         systems: vec![floor, ovn],
+        rounds: figures,
     };
     println!();
     println!(
@@ -575,10 +693,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
                 args.size
             ),
             "cycles/packet",
-            &[
-                ("xconnect floor".to_string(), report.floor_cycles_per_packet),
-                ("new connection".to_string(), report.cycles_per_packet),
-            ],
+            &round_bars(&report.rounds, "xconnect floor", "new connection"),
         ),
     )?;
     eprintln!("perf: wrote {}", path.display());

@@ -8,8 +8,11 @@ fn esc(s: &str) -> String {
 
 /// Horizontal bars, one per `(label, value)`, with the value printed.
 pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
-    let w = 760.0;
-    let left = 230.0;
+    // Room for the longest label (about 7.5 px a character at 13 px),
+    // the plot keeping its 440 px.
+    let longest = bars.iter().map(|b| b.0.chars().count()).max().unwrap_or(0);
+    let left = (12.0 + 7.5 * longest as f64).max(230.0);
+    let w = left + 530.0;
     let bar_h = 34.0;
     let gap = 14.0;
     let top = 50.0;
@@ -55,5 +58,15 @@ mod tests {
             svg.contains("width=\"440.0\""),
             "the largest bar spans the plot"
         );
+    }
+
+    #[test]
+    fn long_labels_widen_the_margin_not_shrink_the_plot() {
+        let label = "round 12: xconnect floor (100000 flows)".to_string();
+        let svg = bar_chart("t", "u", &[(label.clone(), 10.0)]);
+        let left = 12.0 + 7.5 * label.len() as f64;
+        assert!(left > 230.0);
+        assert!(svg.contains(&format!("<rect x=\"{left}\"")), "{svg}");
+        assert!(svg.contains("width=\"440.0\""));
     }
 }

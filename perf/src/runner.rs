@@ -81,6 +81,129 @@ pub struct RunArgs {
     /// Path of dpdk-testpmd.
     #[arg(long, default_value = "dpdk-testpmd")]
     pub testpmd: String,
+    /// l2, l3, new-flows, acl-lb, new-connections: measure the floor and
+    /// the scenario this many times, alternating which goes first, and
+    /// report the round whose figure is the median (every round is
+    /// printed and in the JSON as `rounds`). A shared host's speed drifts
+    /// over seconds, so a ratio of two adjacent measurements, taken
+    /// several times, is steadier than one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub rounds: u32,
+}
+
+/// One round of a `--rounds` run: the floor and the scenario measured next
+/// to each other.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundFigures {
+    /// Busy cycles per packet of the floor.
+    pub floor_cycles_per_packet: f64,
+    /// Busy cycles per packet of the scenario.
+    pub cycles_per_packet: f64,
+    /// `cycles_per_packet / floor_cycles_per_packet`.
+    pub ratio: f64,
+    /// Whether the scenario ran before the floor in this round.
+    pub scenario_first: bool,
+}
+
+/// Runs `rounds` rounds of `floor` and `scenario`, the floor first in even
+/// rounds (counting from 0) and second in odd ones, so that a drift of the
+/// host's speed favours neither; returns each round's two results.
+pub(crate) fn alternate<T>(
+    rounds: u32,
+    mut floor: impl FnMut(u32) -> Result<SystemResult>,
+    mut scenario: impl FnMut(u32) -> Result<T>,
+) -> Result<Vec<(SystemResult, T, bool)>> {
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        let scenario_first = r % 2 == 1;
+        let (f, s) = if scenario_first {
+            let s = scenario(r)?;
+            (floor(r)?, s)
+        } else {
+            let f = floor(r)?;
+            (f, scenario(r)?)
+        };
+        out.push((f, s, scenario_first));
+    }
+    Ok(out)
+}
+
+/// The index of the median of `values` (the lower middle one of an even
+/// count); `None` when there are none or one is not a number.
+pub(crate) fn median_index(values: &[f64]) -> Option<usize> {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|a, b| values[*a].total_cmp(&values[*b]));
+    order.get((values.len() - 1) / 2).copied()
+}
+
+/// `perf: round i/n` before a round's measurements, when there are several.
+pub(crate) fn round_label(round: u32, rounds: u32) -> String {
+    if rounds > 1 {
+        format!("round {}/{rounds}: ", round + 1)
+    } else {
+        String::new()
+    }
+}
+
+/// Where a scenario's SVG chart goes: `--plot`, else next to `--json`,
+/// else `perf-<scenario>.svg`.
+pub(crate) fn plot_path(args: &RunArgs) -> PathBuf {
+    args.plot.clone().unwrap_or_else(|| match &args.json {
+        Some(j) => j.with_extension("svg"),
+        None => PathBuf::from(format!("perf-{}.svg", args.scenario)),
+    })
+}
+
+/// The bars of a chart of rounds: the floor and the scenario of each round
+/// side by side (without round numbers when there is one round).
+pub(crate) fn round_bars(
+    rounds: &[RoundFigures],
+    floor: &str,
+    scenario: &str,
+) -> Vec<(String, f64)> {
+    let mut bars = Vec::new();
+    for (i, r) in rounds.iter().enumerate() {
+        let prefix = if rounds.len() > 1 {
+            format!("round {}: ", i + 1)
+        } else {
+            String::new()
+        };
+        bars.push((format!("{prefix}{floor}"), r.floor_cycles_per_packet));
+        bars.push((format!("{prefix}{scenario}"), r.cycles_per_packet));
+    }
+    bars
+}
+
+/// Prints the rounds of a `--rounds` run (nothing for a single round).
+pub(crate) fn print_rounds(rounds: &[RoundFigures], chosen: usize) {
+    if rounds.len() < 2 {
+        return;
+    }
+    println!(
+        "\n{:>6} {:>8} {:>12} {:>12} {:>8}",
+        "ROUND", "FIRST", "FLOOR", "CYCLES/PKT", "RATIO"
+    );
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "{:>6} {:>8} {:>12.1} {:>12.1} {:>8.3}{}",
+            i + 1,
+            if r.scenario_first {
+                "scenario"
+            } else {
+                "floor"
+            },
+            r.floor_cycles_per_packet,
+            r.cycles_per_packet,
+            r.ratio,
+            if i == chosen { "  <- median" } else { "" }
+        );
+    }
+    let lo = rounds.iter().map(|r| r.ratio).fold(f64::INFINITY, f64::min);
+    let hi = rounds.iter().map(|r| r.ratio).fold(0.0, f64::max);
+    println!("ratio over {} rounds: {lo:.3}–{hi:.3}", rounds.len());
 }
 
 /// One system's figures.
@@ -623,10 +746,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
         eprintln!("perf: wrote {}", p.display());
     }
-    let plot_path = args.plot.clone().unwrap_or_else(|| match &args.json {
-        Some(j) => j.with_extension("svg"),
-        None => PathBuf::from(format!("perf-{}.svg", args.scenario)),
-    });
+    let plot_path = plot_path(&args);
     let bars: Vec<(String, f64)> = systems
         .iter()
         .map(|s| (s.system.clone(), s.cycles_per_packet))
@@ -649,6 +769,50 @@ pub fn run(args: RunArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_lower_middle_one() {
+        assert_eq!(median_index(&[3.0, 1.0, 2.0]), Some(2));
+        assert_eq!(median_index(&[4.0, 1.0, 3.0, 2.0]), Some(3));
+        assert_eq!(median_index(&[7.0]), Some(0));
+        assert_eq!(median_index(&[]), None);
+        assert_eq!(median_index(&[1.0, f64::NAN]), None);
+    }
+
+    #[test]
+    fn rounds_alternate_which_system_goes_first() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let floor = |r: u32| {
+            order.borrow_mut().push(format!("floor{r}"));
+            Ok(SystemResult {
+                system: "floor".into(),
+                sent: 0,
+                received: 0,
+                mpps: 0.0,
+                gbps: 0.0,
+                cycles_per_packet: 100.0,
+            })
+        };
+        let scenario = |r: u32| {
+            order.borrow_mut().push(format!("scenario{r}"));
+            Ok(r)
+        };
+        let rounds = alternate(3, floor, scenario).unwrap();
+        assert_eq!(
+            *order.borrow(),
+            [
+                "floor0",
+                "scenario0",
+                "scenario1",
+                "floor1",
+                "floor2",
+                "scenario2"
+            ]
+        );
+        let firsts: Vec<bool> = rounds.iter().map(|r| r.2).collect();
+        assert_eq!(firsts, [false, true, false]);
+        assert_eq!(rounds.iter().map(|r| r.1).collect::<Vec<_>>(), [0, 1, 2]);
+    }
 
     #[test]
     fn parses_testpmd_cycles_line() {
