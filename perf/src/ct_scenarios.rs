@@ -22,8 +22,9 @@ use crate::ovn_scenarios::{
 };
 use crate::plot;
 use crate::runner::{
-    alternate, fastpath_xconnect, median_index, plot_path, print_rounds, round_bars, round_label,
-    run_pktgen, start_fastpath, stop_fastpath, GenReport, RoundFigures, RunArgs, SystemResult,
+    alternate, floor_round, median_index, plot_path, print_rounds, round_bars, round_label,
+    run_pktgen, start_fastpath, stop_fastpath, Better, GenReport, RoundFigures, RunArgs,
+    SystemResult,
 };
 use anyhow::{bail, Context, Result};
 use fastpath_api::{Client, ConntrackCount, ConntrackList, LcoreInfo, Request, Stats};
@@ -304,15 +305,7 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
     };
     let rounds = alternate(
         args.rounds,
-        |r| {
-            eprintln!(
-                "perf: acl-lb, {n} connection(s): {}fastpath xconnect on core {}, pktgen on core {}",
-                round_label(r, args.rounds),
-                args.dut_core,
-                args.gen_core
-            );
-            fastpath_xconnect(&run_args, dir)
-        },
+        |r| floor_round(&run_args, dir, &format!("acl-lb, {n} connection(s): "), r),
         |r| {
             eprintln!(
                 "perf: acl-lb, {n} connection(s): {}fastpath ovn",
@@ -341,7 +334,7 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
         })
         .collect();
     let ratios: Vec<f64> = figures.iter().map(|f| f.ratio).collect();
-    let chosen = median_index(&ratios).context("no round measured")?;
+    let chosen = median_index(&ratios, Better::Lower).context("no round measured")?;
     if args.rounds > 1 {
         println!("\nacl-lb, {n} connection(s):");
         print_rounds(&figures, chosen);
@@ -594,15 +587,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     let cache = 4096;
     let rounds = alternate(
         args.rounds,
-        |r| {
-            eprintln!(
-                "perf: new-connections: {}fastpath xconnect on core {}, pktgen on core {}",
-                round_label(r, args.rounds),
-                args.dut_core,
-                args.gen_core
-            );
-            fastpath_xconnect(&run_args, dir)
-        },
+        |r| floor_round(&run_args, dir, "new-connections: ", r),
         |r| {
             eprintln!(
                 "perf: new-connections: {}fastpath ovn, {n} connections, conntrack capacity {capacity}, {cache} flow cache entries",
@@ -621,7 +606,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         })
         .collect();
     let rates: Vec<f64> = rounds.iter().map(|(_, p, _)| p.per_second()).collect();
-    let chosen = median_index(&rates).context("no round measured")?;
+    let chosen = median_index(&rates, Better::Higher).context("no round measured")?;
     if rounds.len() > 1 {
         print_rounds(&figures, chosen);
         let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);

@@ -11,8 +11,8 @@
 //! helpers are `runner`'s.
 
 use crate::runner::{
-    alternate, fastpath_xconnect, median_index, plot_path, print_rounds, round_bars, round_label,
-    run_pktgen, start_fastpath, stop_fastpath, RoundFigures, RunArgs, SystemResult,
+    alternate, floor_round, median_index, plot_path, print_rounds, round_bars, round_label,
+    run_pktgen, start_fastpath, stop_fastpath, Better, RoundFigures, RunArgs, SystemResult,
 };
 use anyhow::{bail, Context, Result};
 use fastpath_api::{LcoreInfo, Request, TablesInfo};
@@ -280,15 +280,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     };
     let rounds = alternate(
         args.rounds,
-        |r| {
-            eprintln!(
-                "perf: {}fastpath xconnect on core {}, pktgen on core {}",
-                round_label(r, args.rounds),
-                args.dut_core,
-                args.gen_core
-            );
-            fastpath_xconnect(args, dir)
-        },
+        |r| floor_round(args, dir, "", r),
         |r| {
             eprintln!(
                 "perf: {}fastpath ovn ({}) on core {}, pktgen on core {}",
@@ -326,7 +318,12 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     } else {
         figures.iter().map(|f| f.ratio).collect()
     };
-    let chosen = median_index(&keys).context("no round measured")?;
+    let better = if new_flows {
+        Better::Higher
+    } else {
+        Better::Lower
+    };
+    let chosen = median_index(&keys, better).context("no round measured")?;
     let (floor, phase, _) = &rounds[chosen];
     let (ovn, l, stats) = (&phase.system, &phase.lcore, &phase.stats);
     let ratio = figures[chosen].ratio;

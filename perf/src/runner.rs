@@ -128,15 +128,47 @@ pub(crate) fn alternate<T>(
     Ok(out)
 }
 
-/// The index of the median of `values` (the lower middle one of an even
-/// count); `None` when there are none or one is not a number.
-pub(crate) fn median_index(values: &[f64]) -> Option<usize> {
+/// Which way a figure is better, for choosing between the two middle
+/// rounds of an even count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Better {
+    /// A ratio to the floor, cycles.
+    Lower,
+    /// A rate.
+    Higher,
+}
+
+/// The index of the median of `values`; of an even count, the worse of
+/// the two middle ones (the report never flatters); `None` when there are
+/// none or one is not a number.
+pub(crate) fn median_index(values: &[f64], better: Better) -> Option<usize> {
     if values.is_empty() || values.iter().any(|v| v.is_nan()) {
         return None;
     }
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|a, b| values[*a].total_cmp(&values[*b]));
-    order.get((values.len() - 1) / 2).copied()
+    let middle = match better {
+        Better::Lower => values.len() / 2,
+        Better::Higher => (values.len() - 1) / 2,
+    };
+    order.get(middle).copied()
+}
+
+/// The floor of round `round`: xconnect, announced as `perf: <what>round
+/// i/n: fastpath xconnect ...` (`what` is empty or ends in `: `).
+pub(crate) fn floor_round(
+    args: &RunArgs,
+    dir: &Path,
+    what: &str,
+    round: u32,
+) -> Result<SystemResult> {
+    eprintln!(
+        "perf: {what}{}fastpath xconnect on core {}, pktgen on core {}",
+        round_label(round, args.rounds),
+        args.dut_core,
+        args.gen_core
+    );
+    fastpath_xconnect(args, dir)
 }
 
 /// `perf: round i/n` before a round's measurements, when there are several.
@@ -771,12 +803,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_median_is_the_middle_value_or_the_lower_middle_one() {
-        assert_eq!(median_index(&[3.0, 1.0, 2.0]), Some(2));
-        assert_eq!(median_index(&[4.0, 1.0, 3.0, 2.0]), Some(3));
-        assert_eq!(median_index(&[7.0]), Some(0));
-        assert_eq!(median_index(&[]), None);
-        assert_eq!(median_index(&[1.0, f64::NAN]), None);
+    fn the_median_is_the_middle_value_or_the_worse_middle_one() {
+        for better in [Better::Lower, Better::Higher] {
+            assert_eq!(median_index(&[3.0, 1.0, 2.0], better), Some(2));
+            assert_eq!(median_index(&[7.0], better), Some(0));
+            assert_eq!(median_index(&[], better), None);
+            assert_eq!(median_index(&[1.0, f64::NAN], better), None);
+        }
+        // Of 1, 2, 3, 4: a ratio reports 3, a rate 2.
+        assert_eq!(median_index(&[4.0, 1.0, 3.0, 2.0], Better::Lower), Some(2));
+        assert_eq!(median_index(&[4.0, 1.0, 3.0, 2.0], Better::Higher), Some(3));
     }
 
     #[test]
