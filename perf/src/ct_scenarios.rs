@@ -288,14 +288,6 @@ fn ovn_system(name: &str, gen: &GenReport, l: &LcoreInfo) -> SystemResult {
     }
 }
 
-fn ratio(cpp: f64, floor: f64) -> f64 {
-    if floor > 0.0 {
-        cpp / floor
-    } else {
-        0.0
-    }
-}
-
 /// `acl-lb` with `n` connections: `--rounds` rounds of the floor and the
 /// scenario; the round of the median ratio, with every round's figures.
 fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclLbRun> {
@@ -314,23 +306,18 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
             acl_lb_ovn(&run_args, dir, tables, n)
         },
     )?;
+    let figures: Vec<RoundFigures> = rounds
+        .iter()
+        .map(|(floor, run, first)| RoundFigures::new(floor, run.cycles_per_packet, *first))
+        .collect();
     let mut runs: Vec<AclLbRun> = rounds
         .into_iter()
-        .map(|(floor, mut run, _)| {
-            run.floor_cycles_per_packet = floor.cycles_per_packet;
-            run.ratio = ratio(run.cycles_per_packet, floor.cycles_per_packet);
+        .zip(&figures)
+        .map(|((floor, mut run, _), f)| {
+            run.floor_cycles_per_packet = f.floor_cycles_per_packet;
+            run.ratio = f.ratio;
             run.systems.insert(0, floor);
             run
-        })
-        .collect();
-    let figures: Vec<RoundFigures> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| RoundFigures {
-            floor_cycles_per_packet: r.floor_cycles_per_packet,
-            cycles_per_packet: r.cycles_per_packet,
-            ratio: r.ratio,
-            scenario_first: i % 2 == 1,
         })
         .collect();
     let ratios: Vec<f64> = figures.iter().map(|f| f.ratio).collect();
@@ -598,12 +585,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     )?;
     let figures: Vec<RoundFigures> = rounds
         .iter()
-        .map(|(floor, p, scenario_first)| RoundFigures {
-            floor_cycles_per_packet: floor.cycles_per_packet,
-            cycles_per_packet: p.lcore.cycles_per_packet,
-            ratio: ratio(p.lcore.cycles_per_packet, floor.cycles_per_packet),
-            scenario_first: *scenario_first,
-        })
+        .map(|(floor, p, first)| RoundFigures::new(floor, p.lcore.cycles_per_packet, *first))
         .collect();
     let rates: Vec<f64> = rounds.iter().map(|(_, p, _)| p.per_second()).collect();
     let chosen = median_index(&rates, Better::Higher).context("no round measured")?;
@@ -637,7 +619,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         new_connections_per_second: per_second,
         cycles_per_packet: ovn.cycles_per_packet,
         floor_cycles_per_packet: floor.cycles_per_packet,
-        ratio: ratio(ovn.cycles_per_packet, floor.cycles_per_packet),
+        ratio: figures[chosen].ratio,
         mpps: ovn.mpps,
         cache_hits: l.cache_hits,
         cache_misses: l.cache_misses,

@@ -298,16 +298,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     };
     let figures: Vec<RoundFigures> = rounds
         .iter()
-        .map(|(floor, p, scenario_first)| RoundFigures {
-            floor_cycles_per_packet: floor.cycles_per_packet,
-            cycles_per_packet: p.system.cycles_per_packet,
-            ratio: if floor.cycles_per_packet > 0.0 {
-                p.system.cycles_per_packet / floor.cycles_per_packet
-            } else {
-                0.0
-            },
-            scenario_first: *scenario_first,
-        })
+        .map(|(floor, p, first)| RoundFigures::new(floor, p.system.cycles_per_packet, *first))
         .collect();
     // new-flows is judged by its rate, the others by their ratio.
     let keys: Vec<f64> = if new_flows {
@@ -343,9 +334,9 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
         new_flows_per_second,
         lcore_preemptions: phase.preemptions,
         systems: vec![floor.clone(), ovn.clone()],
-        rounds: figures.clone(),
+        rounds: figures,
     };
-    print_rounds(&figures, chosen);
+    print_rounds(&report.rounds, chosen);
     println!();
     println!(
         "{:<26} {:>12} {:>12} {:>9} {:>12}",
@@ -385,7 +376,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
             ),
             "cycles/packet",
             &round_bars(
-                &figures,
+                &report.rounds,
                 "xconnect floor",
                 &format!("ovn {}", args.scenario),
             ),

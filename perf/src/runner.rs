@@ -105,6 +105,20 @@ pub struct RoundFigures {
     pub scenario_first: bool,
 }
 
+impl RoundFigures {
+    /// A round's figures from its floor and the scenario's busy cycles per
+    /// packet (a ratio of 0 when the floor measured nothing).
+    pub(crate) fn new(floor: &SystemResult, cycles_per_packet: f64, scenario_first: bool) -> Self {
+        let f = floor.cycles_per_packet;
+        RoundFigures {
+            floor_cycles_per_packet: f,
+            cycles_per_packet,
+            ratio: if f > 0.0 { cycles_per_packet / f } else { 0.0 },
+            scenario_first,
+        }
+    }
+}
+
 /// Runs `rounds` rounds of `floor` and `scenario`, the floor first in even
 /// rounds (counting from 0) and second in odd ones, so that a drift of the
 /// host's speed favours neither; returns each round's two results.

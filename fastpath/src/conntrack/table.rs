@@ -641,6 +641,13 @@ impl Conntrack {
     #[inline(always)]
     pub fn entry_address(&self, id: ConnId) -> Option<(usize, usize)> {
         let (shard, slot) = self.locate(id);
+        self.slot_address(shard, slot)
+    }
+
+    /// The address and size of the entry at `slot` of shard `shard`;
+    /// `None` outside the table.
+    #[inline(always)]
+    fn slot_address(&self, shard: usize, slot: usize) -> Option<(usize, usize)> {
         if slot >= self.per_shard {
             return None;
         }
@@ -1114,12 +1121,10 @@ impl Conntrack {
     #[inline]
     fn prefetch_next_slot(&self, s: usize, gs: &MutexGuard<'_, Shard>) {
         let next = gs.free.last().map_or(gs.entries.len(), |&i| i as usize);
-        if next >= self.per_shard {
+        let Some((entry, size)) = self.slot_address(s, next) else {
             return;
-        }
+        };
         let cell = &self.shards[s];
-        let size = std::mem::size_of::<Entry>();
-        let entry = cell.entries_at + next * size;
         let mut line = entry & !63;
         while line < entry + size {
             crate::dpdk::prefetch_addr(line);
