@@ -360,6 +360,7 @@ impl State {
                     cache_evictions: s.cache[2],
                     cache_revalidations: s.cache[3],
                     cache_megaflow_hits: s.cache[4],
+                    cache_megaflow_diverged: s.cache[5],
                     cache_entries: l.cache.entries.get(),
                     preemptions: crate::stats::thread_preemptions(l.thread_id.get()),
                 }

@@ -244,6 +244,10 @@ pub struct CacheCounters {
     pub misses: Counter,
     /// Of the misses, packets a megaflow served (no interpreter run).
     pub megaflow_hits: Counter,
+    /// Megaflows with conntrack calls whose replay answered otherwise than
+    /// the preview promised (a commit refused for the packet, a race with
+    /// another lcore): the interpreter ran the packet instead.
+    pub megaflow_diverged: Counter,
     /// Entries replaced to make room.
     pub evictions: Counter,
     /// Entries of an older generation re-run through the interpreter.
@@ -302,7 +306,7 @@ pub struct LcoreSnapshot {
     /// Drops by reason name.
     pub drops: Vec<(&'static str, u64)>,
     /// Flow cache `[hits, misses, evictions, revalidations, megaflow hits]`.
-    pub cache: [u64; 5],
+    pub cache: [u64; 6],
 }
 
 impl LcoreStats {
@@ -338,6 +342,7 @@ impl LcoreStats {
                 self.cache.evictions.get(),
                 self.cache.revalidations.get(),
                 self.cache.megaflow_hits.get(),
+                self.cache.megaflow_diverged.get(),
             ],
             ports: self
                 .ports

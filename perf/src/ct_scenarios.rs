@@ -135,6 +135,12 @@ pub struct NewConnectionsReport {
     pub cache_hits: u64,
     /// Misses.
     pub cache_misses: u64,
+    /// Of the misses, packets a megaflow served (its conntrack calls
+    /// replayed, no interpreter run).
+    pub megaflow_hits: u64,
+    /// Megaflow replays that answered otherwise than their preview (the
+    /// interpreter ran those packets).
+    pub megaflow_diverged: u64,
     /// Drops by reason during the run.
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Times the kernel preempted the lcore during the run.
@@ -239,20 +245,20 @@ fn start_ovn(
     let config = dir.join("fastpath-ct.toml");
     std::fs::write(&config, format!("[conntrack]\ncapacity = {capacity}\n"))
         .with_context(|| format!("writing {}", config.display()))?;
-    let (fp, mut client) = start_fastpath(
-        args,
-        dir,
-        &[
-            "--config".into(),
-            config.display().to_string(),
-            "--pipeline".into(),
-            "ovn".into(),
-            "--tables".into(),
-            tables.display().to_string(),
-            "--flow-cache-entries".into(),
-            cache.to_string(),
-        ],
-    )?;
+    let mut fastpath_args = vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--pipeline".into(),
+        "ovn".into(),
+        "--tables".into(),
+        tables.display().to_string(),
+        "--flow-cache-entries".into(),
+        cache.to_string(),
+    ];
+    if args.no_megaflows {
+        fastpath_args.extend(["--megaflow-entries".into(), "0".into()]);
+    }
+    let (fp, mut client) = start_fastpath(args, dir, &fastpath_args)?;
     wait_tables(&mut client)?;
     Ok((fp, client))
 }
@@ -623,6 +629,8 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         mpps: ovn.mpps,
         cache_hits: l.cache_hits,
         cache_misses: l.cache_misses,
+        megaflow_hits: l.cache_megaflow_hits,
+        megaflow_diverged: l.cache_megaflow_diverged,
         drops: stats.drops.clone(),
         lcore_preemptions: preempted,
         systems: vec![floor, ovn],
@@ -640,8 +648,13 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         );
     }
     println!(
-        "\n{} packets into the pipeline, each a new connection; {} conntrack entries; cache hits {} misses {}",
-        report.new_connections, report.conntrack_entries, report.cache_hits, report.cache_misses
+        "\n{} packets into the pipeline, each a new connection; {} conntrack entries; cache hits {} misses {} (megaflow {}, diverged {})",
+        report.new_connections,
+        report.conntrack_entries,
+        report.cache_hits,
+        report.cache_misses,
+        report.megaflow_hits,
+        report.megaflow_diverged
     );
     println!(
         "new connections per second per core: {:.0}",

@@ -61,8 +61,8 @@ pub struct RunArgs {
     /// Skip the testpmd floor run.
     #[arg(long)]
     pub no_floor: bool,
-    /// l2, l3, new-flows: run the OVN pipeline without megaflows (every
-    /// flow-cache miss runs the interpreter).
+    /// l2, l3, new-flows, acl-lb, new-connections: run the OVN pipeline
+    /// without megaflows (every flow-cache miss runs the interpreter).
     #[arg(long)]
     pub no_megaflows: bool,
     /// pod-add: pods in the manifests before the measured ones.

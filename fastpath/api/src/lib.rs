@@ -444,6 +444,11 @@ pub struct LcoreInfo {
     /// interpreter.
     #[serde(default)]
     pub cache_megaflow_hits: u64,
+    /// Megaflows whose conntrack calls, replayed, answered otherwise than
+    /// their preview promised (a commit the table refused for the packet,
+    /// a race with another lcore): the interpreter ran those packets.
+    #[serde(default)]
+    pub cache_megaflow_diverged: u64,
     /// Flow cache: entries replaced to make room.
     #[serde(default)]
     pub cache_evictions: u64,

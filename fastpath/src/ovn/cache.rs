@@ -1,7 +1,9 @@
 //! The per-lcore exact-match flow cache: what the OVN pipeline decided for
 //! one microflow (a [`FlowKey`], which carries the receiving port), kept so
 //! that the next packets of the flow skip the interpreter. (A miss may
-//! still skip it: see [`super::megaflow`].)
+//! still skip it: see [`super::megaflow`], which serves new connections
+//! too by issuing a kept verdict's conntrack calls again,
+//! [`super::replay`].)
 //!
 //! Owns the entries, their lookup (an index of cache-line buckets of slot
 //! indices, hashed by independent folded multiplies over pairs of the

@@ -104,6 +104,29 @@ struct Subtable {
     /// Entry indices by the hash of their values; empty when the subtable
     /// is scanned (at most [`SCAN_MAX`] entries).
     index: HashTable<u32>,
+    /// Stages of a lookup over the transport ports (see [`Staged`]).
+    staged: Option<Staged>,
+}
+
+/// A subtable's lookup in stages, so that a miss reads no more of the
+/// packet than it must and a megaflow does not depend on the rest (OVS's
+/// staged lookup and port tries): a rule on a backend's address and port
+/// says nothing about the port of a packet from elsewhere, and a rule on
+/// the DHCPv6 ports nothing about the source port of a packet to port
+/// 5001.
+#[derive(Debug)]
+struct Staged {
+    /// How many of the mask's words come before the ports' word (the
+    /// prefix).
+    prefix: usize,
+    /// The sorted hashes of the entries' values on those words (empty when
+    /// there are none: every packet passes this stage).
+    prefix_hashes: Box<[u64]>,
+    /// For each port the mask reads (destination first) while it also
+    /// reads the other: the port's bits of the ports' word, and the sorted
+    /// hashes of the entries' prefix values with that port. A packet whose
+    /// hash is not among them misses on that port alone.
+    ports: Vec<(u64, Box<[u64]>)>,
 }
 
 impl Subtable {
@@ -147,6 +170,65 @@ impl Subtable {
             })
             .map(|&e| self.entries[e as usize])
     }
+}
+
+/// The vector word of the transport ports.
+const PORTS_WORD: u8 = (fastpath_packet::flowkey::field::TP_SRC.start / 8) as u8;
+
+/// The bits of the ports' word that hold the bytes `bytes` of the key.
+fn port_bits(bytes: std::ops::Range<usize>) -> u64 {
+    let mut m = [0u8; 8];
+    let at = usize::from(PORTS_WORD) * 8;
+    for b in &mut m[bytes.start - at..bytes.end - at] {
+        *b = 0xff;
+    }
+    u64::from_ne_bytes(m)
+}
+
+/// Sorted, distinct.
+fn sorted(mut hashes: Vec<u64>) -> Box<[u64]> {
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes.into_boxed_slice()
+}
+
+/// [`Subtable::staged`] for a mask and the entries' values: `None` unless
+/// the mask reads the ports' word and something else. (A miss on any part
+/// of a mask is a miss: the stages need no order of the words.)
+fn staged(mask: &[(u8, u64)], values: &[u64]) -> Option<Staged> {
+    use fastpath_packet::flowkey::field;
+    let k = mask.iter().position(|&(w, _)| w == PORTS_WORD)?;
+    let n = mask.len();
+    let entries = || values.chunks_exact(n);
+    let prefix_hashes = if k == 0 {
+        Box::default()
+    } else {
+        sorted(
+            entries()
+                .map(|e| masked_hash(e[..k].iter().copied()))
+                .collect(),
+        )
+    };
+    let read = mask[k].1;
+    let mut ports = Vec::new();
+    for f in [field::TP_DST, field::TP_SRC] {
+        let bits = read & port_bits(f);
+        if bits == 0 || bits == read {
+            continue;
+        }
+        let hashes = entries()
+            .map(|e| masked_hash(e[..k].iter().copied().chain([e[k] & bits])))
+            .collect();
+        ports.push((bits, sorted(hashes)));
+    }
+    if k == 0 && ports.is_empty() {
+        return None;
+    }
+    Some(Staged {
+        prefix: k,
+        prefix_hashes,
+        ports,
+    })
 }
 
 /// Tables with at most this many distinct rules are scanned in priority
@@ -225,8 +307,10 @@ impl Classifier {
                     entries: list.iter().map(|(_, (p, id, _))| (*p, *id)).collect(),
                     values: list.iter().flat_map(|(k, _)| k.iter().copied()).collect(),
                     index: HashTable::new(),
+                    staged: None,
                     mask,
                 };
+                st.staged = staged(&st.mask, &st.values);
                 if st.entries.len() > SCAN_MAX {
                     let n = st.mask.len();
                     let hashes: Vec<u64> = (0..st.entries.len())
@@ -288,14 +372,27 @@ impl Classifier {
                 .iter()
                 .zip(&st.values[e * n..e * n + n])
                 .map(|(&(w, m), &x)| (w, m, x));
+            // The destination port is compared apart from the source
+            // port: a packet that fails on it did not read its source port
+            // (see `Staged`).
+            let mut tests: Vec<(u8, u64, u64)> = Vec::with_capacity(n + 1);
+            for (w, m, x) in rule.by_ref() {
+                let dst = m & port_bits(fastpath_packet::flowkey::field::TP_DST);
+                if w == PORTS_WORD && dst != 0 && dst != m {
+                    tests.push((w, dst, x & dst));
+                    tests.push((w, m & !dst, x & !dst));
+                } else {
+                    tests.push((w, m, x));
+                }
+            }
             // A catch-all's first test is `word 0 & 0 == 0`.
-            let first = rule.next().unwrap_or((0, 0, 0));
+            let first = tests.first().copied().unwrap_or((0, 0, 0));
             let start = words.len() as u32;
-            words.extend(rule);
+            words.extend(tests.iter().skip(1));
             linear.push(LinearRule {
                 first,
                 start,
-                len: n.saturating_sub(1) as u32,
+                len: tests.len().saturating_sub(1) as u32,
                 id,
             });
         }
@@ -358,7 +455,33 @@ impl Classifier {
             if best.is_some_and(|(p, _)| p >= st.max_priority) {
                 break;
             }
-            for &(w, m) in st.mask.iter() {
+            let mut from = 0;
+            if let Some(sg) = &st.staged {
+                let prefix = &st.mask[..sg.prefix];
+                for &(w, m) in prefix {
+                    consult(w, m);
+                }
+                let values = prefix.iter().map(|&(w, m)| v[usize::from(w)] & m);
+                if sg.prefix > 0
+                    && sg
+                        .prefix_hashes
+                        .binary_search(&masked_hash(values.clone()))
+                        .is_err()
+                {
+                    continue;
+                }
+                let ports = v[usize::from(PORTS_WORD)];
+                let missed = sg.ports.iter().find(|(bits, hashes)| {
+                    let h = masked_hash(values.clone().chain([ports & bits]));
+                    hashes.binary_search(&h).is_err()
+                });
+                if let Some(&(bits, _)) = missed {
+                    consult(PORTS_WORD, bits);
+                    continue;
+                }
+                from = sg.prefix;
+            }
+            for &(w, m) in &st.mask[from..] {
                 consult(w, m);
             }
             if let Some((p, id)) = st.lookup(v) {
@@ -539,7 +662,8 @@ mod tests {
             let mut rules = Vec::new();
             for id in 0..size {
                 let mut tests = Vec::new();
-                for offset in [13u16, 36, 63, 100] {
+                // (64 and 66: the transport ports, looked up in stages.)
+                for offset in [13u16, 36, 63, 64, 66, 100] {
                     match next() % 3 {
                         0 => {}
                         1 => tests.push(test(offset, &[(next() % 4) as u8], &[0xff])),
@@ -567,6 +691,51 @@ mod tests {
                     "{size} rules: unconsulted bits changed it"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_miss_on_the_destination_port_does_not_read_the_source_port() {
+        use fastpath_packet::flowkey::field;
+        // `udp.src == 546 && udp.dst == 547` beside rules on other fields,
+        // scanned (few rules) and searched (many).
+        let proto = field::IP_PROTO as u16;
+        let ports = field::TP_SRC.start as u16;
+        for others in [2u32, 200] {
+            let mut rules = vec![Rule::from_tests(
+                110,
+                0,
+                &[
+                    test(proto, &[17], &[0xff]),
+                    test(ports, &[0x02, 0x22, 0x02, 0x23], &[0xff; 4]),
+                ],
+            )
+            .unwrap()];
+            for id in 1..=others {
+                let a = id.to_be_bytes();
+                rules.push(Rule::from_tests(100, id, &[test(60, &a, &[0xff; 4])]).unwrap());
+            }
+            let c = Classifier::new(&rules);
+            let set = |v: &mut [u64; vector::WORDS], at: u16, bytes: &[u8]| {
+                let b: &mut [u8] = bytemuck::cast_slice_mut(v);
+                b[usize::from(at)..usize::from(at) + bytes.len()].copy_from_slice(bytes);
+            };
+            let mut v = [0u64; vector::WORDS];
+            set(&mut v, proto, &[17]);
+            // From port 1024 to port 5001.
+            set(&mut v, ports, &[0x04, 0x00, 0x13, 0x89]);
+            let mut seen = [0u64; vector::WORDS];
+            assert_eq!(c.lookup_consulting(&v, &mut seen), None);
+            let read: &[u8] = bytemuck::cast_slice(&seen);
+            let p = usize::from(ports);
+            assert_eq!(read[p..p + 2], [0, 0], "{others}: the source port was read");
+            assert_eq!(read[p + 2..p + 4], [0xff, 0xff], "{others}");
+            // The DHCPv6 packet itself reads both.
+            set(&mut v, ports, &[0x02, 0x22, 0x02, 0x23]);
+            let mut seen = [0u64; vector::WORDS];
+            assert_eq!(c.lookup_consulting(&v, &mut seen), Some(0));
+            let read: &[u8] = bytemuck::cast_slice(&seen);
+            assert_eq!(read[p..p + 4], [0xff; 4], "{others}");
         }
     }
 

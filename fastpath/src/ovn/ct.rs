@@ -127,6 +127,58 @@ pub struct LbRequest<'a> {
     pub force_snat: bool,
 }
 
+/// A `ct_lb`/`ct_lb_mark` request as a verdict keeps it, so that the
+/// operation can be issued again for another packet (megaflow replay).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbCall {
+    /// Backends.
+    pub backends: Vec<LbBackend>,
+    /// [`LbRequest::hash_fields`].
+    pub hash_fields: u32,
+    /// [`LbRequest::mark`].
+    pub mark: bool,
+    /// [`LbRequest::skip_snat`].
+    pub skip_snat: bool,
+    /// [`LbRequest::force_snat`].
+    pub force_snat: bool,
+}
+
+impl LbCall {
+    /// The request.
+    pub fn request(&self) -> LbRequest<'_> {
+        LbRequest {
+            backends: &self.backends,
+            hash_fields: self.hash_fields,
+            mark: self.mark,
+            skip_snat: self.skip_snat,
+            force_snat: self.force_snat,
+        }
+    }
+}
+
+/// One call of a verdict into its [`ConntrackHook`] that changed what the
+/// pipeline saw, in order: a conntrack operation or a hairpin check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CtCall {
+    /// The operation `Verdict::ct_ops[index]` (never a `ct_clear`), with
+    /// its load-balancer request when it is `ct_lb`/`ct_lb_mark`.
+    Op {
+        /// Index in `ct_ops`.
+        index: usize,
+        /// The request of a `ct_lb`/`ct_lb_mark`.
+        lb: Option<LbCall>,
+    },
+    /// `chk_lb_hairpin()` (`reply` false) or `chk_lb_hairpin_reply()`.
+    Hairpin {
+        /// Zone checked.
+        zone: CtZone,
+        /// The reply check.
+        reply: bool,
+        /// The answer.
+        hit: bool,
+    },
+}
+
 /// `ct_mark` bits northd 23.03 defines (`ct_mark.blocked`, `.natted`, ...).
 pub mod mark_bit {
     /// `ct_mark.blocked`.
@@ -296,8 +348,9 @@ pub trait ConntrackHook {
 /// packet's family.
 pub fn choose_backend(v: &FlowVector, lb: &LbRequest<'_>) -> Option<LbBackend> {
     let family = family_of(v)?;
-    let usable: Vec<&LbBackend> = lb.backends.iter().filter(|b| b.family == family).collect();
-    if usable.is_empty() {
+    let usable = || lb.backends.iter().filter(move |b| b.family == family);
+    let n = usable().count();
+    if n == 0 {
         return None;
     }
     let b = v.bytes();
@@ -344,7 +397,7 @@ pub fn choose_backend(v: &FlowVector, lb: &LbRequest<'_>) -> Option<LbBackend> {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;
-    Some(*usable[(h % usable.len() as u64) as usize])
+    usable().nth((h % n as u64) as usize).copied()
 }
 
 fn family_of(v: &FlowVector) -> Option<u8> {

@@ -415,6 +415,23 @@ impl ConntrackEngine {
         }
     }
 
+    /// What a lookup of the packet `v` holds would find in `zone`, without
+    /// side effects and without regard to this pass (megaflow validation,
+    /// before [`ConntrackEngine::begin`]). The IP length is `len`.
+    pub fn peek_vector(
+        &self,
+        zone: CtZone,
+        v: &FlowVector,
+        len: u32,
+        now: u64,
+    ) -> conntrack::CtResult {
+        let mut p = CtPacket::from_key(&v.key());
+        if p.len == 0 {
+            p.len = len;
+        }
+        self.ct.peek(zone, &p, now)
+    }
+
     fn zone_result(&self, zone: CtZone) -> Option<&ZoneResult> {
         self.zones.iter().find(|z| z.zone == zone)
     }
@@ -468,7 +485,7 @@ impl ConntrackEngine {
 
 /// Writes a translation into the vector's header fields; true when the
 /// frame needs more than that (related ICMP errors, ICMP echo identifiers).
-fn translate_vector(v: &mut FlowVector, t: &Translation) -> bool {
+pub(crate) fn translate_vector(v: &mut FlowVector, t: &Translation) -> bool {
     let l4 = v.key_flags() & flags::L4 != 0 && !t.related && has_ports(t.proto);
     let mut needs_frame = t.related;
     for (rw, a, p) in [

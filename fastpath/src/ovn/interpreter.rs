@@ -27,8 +27,8 @@ use fastpath_tables::ovn::{
 };
 
 use super::ct::{
-    ConntrackHook, CtCommit, CtOp, CtOpKind, CtRefusal, CtResult, CtZone, LbBackend, LbRequest,
-    NatDirection, NatRequest, NatTarget, NoConntrack,
+    ConntrackHook, CtCall, CtCommit, CtOp, CtOpKind, CtRefusal, CtResult, CtZone, LbBackend,
+    LbCall, NatDirection, NatRequest, NatTarget, NoConntrack,
 };
 use super::program::Program;
 use super::vector::FlowVector;
@@ -243,6 +243,10 @@ pub struct Verdict {
     pub generated: bool,
     /// Conntrack operations, in order (see [`ConntrackHook`]).
     pub ct_ops: Vec<CtOp>,
+    /// The calls into the hook whose answers the verdict depends on
+    /// (conntrack operations other than `ct_clear`, hairpin checks), in
+    /// order, with what it takes to issue them again.
+    pub ct_calls: Vec<CtCall>,
     /// Meters met, in order.
     pub meters: Vec<MeterEvent>,
     /// ACL log events, in order.
@@ -418,6 +422,7 @@ impl Interpreter {
 
     fn reset(&mut self, packet_len: u32) {
         self.verdict.ct_ops.clear();
+        self.verdict.ct_calls.clear();
         self.verdict.meters.clear();
         self.verdict.logs.clear();
         self.verdict.emissions.clear();
@@ -592,10 +597,11 @@ impl Interpreter {
             i += 1;
             // Conntrack and affinity make the verdict this packet's own
             // (`ct_clear` only zeroes the vector's conntrack fields).
-            if matches!(
-                ins.op,
-                op::CHK_LB_HAIRPIN | op::CHK_LB_AFF | op::LB_AFF_COMMIT
-            ) || (ins.op == op::CT && ins.arg & 0xff != ct::CLEAR)
+            // Conntrack operations and hairpin checks can be issued again
+            // for another packet ([`Verdict::ct_calls`]), except those that
+            // depend on the connection's own tuple or translation.
+            if matches!(ins.op, op::CHK_LB_AFF | op::LB_AFF_COMMIT)
+                || (ins.op == op::CT && !replayable(ins))
             {
                 self.opaque = true;
             }
@@ -749,6 +755,9 @@ impl Interpreter {
                     let operands = &code[i..i + n];
                     i += n;
                     if let Err((name, refusal)) = self.conntrack(ctx, ins, operands, v, ct) {
+                        // A refusal is this packet's own (the table was
+                        // full, its translation collided...).
+                        self.opaque = true;
                         let cause = match refusal {
                             CtRefusal::Engine(e) => DropCause::Conntrack(e),
                             CtRefusal::TableFull => {
@@ -776,9 +785,16 @@ impl Interpreter {
                 }
                 op::CHK_LB_HAIRPIN => {
                     let zone = self.zone(ctx, v, ct::NEXT);
-                    match ct.lb_hairpin(zone, v, ins.arg == 1) {
-                        Ok(hit) => v.write(&ins.dst, u128::from(hit)),
+                    let reply = ins.arg == 1;
+                    match ct.lb_hairpin(zone, v, reply) {
+                        Ok(hit) => {
+                            self.verdict
+                                .ct_calls
+                                .push(CtCall::Hairpin { zone, reply, hit });
+                            v.write(&ins.dst, u128::from(hit));
+                        }
                         Err(_) => {
+                            self.opaque = true;
                             let index = unsupported_index("lb_affinity_hairpin");
                             self.drop(DropCause::Unsupported(index), depth);
                             return Outcome::Went;
@@ -909,6 +925,7 @@ impl Interpreter {
         let kind = ins.arg & 0xff;
         let flags = ins.arg >> 8;
         let zone = self.zone(ctx, v, kind);
+        let mut lb = None;
         let done = match kind {
             ct::NEXT => hook
                 .track(zone, v)
@@ -930,19 +947,25 @@ impl Interpreter {
                     .map_err(|e| ("ct_nat", e))
             }
             ct::LB | ct::LB_MARK => {
-                let backends: Vec<LbBackend> = operands.iter().map(backend_of).collect();
-                let lb = LbRequest {
-                    backends: &backends,
+                let call = LbCall {
+                    backends: operands.iter().map(backend_of).collect(),
                     hash_fields: ins.imm_value() as u32,
                     mark: kind == ct::LB_MARK,
                     skip_snat: flags & ct_flag::SKIP_SNAT != 0,
                     force_snat: flags & ct_flag::FORCE_SNAT != 0,
                 };
-                hook.load_balance(zone, v, &lb)
+                let done = hook
+                    .load_balance(zone, v, &call.request())
                     .map(|(r, b)| (CtOpKind::LoadBalance(b), r))
-                    .map_err(|e| ("ct_lb", e))
+                    .map_err(|e| ("ct_lb", e));
+                lb = Some(call);
+                done
             }
             ct::COMMIT => {
+                // What the commit writes may come from the packet.
+                for o in operands.iter().filter(|o| o.op == op::MOVE) {
+                    self.consult(&o.src);
+                }
                 let commit = commit_of(operands, v);
                 hook.commit(zone, v, &commit)
                     .map(|r| (CtOpKind::Commit(commit), r))
@@ -980,6 +1003,12 @@ impl Interpreter {
         };
         let (kind, result) = done?;
         result.store(v);
+        if !matches!(kind, CtOpKind::Clear) {
+            self.verdict.ct_calls.push(CtCall::Op {
+                index: self.verdict.ct_ops.len(),
+                lb,
+            });
+        }
         self.verdict.ct_ops.push(CtOp { zone, kind, result });
         Ok(())
     }
@@ -1136,6 +1165,21 @@ fn backend_of(ins: &OvnInstruction) -> LbBackend {
 
 /// The mark and label bits a `ct_commit { }` body sets: the body runs on a
 /// copy of the vector, the bits its destinations cover form the masks.
+/// Whether a conntrack instruction can be issued again for another packet
+/// of the same kind and give it the same verdict when it answers the same
+/// (see `super::replay`): not when it translates to a target of its own
+/// (a source port is allocated per connection) or acts on the
+/// connection's existing translation or tuple.
+fn replayable(ins: &OvnInstruction) -> bool {
+    match ins.arg & 0xff {
+        ct::CLEAR | ct::NEXT | ct::LB | ct::LB_MARK | ct::COMMIT => true,
+        ct::DNAT | ct::SNAT | ct::DNAT_IN_CZONE | ct::SNAT_IN_CZONE => {
+            (ins.arg >> 8) & ct_flag::TARGET == 0
+        }
+        _ => false,
+    }
+}
+
 fn commit_of(body: &[OvnInstruction], v: &FlowVector) -> CtCommit {
     let mut values = *v;
     let mut masks = FlowVector::default();

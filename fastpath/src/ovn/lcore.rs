@@ -35,6 +35,7 @@ use super::ct_engine::ConntrackEngine;
 use super::interpreter::{Generated, Interpreter, Learned};
 use super::megaflow::{KeyMask, Megaflows};
 use super::program::Program;
+use super::replay::{self, ReplayStep};
 use super::rewrite::Rewrite;
 use super::vector::FlowVector;
 use crate::conntrack::{ct_state, CtPacket, PacketClass, Stamp, Translation};
@@ -105,6 +106,8 @@ pub struct OvnLcore {
     prefetch_ct: bool,
     /// Stateless verdicts under the mask of what they depended on.
     megaflows: Megaflows,
+    /// What the previews of megaflow variants found for this packet.
+    previewed: replay::Previewed,
 }
 
 impl OvnLcore {
@@ -123,6 +126,7 @@ impl OvnLcore {
             ct_in_burst: false,
             prefetch_ct: true,
             megaflows: Megaflows::new(0),
+            previewed: replay::Previewed::default(),
         }
     }
 
@@ -322,15 +326,43 @@ impl OvnLcore {
             Lookup::Stale(slot) => Some((slot, true)),
             Lookup::Miss => None,
         };
-        let (mut entry, cacheable) = match self.megaflows.lookup(key, generation) {
+        self.previewed.clear();
+        let previewed = &mut self.previewed;
+        let found = self.megaflows.lookup_with(key, generation, |steps| {
+            ct.as_ref().is_some_and(|c| {
+                replay::preview(steps, c.engine, key, c.ip_len, c.now_ns, previewed)
+            })
+        });
+        let had_megaflow = found.is_some();
+        // A megaflow's entry, once its conntrack calls (if any) answered
+        // this packet as they did the first.
+        let served = found.and_then(|(mut e, index)| {
+            let steps = self.megaflows.steps(index);
+            if steps.is_empty() {
+                return Some((e, true));
+            }
+            let c = ct.as_mut()?;
+            begin(c, key);
+            if !replay::replay(steps, c.engine, key) {
+                counters.megaflow_diverged.add(1);
+                return None;
+            }
+            let results = steps.iter().filter_map(|s| match s {
+                ReplayStep::Op { op, .. } => Some(op.result),
+                ReplayStep::Hairpin { .. } => None,
+            });
+            let cacheable = cached_steps(&mut e, results, c.engine);
+            Some((e, cacheable))
+        });
+        let (mut entry, cacheable) = match served {
             Some(e) => {
                 self.generated.clear();
                 self.frame_nat.clear();
                 counters.megaflow_hits.add(1);
-                (e, true)
+                e
             }
             None => {
-                let (entry, cacheable, mask) = run(
+                let (entry, cacheable, kept) = run(
                     &mut self.interpreter,
                     &mut self.generated,
                     &mut self.frame_nat,
@@ -342,8 +374,10 @@ impl OvnLcore {
                     pkt_len,
                     ct.as_mut(),
                 );
-                if let Some(mask) = mask {
-                    self.megaflows.insert(key, mask, &entry, generation);
+                // (Not after a replay that went astray: the interpreter saw
+                // the connections the replay made.)
+                if let (Some((mask, steps)), false) = (kept, had_megaflow) {
+                    self.megaflows.insert(key, mask, &entry, steps, generation);
                 }
                 (entry, cacheable)
             }
@@ -519,7 +553,7 @@ fn run(
     key: &FlowKey,
     pkt_len: u32,
     ct: Option<&mut CtInput<'_>>,
-) -> (FlowEntry, bool, Option<KeyMask>) {
+) -> (FlowEntry, bool, Option<(KeyMask, Vec<ReplayStep>)>) {
     generated.clear();
     frame_nat.clear();
     let mut entry = FlowEntry {
@@ -542,10 +576,7 @@ fn run(
     let mut no_engine = NoConntrack;
     let (verdict, engine) = match ct {
         Some(ct) => {
-            let received = ct
-                .frame
-                .and_then(|(layout, frame)| super::ct_engine::frame_summary(key, layout, frame));
-            ct.engine.begin(ct.now_ns, ct.ip_len, received);
+            begin(ct, key);
             let hook: &mut dyn ConntrackHook = &mut *ct.engine;
             let v = entry_point.run(interpreter, program, key, pkt_len, hook);
             (v, Some(&*ct.engine))
@@ -559,35 +590,14 @@ fn run(
     // connection, or NAT that needs the frame, makes it uncacheable.
     let mut ct_cacheable = true;
     if let Some(engine) = engine {
-        let tracked = verdict
+        let results = verdict
             .ct_ops
             .iter()
-            .filter(|op| !matches!(op.kind, CtOpKind::Clear));
-        for (op, found) in tracked.zip(engine.ops()) {
-            // Without a connection, only an uncommitted new packet of a
-            // trackable kind can be re-classified on a hit.
-            let uncommitted_new = op.result.state == ct_state::TRK | ct_state::NEW
-                && found.packet.class == PacketClass::Trackable;
-            if found.conn.is_none() && !uncommitted_new {
-                ct_cacheable = false;
-            }
-            entry.ct.push(CachedCt {
-                zone: found.zone,
-                conn: found.conn,
-                tuple: found.packet.tuple,
-                result: op.result,
-                zone_commits: found.zone_commits,
-                stamp: Stamp::default(),
-            });
-            if found.needs_frame {
-                ct_cacheable = false;
-            }
-        }
+            .filter(|op| !matches!(op.kind, CtOpKind::Clear))
+            .map(|op| op.result);
+        ct_cacheable = cached_steps(&mut entry, results, engine);
         if engine.ops().iter().any(|o| o.needs_frame) {
             frame_nat.extend(engine.ops().iter().filter_map(|o| o.translation));
-        }
-        if entry.ct.len() > MAX_CACHED_CT {
-            ct_cacheable = false;
         }
     }
     entry
@@ -674,10 +684,6 @@ fn run(
     let cacheable = !verdict.length_dependent && !verdict.generated && ct_cacheable;
     let keepable = consulting
         && cacheable
-        && verdict
-            .ct_ops
-            .iter()
-            .all(|op| matches!(op.kind, CtOpKind::Clear))
         && verdict.learned.is_empty()
         && verdict.logs.is_empty()
         && generated.is_empty()
@@ -686,22 +692,68 @@ fn run(
     // deltas, depend on the old values of the fields the pipeline changed
     // (for copies that became drops too). (Computed before the mask: the
     // verdict borrows the interpreter.)
+    let steps = if keepable {
+        replay::record(verdict, engine, key)
+    } else {
+        None
+    };
     let mut changed = KeyMask::none();
-    if keepable {
+    if steps.is_some() {
         for em in &verdict.emissions {
             changed.add_differences(key, &em.vector.key());
         }
     }
-    let mask = (keepable && !interpreter.opaque).then(|| {
+    // (Read after the verdict's last use: the verdict borrows the
+    // interpreter.)
+    let kept = steps.filter(|_| !interpreter.opaque).map(|steps| {
         let mut m = KeyMask::from_consulted(&interpreter.consulted);
         m.union(&changed);
         // A rewrite writes whole fields, unchanged ones included.
         for o in entry.outputs.iter() {
             o.rewrite.for_each_written(|f| m.add(f));
         }
-        m
+        (m, steps)
     });
-    (entry, cacheable, mask)
+    (entry, cacheable, kept)
+}
+
+/// Starts the packet `key` in the conntrack engine (its time, length and
+/// frame summary).
+fn begin(ct: &mut CtInput<'_>, key: &FlowKey) {
+    let received = ct
+        .frame
+        .and_then(|(layout, frame)| super::ct_engine::frame_summary(key, layout, frame));
+    ct.engine.begin(ct.now_ns, ct.ip_len, received);
+}
+
+/// Adds to `entry` the conntrack steps of a verdict: the result the
+/// pipeline saw of each operation (other than `ct_clear`), with what the
+/// engine found for it. Whether an entry can stand for them on later
+/// packets: a step that found no connection (other than an uncommitted new
+/// packet of a trackable kind, which a hit re-classifies), needed the
+/// frame, or more steps than an entry keeps, make it uncacheable.
+fn cached_steps(
+    entry: &mut FlowEntry,
+    results: impl Iterator<Item = CtResult>,
+    engine: &ConntrackEngine,
+) -> bool {
+    let mut cacheable = true;
+    for (result, found) in results.zip(engine.ops()) {
+        let uncommitted_new = result.state == ct_state::TRK | ct_state::NEW
+            && found.packet.class == PacketClass::Trackable;
+        if (found.conn.is_none() && !uncommitted_new) || found.needs_frame {
+            cacheable = false;
+        }
+        entry.ct.push(CachedCt {
+            zone: found.zone,
+            conn: found.conn,
+            tuple: found.packet.tuple,
+            result,
+            zone_commits: found.zone_commits,
+            stamp: Stamp::default(),
+        });
+    }
+    cacheable && entry.ct.len() <= MAX_CACHED_CT
 }
 
 /// Where a packet enters the logical pipeline.

@@ -18,9 +18,13 @@
 //! table and get the same verdict, so two megaflows that both match a
 //! packet agree.
 //!
-//! Only verdicts that are pure functions of the key and the tables are
-//! kept: none with conntrack, generated packets, a length check, learned
-//! bindings or logging (the caller decides, see `lcore`). The cache holds
+//! Verdicts that went through conntrack are kept with the calls they made
+//! ([`super::replay`]): such a megaflow serves a packet only when the
+//! calls, issued again for it, answer the same. Several such variants
+//! (another backend, another state) may share a masked key; the caller
+//! tries them in turn. None with generated packets, a length check,
+//! learned bindings or logging is kept (the caller decides, see `lcore`).
+//! The cache holds
 //! one generation of the program: a new generation empties it. It is
 //! bounded; when full it is emptied (the next misses refill it). It must
 //! not run the pipeline or be shared between lcores.
@@ -31,12 +35,20 @@ use fastpath_tables::ovn::vector;
 use hashbrown::HashMap;
 
 use super::cache::{tunnel_flow_hash, words, FlowEntry};
+use super::replay::ReplayStep;
 
 /// Words of a flow key.
 const WORDS: usize = FlowKey::LEN / 8;
 
 /// Most distinct masks kept (a verdict with another mask is not kept).
 const MAX_MASKS: usize = 64;
+
+/// Most variants (verdicts with conntrack calls) kept under one masked
+/// key: one per backend of a load balancer, new and established...
+const MAX_VARIANTS: usize = 8;
+
+/// No further variant.
+const NONE: u32 = u32::MAX;
 
 /// The bits of a flow key a verdict depended on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,10 +126,13 @@ struct Subtable {
 }
 
 /// A kept verdict: the entry, and for each of its outputs the bytes its
-/// final key changed (the rest of a final key is the packet's own).
+/// final key changed (the rest of a final key is the packet's own); the
+/// conntrack calls it depends on, and the next variant of its masked key.
 struct Megaflow {
     entry: FlowEntry,
     changed: Vec<KeyMask>,
+    ct: Vec<ReplayStep>,
+    next: u32,
 }
 
 /// The megaflows of one lcore (see the module doc).
@@ -164,14 +179,43 @@ impl Megaflows {
     /// `generation` that matches it, made for `key` (its outputs' final
     /// keys and tunnel flow hashes).
     pub fn lookup(&self, key: &FlowKey, generation: u64) -> Option<FlowEntry> {
+        self.lookup_with(key, generation, |_| false).map(|(e, _)| e)
+    }
+
+    /// [`Megaflows::lookup`] over every variant: a megaflow without
+    /// conntrack calls is served as is, one with calls only when `accept`
+    /// takes them. Returns the entry and the megaflow's index (for
+    /// [`Megaflows::steps`]).
+    pub fn lookup_with(
+        &self,
+        key: &FlowKey,
+        generation: u64,
+        mut accept: impl FnMut(&[ReplayStep]) -> bool,
+    ) -> Option<(FlowEntry, u32)> {
         if generation != self.generation {
             return None;
         }
-        let i = self
-            .subtables
-            .iter()
-            .find_map(|st| st.flows.get(&st.mask.apply(key)).copied())?;
+        let i = self.subtables.iter().find_map(|st| {
+            let mut i = st.flows.get(&st.mask.apply(key)).copied()?;
+            while let Some(m) = self.flows.get(i as usize) {
+                if m.ct.is_empty() || accept(&m.ct) {
+                    return Some(i);
+                }
+                i = m.next;
+            }
+            None
+        })?;
         let m = self.flows.get(i as usize)?;
+        Some((self.made_for(m, key), i))
+    }
+
+    /// The conntrack calls of megaflow `index`.
+    pub fn steps(&self, index: u32) -> &[ReplayStep] {
+        self.flows.get(index as usize).map_or(&[], |m| &m.ct)
+    }
+
+    /// The entry of `m` made for `key`.
+    fn made_for(&self, m: &Megaflow, key: &FlowKey) -> FlowEntry {
         let mut e = m.entry.clone();
         let own = words(key);
         for (o, changed) in e.outputs.as_mut_slice().iter_mut().zip(&m.changed) {
@@ -188,12 +232,20 @@ impl Megaflows {
                 t.flow_hash = tunnel_flow_hash(key);
             }
         }
-        Some(e)
+        e
     }
 
     /// Keeps `entry`, computed for `key` with program generation
-    /// `generation`, for every key equal to it under `mask`.
-    pub fn insert(&mut self, key: &FlowKey, mask: KeyMask, entry: &FlowEntry, generation: u64) {
+    /// `generation` and the conntrack calls `ct`, for every key equal to it
+    /// under `mask` (with calls: as another variant of that masked key).
+    pub fn insert(
+        &mut self,
+        key: &FlowKey,
+        mask: KeyMask,
+        entry: &FlowEntry,
+        ct: Vec<ReplayStep>,
+        generation: u64,
+    ) {
         if !self.enabled() {
             return;
         }
@@ -225,11 +277,33 @@ impl Megaflows {
                 c
             })
             .collect();
+        let masked = mask.apply(key);
+        let next = match self.subtables[st].flows.get(&masked) {
+            Some(&first) => {
+                let mut n = 0;
+                let mut i = first;
+                while let Some(m) = self.flows.get(i as usize) {
+                    n += 1;
+                    i = m.next;
+                }
+                if n >= MAX_VARIANTS {
+                    return;
+                }
+                first
+            }
+            None => NONE,
+        };
+        // (The connections of the entry are its packet's own.)
+        let mut entry = entry.clone();
+        entry.ct.clear();
+        entry.fast_ct = Default::default();
         self.flows.push(Megaflow {
-            entry: entry.clone(),
+            entry,
             changed,
+            ct,
+            next,
         });
-        self.subtables[st].flows.insert(mask.apply(key), index);
+        self.subtables[st].flows.insert(masked, index);
     }
 }
 
@@ -278,7 +352,7 @@ mod tests {
         let origin = key(1000, 64);
         let mut mask = KeyMask::from_consulted(&[0; vector::WORDS]);
         mask.add(field::TTL..field::TTL + 1);
-        m.insert(&origin, mask, &entry(&origin), 5);
+        m.insert(&origin, mask, &entry(&origin), Vec::new(), 5);
         // Another source port: served, with its own final key and hash.
         let other = key(2000, 64);
         let e = m.lookup(&other, 5).expect("served");
@@ -290,16 +364,16 @@ mod tests {
         assert!(m.lookup(&key(2000, 9), 5).is_none());
         assert!(m.lookup(&other, 6).is_none());
         // A new generation starts afresh; the bound empties the cache.
-        m.insert(&key(1, 10), mask, &entry(&key(1, 10)), 6);
+        m.insert(&key(1, 10), mask, &entry(&key(1, 10)), Vec::new(), 6);
         assert_eq!(m.len(), 1);
         assert!(m.lookup(&other, 6).is_none());
-        m.insert(&key(1, 11), mask, &entry(&key(1, 11)), 6);
-        m.insert(&key(1, 12), mask, &entry(&key(1, 12)), 6);
+        m.insert(&key(1, 11), mask, &entry(&key(1, 11)), Vec::new(), 6);
+        m.insert(&key(1, 12), mask, &entry(&key(1, 12)), Vec::new(), 6);
         assert_eq!(m.len(), 1, "full: emptied, then the new one");
         assert!(m.lookup(&key(9, 12), 6).is_some());
         // Disabled: nothing is kept.
         let mut off = Megaflows::new(0);
-        off.insert(&origin, mask, &entry(&origin), 5);
+        off.insert(&origin, mask, &entry(&origin), Vec::new(), 5);
         assert!(off.lookup(&origin, 5).is_none());
     }
 }

@@ -26,6 +26,7 @@ pub mod interpreter;
 pub mod lcore;
 pub mod megaflow;
 pub mod program;
+pub mod replay;
 pub mod rewrite;
 pub mod trace;
 pub mod vector;

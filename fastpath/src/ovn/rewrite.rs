@@ -72,14 +72,16 @@ mod op {
     pub const IP4: u8 = 1 << 1;
     /// Write the IPv6 hop limit, source and destination.
     pub const IP6: u8 = 1 << 2;
-    /// Write the L4 ports.
-    pub const PORTS: u8 = 1 << 3;
+    /// Write the L4 source port.
+    pub const SPORT: u8 = 1 << 3;
     /// Write the ICMP type and code.
     pub const ICMP: u8 = 1 << 4;
     /// Add `l4_delta` to the L4 checksum at `l4 + l4_csum`.
     pub const L4_CSUM: u8 = 1 << 5;
     /// Write the ARP operation, addresses and hardware addresses.
     pub const ARP: u8 = 1 << 6;
+    /// Write the L4 destination port.
+    pub const DPORT: u8 = 1 << 7;
 }
 
 /// A rewrite precompiled for its flow: the bytes to store and, per checksum,
@@ -200,15 +202,21 @@ impl Compiled {
             l4 += delta(&ob[src.clone()], &nb[src]);
             l4 += delta(&ob[dst.clone()], &nb[dst]);
         }
-        if c & (bit::TP_SRC | bit::TP_DST) != 0 && has_l4 && matches!(proto, 6 | 17 | 132) {
-            x.ops |= op::PORTS;
-            x.ports
-                .copy_from_slice(&nb[field::TP_SRC.start..field::TP_DST.end]);
-            if l4_csum.is_some() {
-                l4 += delta(
-                    &ob[field::TP_SRC.start..field::TP_DST.end],
-                    &nb[field::TP_SRC.start..field::TP_DST.end],
-                );
+        // Each port is written only when it changes, so that a rewrite
+        // does not depend on the other (a megaflow of a translated
+        // destination serves every source port).
+        if has_l4 && matches!(proto, 6 | 17 | 132) {
+            for (b, o, f, at) in [
+                (bit::TP_SRC, op::SPORT, field::TP_SRC, 0),
+                (bit::TP_DST, op::DPORT, field::TP_DST, 2),
+            ] {
+                if c & b != 0 {
+                    x.ops |= o;
+                    x.ports[at..at + 2].copy_from_slice(&nb[f.clone()]);
+                    if l4_csum.is_some() {
+                        l4 += delta(&ob[f.clone()], &nb[f]);
+                    }
+                }
             }
         }
         if c & bit::ICMP != 0 && has_l4 && (icmp4 || proto == 58) {
@@ -319,8 +327,11 @@ impl Rewrite {
                 field::DST,
             ]);
         }
-        if ops & op::PORTS != 0 {
-            each(&[field::TP_SRC, field::TP_DST]);
+        if ops & op::SPORT != 0 {
+            each(&[field::TP_SRC]);
+        }
+        if ops & op::DPORT != 0 {
+            each(&[field::TP_DST]);
         }
         if ops & op::ICMP != 0 {
             each(&[
@@ -372,8 +383,11 @@ impl Rewrite {
         } else if x.ops & op::ARP != 0 {
             return put(frame, l3 + 6, &x.arp);
         }
-        if x.ops & op::PORTS != 0 {
-            put(frame, l4, &x.ports)?;
+        if x.ops & op::SPORT != 0 {
+            put(frame, l4, &x.ports[..2])?;
+        }
+        if x.ops & op::DPORT != 0 {
+            put(frame, l4 + 2, &x.ports[2..])?;
         }
         if x.ops & op::ICMP != 0 {
             put(frame, l4, &x.icmp)?;
