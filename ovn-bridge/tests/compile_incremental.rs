@@ -56,17 +56,7 @@ fn both(db: &Database, memo: &mut CompileMemo, what: &str) -> (usize, usize) {
 #[test]
 fn incremental_compilation_equals_a_full_one_after_each_change() {
     let c = Central::start();
-    c.nb("ls-add sw0");
-    c.nb("ls-add sw1");
-    c.nb("lr-add lr0");
-    c.nb("lrp-add lr0 lrp0 00:00:00:00:ff:01 10.0.0.1/24");
-    c.nb("lrp-add lr0 lrp1 00:00:00:00:ff:02 10.0.1.1/24");
-    for (sw, lsp, lrp) in [("sw0", "sw0-lr0", "lrp0"), ("sw1", "sw1-lr0", "lrp1")] {
-        c.nb(&format!("lsp-add {sw} {lsp}"));
-        c.nb(&format!("lsp-set-type {lsp} router"));
-        c.nb(&format!("lsp-set-addresses {lsp} router"));
-        c.nb(&format!("lsp-set-options {lsp} router-port={lrp}"));
-    }
+    trace::switches_behind_a_router(&c);
     for i in 1..=20 {
         let sw = if i % 2 == 0 { "sw0" } else { "sw1" };
         let net = if i % 2 == 0 { 0 } else { 1 };

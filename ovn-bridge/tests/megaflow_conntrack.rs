@@ -15,9 +15,6 @@ use fastpath::ovn::lcore::{CtInput, OvnLcore};
 use fastpath::stats::CacheCounters;
 use trace::{ip, mac, Central, Net, Probe};
 
-const P1: &str = "50:54:00:00:00:01";
-const P2: &str = "50:54:00:00:00:02";
-const P3: &str = "50:54:00:00:00:03";
 const GW0: &str = "00:00:00:00:ff:01";
 const GW1: &str = "00:00:00:00:ff:02";
 const VIP: &str = "10.96.0.10";
@@ -26,25 +23,7 @@ const VIP: &str = "10.96.0.10";
 /// backends are p2 and p3; on p3 a default-deny NetworkPolicy with an
 /// allow-related rule for p1 only.
 fn topology(c: &Central) {
-    c.nb("ls-add sw0");
-    c.nb("ls-add sw1");
-    c.nb("lr-add lr0");
-    c.nb(&format!("lrp-add lr0 lrp0 {GW0} 10.0.0.1/24"));
-    c.nb(&format!("lrp-add lr0 lrp1 {GW1} 10.0.1.1/24"));
-    for (sw, lsp, lrp) in [("sw0", "sw0-lr0", "lrp0"), ("sw1", "sw1-lr0", "lrp1")] {
-        c.nb(&format!("lsp-add {sw} {lsp}"));
-        c.nb(&format!("lsp-set-type {lsp} router"));
-        c.nb(&format!("lsp-set-addresses {lsp} router"));
-        c.nb(&format!("lsp-set-options {lsp} router-port={lrp}"));
-    }
-    for (sw, p, m, a) in [
-        ("sw0", "p1", P1, "10.0.0.11"),
-        ("sw0", "p2", P2, "10.0.0.12"),
-        ("sw1", "p3", P3, "10.0.1.13"),
-    ] {
-        c.nb(&format!("lsp-add {sw} {p}"));
-        c.nb_args(&["lsp-set-addresses", p, &format!("{m} {a}")]);
-    }
+    trace::two_subnets(c);
     c.nb(&format!(
         "lb-add lb-tcp {VIP}:80 10.0.0.12:8080,10.0.1.13:8080 tcp"
     ));
@@ -83,14 +62,8 @@ fn topology(c: &Central) {
     c.sync();
 }
 
-/// A pod: name, MAC, gateway MAC, address.
-type Pod = (&'static str, &'static str, &'static str, &'static str);
-
-const PODS: [Pod; 3] = [
-    ("p1", P1, GW0, "10.0.0.11"),
-    ("p2", P2, GW0, "10.0.0.12"),
-    ("p3", P3, GW1, "10.0.1.13"),
-];
+/// The pods: switch, name, MAC, address (p1 and p2 on sw0, p3 on sw1).
+const PODS: [(&str, &str, &str, &str); 3] = trace::TWO_SUBNET_PODS;
 
 /// A connection a packet opened: client, its port, protocol (6 or 17),
 /// destination address and port.
@@ -127,7 +100,7 @@ fn connections(t: &Conntrack) -> Vec<String> {
 fn megaflows_with_conntrack_decide_as_the_interpreter_does() {
     let c = Central::start();
     topology(&c);
-    let names: Vec<&str> = PODS.iter().map(|p| p.0).collect();
+    let names: Vec<&str> = PODS.iter().map(|p| p.1).collect();
     let (program, _) = c.program_mapped(&names);
     let program = Arc::new(program);
     let learned = Arc::new(crossbeam::queue::ArrayQueue::new(1024));
@@ -203,7 +176,7 @@ fn megaflows_with_conntrack_decide_as_the_interpreter_does() {
                 let o = opened[next() as usize % n];
                 let backend = 1 + (next() % 2) as usize;
                 let port = if o.proto == 6 { 8080 } else { 53 };
-                let eth = if backend == 2 { GW1 } else { PODS[o.client].1 };
+                let eth = if backend == 2 { GW1 } else { PODS[o.client].2 };
                 let flags = if o.proto == 6 { 0x12 } else { 0 };
                 let client = PODS[o.client].3;
                 (
@@ -221,8 +194,8 @@ fn megaflows_with_conntrack_decide_as_the_interpreter_does() {
         let probe = Probe {
             name: "megaflow-ct",
             datapath: "",
-            inport: PODS[from].0,
-            eth_src: mac(PODS[from].1),
+            inport: PODS[from].1,
+            eth_src: mac(PODS[from].2),
             eth_dst: mac(eth_dst),
             net: if proto == 6 {
                 Net::Tcp4 {

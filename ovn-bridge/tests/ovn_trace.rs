@@ -90,25 +90,9 @@ const GW1: &str = "00:00:00:00:ff:02";
 
 /// sw0 (p1, p2, 10.0.0.0/24) and sw1 (p3, 10.0.1.0/24) behind lr0.
 fn two_switches_behind_a_router(c: &Central, port_security: bool) {
-    c.nb("ls-add sw0");
-    c.nb("ls-add sw1");
-    c.nb("lr-add lr0");
-    c.nb(&format!("lrp-add lr0 lrp0 {GW0} 10.0.0.1/24"));
-    c.nb(&format!("lrp-add lr0 lrp1 {GW1} 10.0.1.1/24"));
-    for (sw, lsp, lrp) in [("sw0", "sw0-lr0", "lrp0"), ("sw1", "sw1-lr0", "lrp1")] {
-        c.nb(&format!("lsp-add {sw} {lsp}"));
-        c.nb(&format!("lsp-set-type {lsp} router"));
-        c.nb(&format!("lsp-set-addresses {lsp} router"));
-        c.nb(&format!("lsp-set-options {lsp} router-port={lrp}"));
-    }
-    for (sw, p, m, ip) in [
-        ("sw0", "p1", P1, "10.0.0.11"),
-        ("sw0", "p2", P2, "10.0.0.12"),
-        ("sw1", "p3", P3, "10.0.1.13"),
-    ] {
-        c.nb(&format!("lsp-add {sw} {p}"));
-        c.nb_args(&["lsp-set-addresses", p, &format!("{m} {ip}")]);
-        if port_security {
+    trace::two_subnets(c);
+    if port_security {
+        for (_, p, m, ip) in trace::TWO_SUBNET_PODS {
             c.nb_args(&["lsp-set-port-security", p, &format!("{m} {ip}")]);
         }
     }

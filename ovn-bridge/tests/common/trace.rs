@@ -23,6 +23,39 @@ impl std::ops::Deref for Central {
     }
 }
 
+/// The pods of [`two_subnets`]: switch, port, MAC, address.
+pub const TWO_SUBNET_PODS: [(&str, &str, &str, &str); 3] = [
+    ("sw0", "p1", "50:54:00:00:00:01", "10.0.0.11"),
+    ("sw0", "p2", "50:54:00:00:00:02", "10.0.0.12"),
+    ("sw1", "p3", "50:54:00:00:00:03", "10.0.1.13"),
+];
+
+/// sw0 (p1, p2, 10.0.0.0/24) and sw1 (p3, 10.0.1.0/24) behind lr0
+/// ([`switches_behind_a_router`]). Nothing bound.
+pub fn two_subnets(c: &Central) {
+    switches_behind_a_router(c);
+    for (sw, p, m, a) in TWO_SUBNET_PODS {
+        c.nb(&format!("lsp-add {sw} {p}"));
+        c.nb_args(&["lsp-set-addresses", p, &format!("{m} {a}")]);
+    }
+}
+
+/// sw0 (10.0.0.0/24) and sw1 (10.0.1.0/24) behind lr0, whose ports are
+/// 00:00:00:00:ff:01 (10.0.0.1) and 00:00:00:00:ff:02 (10.0.1.1); no pod.
+pub fn switches_behind_a_router(c: &Central) {
+    c.nb("ls-add sw0");
+    c.nb("ls-add sw1");
+    c.nb("lr-add lr0");
+    c.nb("lrp-add lr0 lrp0 00:00:00:00:ff:01 10.0.0.1/24");
+    c.nb("lrp-add lr0 lrp1 00:00:00:00:ff:02 10.0.1.1/24");
+    for (sw, lsp, lrp) in [("sw0", "sw0-lr0", "lrp0"), ("sw1", "sw1-lr0", "lrp1")] {
+        c.nb(&format!("lsp-add {sw} {lsp}"));
+        c.nb(&format!("lsp-set-type {lsp} router"));
+        c.nb(&format!("lsp-set-addresses {lsp} router"));
+        c.nb(&format!("lsp-set-options {lsp} router-port={lrp}"));
+    }
+}
+
 impl Central {
     pub fn start() -> Central {
         Central(OvnCentral::start().expect("NB, SB and ovn-northd"))
