@@ -34,26 +34,7 @@ fn topology(c: &Central) {
         c.nb(&format!("ls-lb-add sw0 {lb}"));
         c.nb(&format!("ls-lb-add sw1 {lb}"));
     }
-    c.nb("pg-add pg_np p3");
-    c.nb("create Address_Set name=as_np_allow addresses=10.0.0.11");
-    c.nb_args(&[
-        "--type=port-group",
-        "acl-add",
-        "pg_np",
-        "to-lport",
-        "2000",
-        "outport == @pg_np && ip",
-        "drop",
-    ]);
-    c.nb_args(&[
-        "--type=port-group",
-        "acl-add",
-        "pg_np",
-        "to-lport",
-        "2001",
-        "outport == @pg_np && ip4.src == $as_np_allow",
-        "allow-related",
-    ]);
+    trace::network_policy(c, "p3", &[]);
     c.sb("chassis-add hv1 geneve 127.0.0.1");
     c.sync();
     for p in ["p1", "p2", "p3"] {
@@ -116,13 +97,7 @@ fn megaflows_with_conntrack_decide_as_the_interpreter_does() {
     let mut em = ConntrackEngine::new(tm.clone(), Arc::new(LbAffinity::new(64)), Mode::Live);
     let mut ep = ConntrackEngine::new(tp.clone(), Arc::new(LbAffinity::new(64)), Mode::Live);
     let (cm, cp) = (CacheCounters::default(), CacheCounters::default());
-    let mut state = 0x6374_6d65_6761_666cu64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = trace::xorshift(0x6374_6d65_6761_666c);
     let mut opened: Vec<Opened> = Vec::new();
     let (mut compared, mut delivered, mut dropped) = (0, 0, 0);
     for round in 0..8_000u64 {
@@ -133,7 +108,7 @@ fn megaflows_with_conntrack_decide_as_the_interpreter_does() {
             // stray TCP segment that opens nothing.
             (0..=4, _) | (_, 0) => {
                 let client = (next() % 2) as usize;
-                let proto = if next() % 2 == 0 { 6 } else { 17 };
+                let proto = if next().is_multiple_of(2) { 6 } else { 17 };
                 let (dst, dport) = match next() % 4 {
                     0 => ("10.0.1.13", if proto == 6 { 8080 } else { 53 }),
                     _ => (VIP, if proto == 6 { 80 } else { 53 }),

@@ -266,28 +266,7 @@ fn stateful_acls_match_ovn_trace() {
     topology(&c);
     // Kube-OVN NetworkPolicy layout: the pods of the policy in a port
     // group, default deny, allow-related from an address set, logged.
-    c.nb("pg-add pg_np p2");
-    c.nb("create Address_Set name=as_np_allow addresses=10.0.0.11");
-    c.nb_args(&[
-        "--type=port-group",
-        "acl-add",
-        "pg_np",
-        "to-lport",
-        "2000",
-        "outport == @pg_np && ip",
-        "drop",
-    ]);
-    c.nb_args(&[
-        "--type=port-group",
-        "--log",
-        "--name=np-allow",
-        "acl-add",
-        "pg_np",
-        "to-lport",
-        "2001",
-        "outport == @pg_np && ip4.src == $as_np_allow",
-        "allow-related",
-    ]);
+    trace::network_policy(&c, "p2", &["--log", "--name=np-allow"]);
     bind(&c);
     let (program, stats) = c.program();
     assert_conntrack_supported(&stats);

@@ -1026,13 +1026,7 @@ fn megaflows_decide_as_the_interpreter_does() {
         ("localnet", &localnet_switch, local),
         ("fdb", &fdb_switch, fdb),
     ];
-    let mut state = 0x6d65_6761_666c_6f77u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = trace::xorshift(0x6d65_6761_666c_6f77);
     for (topology, build, pods) in topologies {
         let c = Central::start();
         build(&c);
@@ -1051,7 +1045,7 @@ fn megaflows_decide_as_the_interpreter_does() {
         for round in 0..6_000u32 {
             let src = &pods[next() as usize % pods.len()];
             let dst = &pods[next() as usize % pods.len()];
-            let v6 = src.ips.len() > 1 && dst.ips.len() > 1 && next() % 2 == 0;
+            let v6 = src.ips.len() > 1 && dst.ips.len() > 1 && next().is_multiple_of(2);
             let pick = |p: &Pod| p.ips[usize::from(v6 && p.ips.len() > 1)];
             let eth_dst = match next() % 8 {
                 0 => "ff:ff:ff:ff:ff:ff",
@@ -1059,7 +1053,7 @@ fn megaflows_decide_as_the_interpreter_does() {
                 2..=4 => dst.mac,
                 _ => src.gateway,
             };
-            let eth_src = if next() % 16 == 0 {
+            let eth_src = if next().is_multiple_of(16) {
                 "50:54:00:00:98:98"
             } else {
                 src.mac
@@ -1127,7 +1121,7 @@ fn megaflows_decide_as_the_interpreter_does() {
                     },
                 },
             };
-            let len = if next() % 8 == 0 { 1500 } else { 100 };
+            let len = if next().is_multiple_of(8) { 1500 } else { 100 };
             let frame = probe.frame_with_udp_payload(len - 62);
             let in_port = names.iter().position(|n| *n == src.name).unwrap() as u16;
             let Ok((mut key, _)) = fastpath_packet::extract(&frame, in_port) else {

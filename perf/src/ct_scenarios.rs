@@ -18,7 +18,7 @@
 //! OVN central are `runner`'s and `ovn_scenarios`'.
 
 use crate::ovn_scenarios::{
-    compile_tables, lcore_preemptions, report_preemptions, wait_tables, Central,
+    compile_tables, lcore_preemptions, ovn_pipeline_args, report_preemptions, wait_tables, Central,
 };
 use crate::plot;
 use crate::runner::{
@@ -245,19 +245,8 @@ fn start_ovn(
     let config = dir.join("fastpath-ct.toml");
     std::fs::write(&config, format!("[conntrack]\ncapacity = {capacity}\n"))
         .with_context(|| format!("writing {}", config.display()))?;
-    let mut fastpath_args = vec![
-        "--config".into(),
-        config.display().to_string(),
-        "--pipeline".into(),
-        "ovn".into(),
-        "--tables".into(),
-        tables.display().to_string(),
-        "--flow-cache-entries".into(),
-        cache.to_string(),
-    ];
-    if args.no_megaflows {
-        fastpath_args.extend(["--megaflow-entries".into(), "0".into()]);
-    }
+    let mut fastpath_args = vec!["--config".into(), config.display().to_string()];
+    fastpath_args.extend(ovn_pipeline_args(args, tables, cache));
     let (fp, mut client) = start_fastpath(args, dir, &fastpath_args)?;
     wait_tables(&mut client)?;
     Ok((fp, client))

@@ -189,6 +189,28 @@ struct OvnPhase {
     preemptions: Option<u64>,
 }
 
+/// The fastpath's arguments for the OVN pipeline over the table file
+/// `tables` with `cache_entries` flow cache entries per lcore (and no
+/// megaflows with `--no-megaflows`).
+pub(crate) fn ovn_pipeline_args(
+    args: &RunArgs,
+    tables: &Path,
+    cache_entries: usize,
+) -> Vec<String> {
+    let mut a = vec![
+        "--pipeline".into(),
+        "ovn".into(),
+        "--tables".into(),
+        tables.display().to_string(),
+        "--flow-cache-entries".into(),
+        cache_entries.to_string(),
+    ];
+    if args.no_megaflows {
+        a.extend(["--megaflow-entries".into(), "0".into()]);
+    }
+    a
+}
+
 /// Starts the fastpath with the OVN pipeline, sends the scenario's traffic
 /// and collects its figures.
 fn ovn_phase(
@@ -198,17 +220,7 @@ fn ovn_phase(
     cache_entries: usize,
     routed: bool,
 ) -> Result<OvnPhase> {
-    let mut fastpath_args = vec![
-        "--pipeline".into(),
-        "ovn".into(),
-        "--tables".into(),
-        tables.display().to_string(),
-        "--flow-cache-entries".into(),
-        cache_entries.to_string(),
-    ];
-    if args.no_megaflows {
-        fastpath_args.extend(["--megaflow-entries".into(), "0".into()]);
-    }
+    let fastpath_args = ovn_pipeline_args(args, tables, cache_entries);
     let (fp, mut client) = start_fastpath(args, dir, &fastpath_args)?;
     wait_tables(&mut client)?;
     client.call(&Request::ClearStats)?;

@@ -403,7 +403,7 @@ impl Classifier {
     /// The id of the highest-priority matching rule.
     #[inline]
     pub fn lookup(&self, v: &[u64; vector::WORDS]) -> Option<u32> {
-        self.search(v, |_, _| {})
+        self.search::<false>(v, |_, _| {})
     }
 
     /// [`Classifier::lookup`], adding to `seen` every vector bit the
@@ -411,22 +411,29 @@ impl Classifier {
     /// the first that differs (a rule on the DHCP ports that fails on the
     /// address consults no port), and the whole mask of every subtable a
     /// search probed (a packet that agrees with this one on those bits gets
-    /// the same answer). Nothing for a constant table.
+    /// the same answer; a subtable over the ports in stages, see
+    /// [`Staged`]). Nothing for a constant table.
     pub fn lookup_consulting(
         &self,
         v: &[u64; vector::WORDS],
         seen: &mut [u64; vector::WORDS],
     ) -> Option<u32> {
-        self.search(v, |w, m| {
+        self.search::<true>(v, |w, m| {
             if let Some(s) = seen.get_mut(usize::from(w)) {
                 *s |= m;
             }
         })
     }
 
-    /// The lookup, telling `consult` each `(word, mask)` it reads.
+    /// The lookup, telling `consult` each `(word, mask)` it reads; with
+    /// `STAGED`, subtables over the ports are probed in stages (which only
+    /// a lookup that reports what it read needs).
     #[inline(always)]
-    fn search(&self, v: &[u64; vector::WORDS], mut consult: impl FnMut(u8, u64)) -> Option<u32> {
+    fn search<const STAGED: bool>(
+        &self,
+        v: &[u64; vector::WORDS],
+        mut consult: impl FnMut(u8, u64),
+    ) -> Option<u32> {
         if self.constant.is_some() {
             return self.constant;
         }
@@ -456,7 +463,7 @@ impl Classifier {
                 break;
             }
             let mut from = 0;
-            if let Some(sg) = &st.staged {
+            if let Some(sg) = st.staged.as_ref().filter(|_| STAGED) {
                 let prefix = &st.mask[..sg.prefix];
                 for &(w, m) in prefix {
                     consult(w, m);

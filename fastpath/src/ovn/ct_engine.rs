@@ -415,23 +415,6 @@ impl ConntrackEngine {
         }
     }
 
-    /// What a lookup of the packet `v` holds would find in `zone`, without
-    /// side effects and without regard to this pass (megaflow validation,
-    /// before [`ConntrackEngine::begin`]). The IP length is `len`.
-    pub fn peek_vector(
-        &self,
-        zone: CtZone,
-        v: &FlowVector,
-        len: u32,
-        now: u64,
-    ) -> conntrack::CtResult {
-        let mut p = CtPacket::from_key(&v.key());
-        if p.len == 0 {
-            p.len = len;
-        }
-        self.ct.peek(zone, &p, now)
-    }
-
     fn zone_result(&self, zone: CtZone) -> Option<&ZoneResult> {
         self.zones.iter().find(|z| z.zone == zone)
     }

@@ -690,8 +690,7 @@ fn run(
         && frame_nat.is_empty();
     // Whether a copy can be rewritten at all, and a rewrite's checksum
     // deltas, depend on the old values of the fields the pipeline changed
-    // (for copies that became drops too). (Computed before the mask: the
-    // verdict borrows the interpreter.)
+    // (for copies that became drops too).
     let steps = if keepable {
         replay::record(verdict, engine, key)
     } else {
@@ -703,8 +702,8 @@ fn run(
             changed.add_differences(key, &em.vector.key());
         }
     }
-    // (Read after the verdict's last use: the verdict borrows the
-    // interpreter.)
+    // (`opaque` is read after the verdict's last use: the verdict borrows
+    // the interpreter.)
     let kept = steps.filter(|_| !interpreter.opaque).map(|steps| {
         let mut m = KeyMask::from_consulted(&interpreter.consulted);
         m.union(&changed);

@@ -12,7 +12,7 @@
 //!
 //! 1. [`preview`], without side effects: every operation that is the
 //!    first of the pass in its zone is looked up
-//!    ([`ConntrackEngine::peek_vector`]), and every load balancer that
+//!    ([`crate::conntrack::Conntrack::peek`]), and every load balancer that
 //!    chose a backend chooses again, on the packet as the earlier calls'
 //!    translations left it. A megaflow keeps up to a few variants per
 //!    masked key (one per backend, new or established...); the first whose
@@ -86,19 +86,9 @@ pub fn record(
     if verdict.ct_calls.is_empty() {
         return Some(Vec::new());
     }
-    let engine = engine?;
-    let found = engine.ops();
-    // The engine keeps one record per operation other than `ct_clear`.
-    let tracked: Vec<usize> = verdict
-        .ct_ops
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| !matches!(o.kind, CtOpKind::Clear))
-        .map(|(i, _)| i)
-        .collect();
-    if tracked.len() != found.len() {
-        return None;
-    }
+    // The engine keeps one record per operation other than `ct_clear`, in
+    // the order of the verdict's calls.
+    let mut found = engine?.ops().iter();
     let mut v = FlowVector::from_key(key, 0, 0);
     let mut zones: Vec<CtZone> = Vec::new();
     let mut steps = Vec::with_capacity(verdict.ct_calls.len());
@@ -111,7 +101,7 @@ pub fn record(
             }),
             CtCall::Op { index, lb } => {
                 let op = *verdict.ct_ops.get(*index)?;
-                let engine_op = found.get(tracked.iter().position(|i| i == index)?)?;
+                let engine_op = found.next()?;
                 let kept = match op.kind {
                     CtOpKind::Track | CtOpKind::Nat(_, None) => true,
                     CtOpKind::LoadBalance(_) => lb.is_some(),
@@ -143,7 +133,8 @@ pub fn record(
             }
         }
     }
-    Some(steps)
+    // (Every record of the engine belongs to one call.)
+    found.next().is_none().then_some(steps)
 }
 
 /// What the previews of one packet found, so that the variants of a
@@ -207,17 +198,25 @@ pub fn preview(
         else {
             continue;
         };
-        let tuple = CtPacket::from_key(&v.key()).tuple;
-        let found = first.then(|| {
+        let chooses = matches!(op.kind, CtOpKind::LoadBalance(Some(_)));
+        // The packet as this step sees it, when the step is checked.
+        let packet = (*first || chooses).then(|| {
+            let mut p = CtPacket::from_key(&v.key());
+            if p.len == 0 {
+                p.len = len;
+            }
+            p
+        });
+        let found = packet.filter(|_| *first).map(|p| {
             let known = seen
                 .lookups
                 .iter()
-                .find(|(z, t, _)| *z == op.zone && *t == tuple);
+                .find(|(z, t, _)| *z == op.zone && *t == p.tuple);
             match known {
                 Some(&(_, _, r)) => r,
                 None => {
-                    let r = engine.peek_vector(op.zone, &v, len, now);
-                    seen.lookups.push((op.zone, tuple, r));
+                    let r = engine.conntrack().peek(op.zone, &p, now);
+                    seen.lookups.push((op.zone, p.tuple, r));
                     r
                 }
             }
@@ -230,8 +229,10 @@ pub fn preview(
                 if found.is_some_and(|r| r.conn.is_some() || r.state & ct_state::NEW == 0) {
                     return false;
                 }
-                let Some(lb) = lb else { return false };
-                if seen.choice(lb, &v, tuple) != Some(backend) {
+                let (Some(lb), Some(p)) = (lb, packet) else {
+                    return false;
+                };
+                if seen.choice(lb, &v, p.tuple) != Some(backend) {
                     return false;
                 }
             }

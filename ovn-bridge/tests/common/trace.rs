@@ -23,6 +23,45 @@ impl std::ops::Deref for Central {
     }
 }
 
+/// A xorshift generator seeded with `seed` (reproducible random tests).
+pub fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
+/// A NetworkPolicy on `port` as Kube-OVN writes it: port group `pg_np`,
+/// a default deny on egress to it (priority 2000) and an `allow-related`
+/// rule (2001, with `allow_options` such as `--log`) for the address set
+/// `as_np_allow`, which holds 10.0.0.11.
+pub fn network_policy(c: &Central, port: &str, allow_options: &[&str]) {
+    c.nb(&format!("pg-add pg_np {port}"));
+    c.nb("create Address_Set name=as_np_allow addresses=10.0.0.11");
+    c.nb_args(&[
+        "--type=port-group",
+        "acl-add",
+        "pg_np",
+        "to-lport",
+        "2000",
+        "outport == @pg_np && ip",
+        "drop",
+    ]);
+    let mut allow = vec!["--type=port-group"];
+    allow.extend_from_slice(allow_options);
+    allow.extend_from_slice(&[
+        "acl-add",
+        "pg_np",
+        "to-lport",
+        "2001",
+        "outport == @pg_np && ip4.src == $as_np_allow",
+        "allow-related",
+    ]);
+    c.nb_args(&allow);
+}
+
 /// The pods of [`two_subnets`]: switch, port, MAC, address.
 pub const TWO_SUBNET_PODS: [(&str, &str, &str, &str); 3] = [
     ("sw0", "p1", "50:54:00:00:00:01", "10.0.0.11"),
