@@ -867,7 +867,7 @@ fn ovn_packet(
     let hit = d.hit;
     // QoS: every meter of the decision polices the packet (hits too).
     if let Some(view) = meter_view.as_ref() {
-        for key in &d.entry.meters {
+        for key in d.meters() {
             if view.police(*key, pkt_len, now) == Some(crate::meter::Verdict::Drop) {
                 stats.drop_packets(DropReason::QosMeterDrop, 1);
                 return hit;

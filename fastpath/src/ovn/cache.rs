@@ -363,8 +363,32 @@ pub enum Lookup {
 struct Slot {
     key: FlowKey,
     referenced: bool,
+    /// What a hit must know before it reads the entry's cold tail, kept
+    /// beside `referenced` (in the key's last line) by `insert` and
+    /// `replace`.
+    hints: Hints,
     entry: FlowEntry,
     hash: u64,
+}
+
+/// Whether an entry has conntrack steps and meters: lists that lie past
+/// [`HOT_BYTES`], so that a hit of an entry with neither (a stateless,
+/// unpoliced flow) does not read their lines to find them empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// `ct` is not empty.
+    pub tracked: bool,
+    /// `meters` is not empty.
+    pub metered: bool,
+}
+
+impl Hints {
+    fn of(e: &FlowEntry) -> Hints {
+        Hints {
+            tracked: !e.ct.is_empty(),
+            metered: !e.meters.is_empty(),
+        }
+    }
 }
 
 /// Bytes at the start of a [`Slot`] that a unicast IPv4 hit reads.
@@ -382,6 +406,7 @@ fn prefaulted_slots(n: usize) -> Vec<Slot> {
         hash: 0,
         entry: FlowEntry::default(),
         referenced: false,
+        hints: Hints::default(),
     });
     v.clear();
     v
@@ -700,15 +725,25 @@ impl FlowCache {
         &self.slots[slot as usize].entry
     }
 
-    /// The entry at a slot, writable (hit counts).
+    /// The entry at a slot, writable (hit counts, conntrack stamps), with
+    /// its [`Hints`]. The caller must not empty or fill its `ct` or
+    /// `meters` (that is [`FlowCache::replace`]'s job).
     #[inline(always)]
-    pub fn entry_mut(&mut self, slot: u32) -> &mut FlowEntry {
-        &mut self.slots[slot as usize].entry
+    pub fn entry_mut(&mut self, slot: u32) -> (&mut FlowEntry, Hints) {
+        let s = &mut self.slots[slot as usize];
+        (&mut s.entry, s.hints)
+    }
+
+    /// The [`Hints`] of the entry at a slot.
+    #[inline(always)]
+    pub fn hints(&self, slot: u32) -> Hints {
+        self.slots[slot as usize].hints
     }
 
     /// Replaces the entry of a slot (after revalidation).
     pub fn replace(&mut self, slot: u32, entry: FlowEntry) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
+            s.hints = Hints::of(&entry);
             s.entry = entry;
         }
     }
@@ -736,6 +771,7 @@ impl FlowCache {
         let slot = Slot {
             key,
             hash,
+            hints: Hints::of(&entry),
             entry,
             referenced: false,
         };
@@ -848,6 +884,51 @@ mod tests {
     }
 
     #[test]
+    fn hints_follow_the_entry_through_insert_replace_and_eviction() {
+        let tracked_metered = || FlowEntry {
+            meters: vec![MeterKey(7)],
+            ct: vec![CachedCt {
+                zone: 1,
+                conn: None,
+                tuple: Tuple::default(),
+                result: CtResult::default(),
+                zone_commits: None,
+                stamp: Stamp::default(),
+            }],
+            ..entry(1, 1)
+        };
+        let mut c = FlowCache::new(1);
+        let (slot, _) = c.insert(key(1), tracked_metered());
+        let both = Hints {
+            tracked: true,
+            metered: true,
+        };
+        assert_eq!(c.hints(slot), both);
+        assert_eq!(c.entry_mut(slot).1, both);
+        c.replace(slot, entry(1, 2));
+        assert_eq!(c.hints(slot), Hints::default());
+        c.replace(
+            slot,
+            FlowEntry {
+                ct: Vec::new(),
+                ..tracked_metered()
+            },
+        );
+        assert_eq!(
+            c.hints(slot),
+            Hints {
+                tracked: false,
+                metered: true
+            }
+        );
+        // A full cache evicts into the same slot: the new entry's hints.
+        let (again, evicted) = c.insert(key(2), entry(1, 3));
+        assert!(evicted);
+        assert_eq!(again, slot);
+        assert_eq!(c.hints(again), Hints::default());
+    }
+
+    #[test]
     fn bounded_with_clock_replacement() {
         let mut c = FlowCache::new(4);
         for n in 0..4 {
@@ -932,6 +1013,7 @@ mod tests {
         let slot = Slot {
             key,
             referenced: false,
+            hints: Hints::default(),
             entry: FlowEntry {
                 outputs: Outputs::One(CachedOutput {
                     port: 0,
@@ -952,6 +1034,7 @@ mod tests {
         let read = [
             (0, std::mem::size_of::<FlowKey>()),
             (offset_of!(Slot, referenced), 1),
+            (offset_of!(Slot, hints), std::mem::size_of::<Hints>()),
             (entry + offset_of!(FlowEntry, generation), 8),
             (entry + offset_of!(FlowEntry, hits), 8),
             (

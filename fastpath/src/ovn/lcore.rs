@@ -70,6 +70,21 @@ pub struct Decision<'a> {
     /// The entry was a cache hit (the caller of
     /// [`OvnLcore::decide_hashed`] counts it).
     pub hit: bool,
+    /// The entry has meters (known without reading them).
+    metered: bool,
+}
+
+impl Decision<'_> {
+    /// The QoS meters that police the packet, in order: the entry's,
+    /// read only when it has any (they lie past a hit's hot lines).
+    #[inline(always)]
+    pub fn meters(&self) -> &[MeterKey] {
+        if self.metered {
+            &self.entry.meters
+        } else {
+            &[]
+        }
+    }
 }
 
 /// The conntrack side of one packet for [`OvnLcore::decide_tracked`].
@@ -309,16 +324,16 @@ impl OvnLcore {
         // (slot, whether a generation change made it stale)
         let stale = match self.cache.lookup_hashed(key, hash, generation) {
             Lookup::Hit(slot) => {
-                let e = self.cache.entry_mut(slot);
-                let tracked = !e.ct.is_empty();
-                self.ct_in_burst |= tracked;
-                if !tracked || touch_tracked(e, key, ct.as_ref()) {
+                let (e, hints) = self.cache.entry_mut(slot);
+                self.ct_in_burst |= hints.tracked;
+                if !hints.tracked || touch_tracked(e, key, ct.as_ref()) {
                     e.hits += 1;
                     return Some(Decision {
                         entry: self.cache.entry(slot),
                         generated: &[],
                         frame_nat: &[],
                         hit: true,
+                        metered: hints.metered,
                     });
                 }
                 Some((slot, false))
@@ -398,6 +413,7 @@ impl OvnLcore {
                         generated: &self.generated,
                         frame_nat: &self.frame_nat,
                         hit: false,
+                        metered: self.cache.hints(slot).metered,
                     });
                 }
                 // Keep the stale entry out of use: the next packet re-runs.
@@ -416,6 +432,7 @@ impl OvnLcore {
                         generated: &self.generated,
                         frame_nat: &self.frame_nat,
                         hit: false,
+                        metered: self.cache.hints(slot).metered,
                     });
                 }
                 self.scratch = entry;
@@ -426,6 +443,7 @@ impl OvnLcore {
             generated: &self.generated,
             frame_nat: &self.frame_nat,
             hit: false,
+            metered: !self.scratch.meters.is_empty(),
         })
     }
 }
