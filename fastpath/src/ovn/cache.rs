@@ -347,8 +347,9 @@ pub enum Lookup {
 
 /// One cached flow. The key comes first so that a hit's key comparison and
 /// the entry's head share the lines [`FlowCache::prefetch_slot`] fetches;
-/// `referenced`, which every hit writes, sits on the key's last line
-/// rather than on a line of its own at the end. What a unicast IPv4 hit
+/// `referenced`, which every hit writes, and the [`Hints`], which every
+/// hit reads, sit on the key's last line rather than on a line of their
+/// own at the end. What a unicast IPv4 hit
 /// reads (key, generation, hit count, lock-free conntrack touches, the
 /// output port and its compiled rewrite) lies in the first [`HOT_BYTES`];
 /// the hash (used when the index is rebuilt) comes last.
@@ -372,7 +373,7 @@ struct Slot {
 }
 
 /// Whether an entry has conntrack steps and meters: lists that lie past
-/// [`HOT_BYTES`], so that a hit of an entry with neither (a stateless,
+/// the bytes of its slot a hit reads, so that a hit of an entry with neither (a stateless,
 /// unpoliced flow) does not read their lines to find them empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hints {

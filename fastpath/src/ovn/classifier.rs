@@ -411,8 +411,8 @@ impl Classifier {
     /// the first that differs (a rule on the DHCP ports that fails on the
     /// address consults no port), and the whole mask of every subtable a
     /// search probed (a packet that agrees with this one on those bits gets
-    /// the same answer; a subtable over the ports in stages, see
-    /// [`Staged`]). Nothing for a constant table.
+    /// the same answer; of a subtable over the ports probed in stages,
+    /// the stages it reached). Nothing for a constant table.
     pub fn lookup_consulting(
         &self,
         v: &[u64; vector::WORDS],
