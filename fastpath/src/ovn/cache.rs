@@ -349,10 +349,10 @@ pub enum Lookup {
 /// the entry's head share the lines [`FlowCache::prefetch_slot`] fetches;
 /// `referenced`, which every hit writes, and the [`Hints`], which every
 /// hit reads, sit on the key's last line rather than on a line of their
-/// own at the end. What a unicast IPv4 hit
-/// reads (key, generation, hit count, lock-free conntrack touches, the
-/// output port and its compiled rewrite) lies in the first [`HOT_BYTES`];
-/// the hash (used when the index is rebuilt) comes last.
+/// own at the end. What a unicast IPv4 hit reads (key, hints, generation,
+/// hit count, lock-free conntrack touches, the output port and its
+/// compiled rewrite) lies in the first [`HOT_BYTES`]; the hash (used when
+/// the index is rebuilt) comes last.
 ///
 /// Slots are not aligned to cache lines: consecutive 480-byte slots start
 /// at two offsets half a line apart, so a hit reads four or five lines.
@@ -364,17 +364,16 @@ pub enum Lookup {
 struct Slot {
     key: FlowKey,
     referenced: bool,
-    /// What a hit must know before it reads the entry's cold tail, kept
-    /// beside `referenced` (in the key's last line) by `insert` and
-    /// `replace`.
+    /// What a hit must know before it reads the entry's cold tail.
     hints: Hints,
     entry: FlowEntry,
     hash: u64,
 }
 
 /// Whether an entry has conntrack steps and meters: lists that lie past
-/// the bytes of its slot a hit reads, so that a hit of an entry with neither (a stateless,
-/// unpoliced flow) does not read their lines to find them empty.
+/// the bytes of its slot a hit reads, so that a hit of an entry with
+/// neither (a stateless, unpoliced flow) does not read their lines to find
+/// them empty. Set by [`FlowCache::insert`] and [`FlowCache::replace`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hints {
     /// `ct` is not empty.
