@@ -734,12 +734,6 @@ impl FlowCache {
         (&mut s.entry, s.hints)
     }
 
-    /// The [`Hints`] of the entry at a slot.
-    #[inline(always)]
-    pub fn hints(&self, slot: u32) -> Hints {
-        self.slots[slot as usize].hints
-    }
-
     /// Replaces the entry of a slot (after revalidation).
     pub fn replace(&mut self, slot: u32, entry: FlowEntry) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
@@ -903,10 +897,9 @@ mod tests {
             tracked: true,
             metered: true,
         };
-        assert_eq!(c.hints(slot), both);
         assert_eq!(c.entry_mut(slot).1, both);
         c.replace(slot, entry(1, 2));
-        assert_eq!(c.hints(slot), Hints::default());
+        assert_eq!(c.entry_mut(slot).1, Hints::default());
         c.replace(
             slot,
             FlowEntry {
@@ -915,7 +908,7 @@ mod tests {
             },
         );
         assert_eq!(
-            c.hints(slot),
+            c.entry_mut(slot).1,
             Hints {
                 tracked: false,
                 metered: true
@@ -925,7 +918,7 @@ mod tests {
         let (again, evicted) = c.insert(key(2), entry(1, 3));
         assert!(evicted);
         assert_eq!(again, slot);
-        assert_eq!(c.hints(again), Hints::default());
+        assert_eq!(c.entry_mut(again).1, Hints::default());
     }
 
     #[test]

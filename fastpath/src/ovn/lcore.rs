@@ -74,7 +74,22 @@ pub struct Decision<'a> {
     metered: bool,
 }
 
-impl Decision<'_> {
+impl<'a> Decision<'a> {
+    /// The decision of a packet that missed the cache, for `entry`.
+    fn missed(
+        entry: &'a FlowEntry,
+        generated: &'a [GeneratedPacket],
+        frame_nat: &'a [Translation],
+    ) -> Decision<'a> {
+        Decision {
+            entry,
+            generated,
+            frame_nat,
+            hit: false,
+            metered: !entry.meters.is_empty(),
+        }
+    }
+
     /// The QoS meters that police the packet, in order: the entry's,
     /// read only when it has any (they lie past a hit's hot lines).
     #[inline(always)]
@@ -408,13 +423,11 @@ impl OvnLcore {
                 }
                 if cacheable {
                     self.cache.replace(slot, entry);
-                    return Some(Decision {
-                        entry: self.cache.entry(slot),
-                        generated: &self.generated,
-                        frame_nat: &self.frame_nat,
-                        hit: false,
-                        metered: self.cache.hints(slot).metered,
-                    });
+                    return Some(Decision::missed(
+                        self.cache.entry(slot),
+                        &self.generated,
+                        &self.frame_nat,
+                    ));
                 }
                 // Keep the stale entry out of use: the next packet re-runs.
                 self.scratch = entry;
@@ -427,24 +440,20 @@ impl OvnLcore {
                         counters.evictions.add(1);
                     }
                     counters.entries.set(self.cache.len() as u64);
-                    return Some(Decision {
-                        entry: self.cache.entry(slot),
-                        generated: &self.generated,
-                        frame_nat: &self.frame_nat,
-                        hit: false,
-                        metered: self.cache.hints(slot).metered,
-                    });
+                    return Some(Decision::missed(
+                        self.cache.entry(slot),
+                        &self.generated,
+                        &self.frame_nat,
+                    ));
                 }
                 self.scratch = entry;
             }
         }
-        Some(Decision {
-            entry: &self.scratch,
-            generated: &self.generated,
-            frame_nat: &self.frame_nat,
-            hit: false,
-            metered: !self.scratch.meters.is_empty(),
-        })
+        Some(Decision::missed(
+            &self.scratch,
+            &self.generated,
+            &self.frame_nat,
+        ))
     }
 }
 
