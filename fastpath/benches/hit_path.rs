@@ -10,9 +10,10 @@
 //! bytes; a `copy` line reports that copy alone so it can be subtracted.
 //!
 //! The burst goes through the stages the worker uses: extract and hash
-//! every packet and prefetch its cache bucket, prefetch the slots, then
-//! decide (`OvnLcore::decide_hashed`) and rewrite each packet, and count the
-//! burst's hits once. The `unstaged` variant decides packet by packet
+//! every packet in place (`extract_hashed`) and prefetch its cache bucket,
+//! prefetch the slots (each packet's `Probe` keeps the slot its bucket
+//! named), then decide (`OvnLcore::decide_hashed`) and rewrite each
+//! packet, and count the burst's hits once. The `unstaged` variant decides packet by packet
 //! (`OvnLcore::decide`, hash and hit count per packet) for comparison.
 //!
 //! With `HIT_PATH_FLOWS=N` it instead compares the staged and unstaged
@@ -29,11 +30,11 @@ use std::time::Instant;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam::queue::ArrayQueue;
-use fastpath::ovn::cache::key_hash;
+use fastpath::ovn::cache::Probe;
 use fastpath::ovn::lcore::OvnLcore;
 use fastpath::ovn::Program;
 use fastpath::stats::CacheCounters;
-use fastpath_packet::{extract, FlowKey, Layout};
+use fastpath_packet::{extract, extract_hashed, FlowKey, Layout};
 
 const SLOT: &[u8] = include_bytes!("data/l3-router.slot");
 
@@ -80,17 +81,28 @@ fn frame(sport: u16, dport: u16) -> Vec<u8> {
     f
 }
 
-/// Per packet of a burst: its key, layout and key hash, and which packets
-/// parsed; kept across bursts as the worker keeps it.
+/// Per packet of a burst: its key, layout and cache probe, and which
+/// packets parsed; kept across bursts as the worker keeps it.
 struct Staging {
     keys: [FlowKey; BURST],
     layouts: [Layout; BURST],
-    hashes: [u64; BURST],
+    probes: [Probe; BURST],
     parsed: u32,
 }
 
-/// One burst through the hit path in the worker's stages: extract, hash
-/// and prefetch all; prefetch the slots; decide and rewrite each; count
+impl Staging {
+    fn new() -> Staging {
+        Staging {
+            keys: [FlowKey::zeroed(); BURST],
+            layouts: [Layout::default(); BURST],
+            probes: [Probe::new(0); BURST],
+            parsed: 0,
+        }
+    }
+}
+
+/// One burst through the hit path in the worker's stages: extract and
+/// hash in place and prefetch all; prefetch the slots; decide and rewrite each; count
 /// the hits once. Returns the sum over outputs of (port + 1).
 #[inline(never)]
 fn hit_burst(
@@ -102,18 +114,15 @@ fn hit_burst(
 ) -> usize {
     staged.parsed = 0;
     for (i, buf) in bufs.iter().enumerate() {
-        if let Ok((key, layout)) = extract(&buf[..], 0) {
-            let hash = key_hash(&key);
+        if let Ok(hash) = extract_hashed(&buf[..], 0, &mut staged.keys[i], &mut staged.layouts[i]) {
             l.prefetch(hash);
-            staged.keys[i] = key;
-            staged.layouts[i] = layout;
-            staged.hashes[i] = hash;
+            staged.probes[i] = Probe::new(hash);
             staged.parsed |= 1 << i;
         }
     }
-    for (i, hash) in staged.hashes.iter().enumerate() {
+    for (i, probe) in staged.probes.iter_mut().enumerate() {
         if staged.parsed & (1 << i) != 0 {
-            l.prefetch_slot(*hash);
+            l.prefetch_slot(probe);
         }
     }
     let mut sent = 0;
@@ -123,7 +132,7 @@ fn hit_burst(
             continue;
         }
         let layout = staged.layouts[i];
-        let Some(d) = l.decide_hashed(&staged.keys[i], staged.hashes[i], 64, now, counters, None)
+        let Some(d) = l.decide_hashed(&staged.keys[i], staged.probes[i], 64, now, counters, None)
         else {
             continue;
         };
@@ -191,12 +200,7 @@ fn many_flows(program: &Arc<Program>, flows: usize) {
     let counters = CacheCounters::default();
     let mut l = OvnLcore::new(65536, Arc::new(ArrayQueue::new(1024)));
     l.set_program(Some(Arc::clone(program)));
-    let mut staged = Staging {
-        keys: [FlowKey::zeroed(); BURST],
-        layouts: [Layout::default(); BURST],
-        hashes: [0; BURST],
-        parsed: 0,
-    };
+    let mut staged = Staging::new();
     let mut bufs = [[0u8; 64]; BURST];
     let bursts = flows / BURST;
     for b in 0..bursts {
@@ -248,12 +252,7 @@ fn bench_hit_path(c: &mut Criterion) {
     let mut l = OvnLcore::new(65536, Arc::new(ArrayQueue::new(1024)));
     l.set_program(Some(Arc::clone(&program)));
     let mut bufs = frames;
-    let mut staged = Staging {
-        keys: [FlowKey::zeroed(); BURST],
-        layouts: [Layout::default(); BURST],
-        hashes: [0; BURST],
-        parsed: 0,
-    };
+    let mut staged = Staging::new();
 
     // Warm the cache: every flow misses once, then every packet hits and is
     // routed to fastpath port 1 with the router's MAC, TTL 63 and valid

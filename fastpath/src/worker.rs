@@ -28,7 +28,7 @@
 
 use crate::config::IdleSection;
 use crate::dpdk::{rdtsc, Mbuf, Mempool, RxBurst, TxBuffer, BURST_SIZE};
-use crate::ovn::cache::{EntryDrop, FlowEntry};
+use crate::ovn::cache::{EntryDrop, FlowEntry, Probe};
 use crate::ovn::lcore::OvnLcore;
 use crate::ovn::DropCause;
 use crate::pipeline::{Pipeline, PortIndex};
@@ -453,12 +453,12 @@ fn enqueue(
 }
 
 /// A received burst after its first stages: per packet, its flow key,
-/// header layout and the key's flow-cache hash (fixed arrays, kept across
-/// bursts, so that staging copies each key once).
+/// header layout and the key's flow-cache [`Probe`] (fixed arrays, kept
+/// across bursts, so that staging copies each key once).
 struct Staged {
     keys: [FlowKey; BURST_SIZE],
     layouts: [Layout; BURST_SIZE],
-    hashes: [u64; BURST_SIZE],
+    probes: [Probe; BURST_SIZE],
     /// Bit `i`: packet `i` parsed (the others are malformed).
     parsed: u32,
 }
@@ -468,7 +468,7 @@ impl Staged {
         Staged {
             keys: [FlowKey::zeroed(); BURST_SIZE],
             layouts: [Layout::default(); BURST_SIZE],
-            hashes: [0; BURST_SIZE],
+            probes: [Probe::new(0); BURST_SIZE],
             parsed: 0,
         }
     }
@@ -485,10 +485,14 @@ impl Staged {
         lcore: &OvnLcore,
         stats: &LcoreStats,
     ) -> bool {
-        match fastpath_packet::extract_into(frame, in_port, &mut self.keys[i], &mut self.layouts[i])
-        {
-            Ok(()) => {
-                self.keyed(i, lcore);
+        match fastpath_packet::extract_hashed(
+            frame,
+            in_port,
+            &mut self.keys[i],
+            &mut self.layouts[i],
+        ) {
+            Ok(hash) => {
+                self.hashed(i, hash, lcore);
                 true
             }
             Err(e) => {
@@ -503,8 +507,15 @@ impl Staged {
     #[inline(always)]
     fn keyed(&mut self, i: usize, lcore: &OvnLcore) {
         let hash = crate::ovn::cache::key_hash(&self.keys[i]);
+        self.hashed(i, hash, lcore);
+    }
+
+    /// Stage 2 for packet `i` whose key (of hash `hash`) and layout are in
+    /// place: starts loading its flow-cache bucket.
+    #[inline(always)]
+    fn hashed(&mut self, i: usize, hash: u64, lcore: &OvnLcore) {
         lcore.prefetch(hash);
-        self.hashes[i] = hash;
+        self.probes[i] = Probe::new(hash);
         self.parsed |= 1 << i;
     }
 }
@@ -548,28 +559,29 @@ fn stage_burst(
 /// entry has steps, the conntrack entries they name (each pass over the
 /// burst gives the previous one's loads time to arrive).
 #[inline(always)]
-fn prefetch_staged(staged: &Staged, lcore: &OvnLcore, conntrack: &crate::conntrack::Conntrack) {
-    let parsed = |i: usize| staged.parsed & (1 << i) != 0;
-    for (i, hash) in staged.hashes.iter().enumerate() {
+fn prefetch_staged(staged: &mut Staged, lcore: &OvnLcore, conntrack: &crate::conntrack::Conntrack) {
+    let parsed = staged.parsed;
+    let parsed = |i: usize| parsed & (1 << i) != 0;
+    for (i, probe) in staged.probes.iter_mut().enumerate() {
         if parsed(i) {
-            lcore.prefetch_slot(*hash);
+            lcore.prefetch_slot(probe);
         }
     }
     if !lcore.tracks_connections() {
         return;
     }
     let mut steps = false;
-    for (i, hash) in staged.hashes.iter().enumerate() {
+    for (i, probe) in staged.probes.iter().enumerate() {
         if parsed(i) {
-            steps |= lcore.prefetch_ct_first(*hash, conntrack);
+            steps |= lcore.prefetch_ct_first(probe, conntrack);
         }
     }
     if !steps {
         return;
     }
-    for (i, hash) in staged.hashes.iter().enumerate() {
+    for (i, probe) in staged.probes.iter().enumerate() {
         if parsed(i) {
-            lcore.prefetch_conntrack(*hash, conntrack);
+            lcore.prefetch_conntrack(probe, conntrack);
         }
     }
 }
@@ -833,10 +845,10 @@ fn ovn_packet(
     stats: &LcoreStats,
     now: u64,
 ) -> bool {
-    let (Some(key), Some(&layout), Some(&hash)) = (
+    let (Some(key), Some(&layout), Some(&probe)) = (
         staged.keys.get(index),
         staged.layouts.get(index),
-        staged.hashes.get(index),
+        staged.probes.get(index),
     ) else {
         return false;
     };
@@ -860,7 +872,7 @@ fn ovn_packet(
         frame: Some((&layout, m.data())),
         ip_len: u32::from(layout.end.saturating_sub(layout.l3)),
     };
-    let Some(d) = lcore.decide_hashed(key, hash, pkt_len, now, &stats.cache, Some(ct)) else {
+    let Some(d) = lcore.decide_hashed(key, probe, pkt_len, now, &stats.cache, Some(ct)) else {
         stats.drop_packets(DropReason::OvnNoProgram, 1);
         return false;
     };

@@ -194,6 +194,25 @@ impl FlowKey {
         }
     }
 
+    /// The key's words, each in memory order (as [`FlowKey::set_words`]
+    /// takes them).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; KEY_LEN / 8] {
+        let mut w = [0u64; KEY_LEN / 8];
+        for (w, b) in w.iter_mut().zip(self.bytes.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            *w = u64::from_le_bytes(a);
+        }
+        w
+    }
+
+    /// The key's hash (see [`hash_words`]): what flow caches index keys by.
+    #[inline(always)]
+    pub fn hash(&self) -> u64 {
+        hash_words(&self.words())
+    }
+
     /// A key from raw bytes (as produced by [`FlowKey::as_bytes`]).
     #[inline]
     pub const fn from_bytes(bytes: [u8; KEY_LEN]) -> FlowKey {
@@ -566,6 +585,75 @@ pub fn extract(frame: &[u8], in_port: u16) -> Result<(FlowKey, Layout), ParseErr
     Ok((key, layout))
 }
 
+/// Odd constants (digits of pi and e) that the key's word pairs are mixed
+/// with before they are multiplied, one pair per product.
+const MIX: [u64; 14] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d1,
+    0x082e_fa98_ec4e_6c89,
+    0x4528_21e6_38d0_1377,
+    0xbe54_66cf_34e9_0c6d,
+    0xc0ac_29b7_c97c_50dd,
+    0x3f84_d5b5_b547_0917,
+    0x9216_d5d9_8979_fb1b,
+    0xb7e1_5162_8aed_2a6b,
+    0xbf71_5880_9cf4_f3c7,
+    0x62e7_160f_38b4_da57,
+    0xa784_d904_5190_cfef,
+    0x324e_7738_926c_fbe5,
+];
+
+/// The 128-bit product of two words folded to 64 bits.
+#[inline(always)]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let p = u128::from(a).wrapping_mul(u128::from(b));
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// The hash of a key given as its words ([`FlowKey::words`]): the words
+/// taken in pairs, each pair mixed with its own constants and multiplied
+/// (128-bit product folded to 64), the seven products summed and mixed
+/// once more. The products are independent of each other, so they run
+/// side by side rather than as one chain of thirteen dependent
+/// multiplies; every bit of both factors reaches the middle bits of the
+/// product, and the final fold spreads them to the low bits (a cache's
+/// home bucket), the middle bits and the top bits (its tag). A parser that
+/// has just built the words in registers hashes them there
+/// ([`extract_hashed`]), where the words a frame always leaves zero fold
+/// into constants.
+#[inline(always)]
+pub fn hash_words(w: &[u64; KEY_LEN / 8]) -> u64 {
+    let mut h = folded_multiply(w[12] ^ MIX[12], MIX[13]);
+    for i in 0..6 {
+        h = h.wrapping_add(folded_multiply(
+            w[2 * i] ^ MIX[2 * i],
+            w[2 * i + 1] ^ MIX[2 * i + 1],
+        ));
+    }
+    folded_multiply(h, MIX[13])
+}
+
+/// [`extract_into`], answering the key's hash ([`FlowKey::hash`]) as well:
+/// for a frame of the straight-line path it is computed from the words
+/// while they are still in registers, before the key is stored.
+#[inline]
+pub fn extract_hashed(
+    frame: &[u8],
+    in_port: u16,
+    key: &mut FlowKey,
+    layout: &mut Layout,
+) -> Result<u64, ParseError> {
+    if let Some(w) = ipv4_tcp_udp(frame, in_port, layout) {
+        key.set_words(&w);
+        return Ok(hash_words(&w));
+    }
+    let (general, general_layout) = extract_general(frame, in_port)?;
+    *key = general;
+    *layout = general_layout;
+    Ok(key.hash())
+}
+
 /// [`extract`] into `key` and `layout` in place (whatever they held
 /// before): a worker parses straight into its staging arrays, and the
 /// straight-line path stores the key as whole words, so reading it back
@@ -602,11 +690,19 @@ fn extract_ipv4_tcp_udp(
     key: &mut FlowKey,
     layout: &mut Layout,
 ) -> bool {
-    ipv4_tcp_udp(frame, in_port, key, layout).is_some()
+    match ipv4_tcp_udp(frame, in_port, layout) {
+        Some(w) => {
+            key.set_words(&w);
+            true
+        }
+        None => false,
+    }
 }
 
+/// The straight-line path's key as words (see [`extract_ipv4_tcp_udp`]);
+/// `layout` is written only when the answer is some.
 #[inline(always)]
-fn ipv4_tcp_udp(frame: &[u8], in_port: u16, key: &mut FlowKey, layout: &mut Layout) -> Option<()> {
+fn ipv4_tcp_udp(frame: &[u8], in_port: u16, layout: &mut Layout) -> Option<[u64; KEY_LEN / 8]> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::HEADER_LEN;
     let h: &[u8; L4] = frame.first_chunk()?;
@@ -663,7 +759,6 @@ fn ipv4_tcp_udp(frame: &[u8], in_port: u16, key: &mut FlowKey, layout: &mut Layo
     w[7] = 0xffff << 16 | le32(&h[L3 + 16..L3 + 20]) << 32;
     // The L4 ports; no flow label.
     w[8] = le32(&upper[0..4]);
-    key.set_words(&w);
     *layout = Layout {
         vlan_tags: 0,
         l3: L3 as u16,
@@ -671,7 +766,7 @@ fn ipv4_tcp_udp(frame: &[u8], in_port: u16, key: &mut FlowKey, layout: &mut Layo
         payload: (L4 + hlen) as u16,
         end: (L3 + total) as u16,
     };
-    Some(())
+    Some(w)
 }
 
 /// The general parser behind [`extract`]: every EtherType, VLAN tags, IPv4
@@ -1407,6 +1502,18 @@ mod tests {
                     assert_eq!((&key, &layout, answer), (k, l, Ok(())), "frame {f:02x?}")
                 }
                 Err(e) => assert_eq!(answer, Err(*e), "frame {f:02x?}"),
+            }
+            // Hashed: the same key and layout, and the key's own hash.
+            let mut hashed_key = FlowKey::from_bytes([0x5a; KEY_LEN]);
+            let mut hashed_layout = layout;
+            let hashed = extract_hashed(f, 7, &mut hashed_key, &mut hashed_layout);
+            match &general {
+                Ok((k, l)) => assert_eq!(
+                    (&hashed_key, &hashed_layout, hashed),
+                    (k, l, Ok(k.hash())),
+                    "frame {f:02x?}"
+                ),
+                Err(e) => assert_eq!(hashed, Err(*e), "frame {f:02x?}"),
             }
         };
         for base in bases {

@@ -31,7 +31,7 @@ pub mod vlan;
 mod fixtures;
 
 pub use error::ParseError;
-pub use flowkey::{extract, extract_into, FlowKey, Layout};
+pub use flowkey::{extract, extract_hashed, extract_into, FlowKey, Layout};
 
 /// A byte range of a header field, as in `mod field` of every view.
 pub type Field = core::ops::Range<usize>;

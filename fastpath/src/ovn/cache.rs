@@ -17,8 +17,11 @@
 //! burst of packets breaks the chain across the burst: it hashes every key
 //! ([`key_hash`]) and [`FlowCache::prefetch`]es each home bucket, then
 //! [`FlowCache::prefetch_slot`]s the slot each bucket names, and only then
-//! looks each key up with [`FlowCache::lookup_hashed`], so the loads of
-//! different packets overlap instead of queueing one after the other. The
+//! looks each key up with [`FlowCache::lookup_probed`], so the loads of
+//! different packets overlap instead of queueing one after the other. A
+//! key's [`Probe`] carries its hash and the slot its bucket named from one
+//! stage to the next, so that the lookup reads the bucket only when that
+//! slot does not hold the key. The
 //! index is ours rather than a general hash table so that a bucket has an
 //! address to prefetch: a bucket is one 64-byte cache line of eight
 //! (16-bit tag, slot) ways; a key lives in its home bucket, or in its
@@ -482,6 +485,41 @@ fn tag(hash: u64) -> u16 {
     ((hash >> 48) as u16) | 1
 }
 
+/// A lookup of one key between the stages of a burst: the key's
+/// [`key_hash`] and, once [`FlowCache::prefetch_slot`] has read the home
+/// bucket, the slot that bucket's first way of the key's tag names. That
+/// slot is a guess, which [`FlowCache::lookup_probed`] confirms by
+/// comparing keys instead of reading the bucket again: every slot holds an
+/// indexed entry or none, so a slot holding the key is the key's entry,
+/// whatever happened to the index in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// The key's [`key_hash`].
+    pub hash: u64,
+    /// The slot named, or [`Probe::NO_SLOT`].
+    slot: u32,
+}
+
+impl Probe {
+    /// No slot named (yet).
+    const NO_SLOT: u32 = u32::MAX;
+
+    /// The probe of a key of hash `hash`, before its bucket is read.
+    #[inline(always)]
+    pub fn new(hash: u64) -> Probe {
+        Probe {
+            hash,
+            slot: Probe::NO_SLOT,
+        }
+    }
+
+    /// The probe of `key`, before its bucket is read.
+    #[inline(always)]
+    pub fn of(key: &FlowKey) -> Probe {
+        Probe::new(key_hash(key))
+    }
+}
+
 /// The cache: at most `capacity` entries.
 pub struct FlowCache {
     buckets: Vec<Bucket>,
@@ -492,62 +530,18 @@ pub struct FlowCache {
     hand: usize,
 }
 
-/// Odd constants (digits of pi and e) that the key's word pairs are mixed
-/// with before they are multiplied, one pair per product.
-const MIX: [u64; 14] = [
-    0x243f_6a88_85a3_08d3,
-    0x1319_8a2e_0370_7344,
-    0xa409_3822_299f_31d1,
-    0x082e_fa98_ec4e_6c89,
-    0x4528_21e6_38d0_1377,
-    0xbe54_66cf_34e9_0c6d,
-    0xc0ac_29b7_c97c_50dd,
-    0x3f84_d5b5_b547_0917,
-    0x9216_d5d9_8979_fb1b,
-    0xb7e1_5162_8aed_2a6b,
-    0xbf71_5880_9cf4_f3c7,
-    0x62e7_160f_38b4_da57,
-    0xa784_d904_5190_cfef,
-    0x324e_7738_926c_fbe5,
-];
-
-/// The 128-bit product of two words folded to 64 bits.
-#[inline(always)]
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let p = u128::from(a).wrapping_mul(u128::from(b));
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-/// The key's thirteen 8-byte words.
+/// The key's words ([`FlowKey::words`]).
 #[inline(always)]
 pub(crate) fn words(key: &FlowKey) -> [u64; FlowKey::LEN / 8] {
-    let mut w = [0u64; FlowKey::LEN / 8];
-    for (w, b) in w.iter_mut().zip(key.as_bytes().chunks_exact(8)) {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        *w = u64::from_ne_bytes(a);
-    }
-    w
+    key.words()
 }
 
-/// The hash of a key: the key's words taken in pairs, each pair mixed with
-/// its own constants and multiplied (128-bit product folded to 64), the
-/// seven products summed. The products are independent of each other, so
-/// they run side by side rather than as one chain of thirteen dependent
-/// multiplies; every bit of both factors reaches the middle bits of the
-/// product, and the final fold spreads them to the low bits (home bucket),
-/// the middle bits (alternate bucket) and the top bits (tag).
+/// The hash the cache indexes a key by: [`FlowKey::hash`] (see
+/// [`fastpath_packet::flowkey::hash_words`]), whose low bits pick the home
+/// bucket, middle bits the alternate one and top bits the tag.
 #[inline(always)]
 pub fn key_hash(key: &FlowKey) -> u64 {
-    let w = words(key);
-    let mut h = folded_multiply(w[12] ^ MIX[12], MIX[13]);
-    for i in 0..6 {
-        h = h.wrapping_add(folded_multiply(
-            w[2 * i] ^ MIX[2 * i],
-            w[2 * i + 1] ^ MIX[2 * i + 1],
-        ));
-    }
-    folded_multiply(h, MIX[13])
+    key.hash()
 }
 
 /// The flow hash a tunnelled copy of `key` carries (the outer UDP source
@@ -629,15 +623,17 @@ impl FlowCache {
     }
 
     /// Starts loading the slot (key and entry) that the home bucket names
-    /// for `hash`, if any (stage two: the bucket should have arrived).
+    /// for the probe's hash, if any, and keeps that slot in the probe
+    /// (stage two: the bucket should have arrived).
     #[inline(always)]
-    pub fn prefetch_slot(&self, hash: u64) {
-        let Some(b) = self.buckets.get(self.home(hash)) else {
+    pub fn prefetch_slot(&self, probe: &mut Probe) {
+        let Some(b) = self.buckets.get(self.home(probe.hash)) else {
             return;
         };
-        let m = b.ways_tagged(tag(hash));
+        let m = b.ways_tagged(tag(probe.hash));
         if m != 0 {
             let w = m.trailing_zeros() as usize / 16 % WAYS;
+            probe.slot = b.slots[w];
             if let Some(s) = self.slots.get(b.slots[w] as usize) {
                 // The lines a hit reads: the key, the entry's head (its
                 // generation, hits and lock-free conntrack touches) and
@@ -652,18 +648,13 @@ impl FlowCache {
         }
     }
 
-    /// The entry the home bucket names for `hash` by tag, without
-    /// comparing keys (a hint for prefetching what a hit will touch: a tag
-    /// collision only prefetches the wrong lines).
+    /// The entry of the slot a probe's tag named
+    /// ([`FlowCache::prefetch_slot`]), without comparing keys (a hint for
+    /// prefetching what a hit will touch: a tag collision only prefetches
+    /// the wrong lines).
     #[inline(always)]
-    pub fn tagged_entry(&self, hash: u64) -> Option<&FlowEntry> {
-        let b = self.buckets.get(self.home(hash))?;
-        let m = b.ways_tagged(tag(hash));
-        if m == 0 {
-            return None;
-        }
-        let w = m.trailing_zeros() as usize / 16 % WAYS;
-        self.slots.get(b.slots[w] as usize).map(|s| &s.entry)
+    pub fn tagged_entry(&self, probe: &Probe) -> Option<&FlowEntry> {
+        self.slots.get(probe.slot as usize).map(|s| &s.entry)
     }
 
     /// The slot of bucket `b` holding `key` (of tag `t`).
@@ -700,13 +691,24 @@ impl FlowCache {
     /// `generation`; marks the entry used.
     #[inline(always)]
     pub fn lookup(&mut self, key: &FlowKey, generation: u64) -> Lookup {
-        self.lookup_hashed(key, key_hash(key), generation)
+        self.lookup_probed(key, Probe::of(key), generation)
     }
 
-    /// [`FlowCache::lookup`] of a key whose [`key_hash`] is `hash`.
+    /// [`FlowCache::lookup`] of a key whose [`Probe`] is `probe`: the slot
+    /// the probe names, when it holds the key, without reading the index
+    /// again; else the lookup by hash.
     #[inline(always)]
-    pub fn lookup_hashed(&mut self, key: &FlowKey, hash: u64, generation: u64) -> Lookup {
-        let Some(i) = self.find(key, hash) else {
+    pub fn lookup_probed(&mut self, key: &FlowKey, probe: Probe, generation: u64) -> Lookup {
+        let named = self
+            .slots
+            .get(probe.slot as usize)
+            .is_some_and(|s| same_key(&s.key, key));
+        let found = if named {
+            Some(probe.slot)
+        } else {
+            self.find(key, probe.hash)
+        };
+        let Some(i) = found else {
             return Lookup::Miss;
         };
         let slot = &mut self.slots[i as usize];
@@ -1094,13 +1096,44 @@ mod tests {
         }
         for n in 0..600 {
             let k = key(n);
-            let h = key_hash(&k);
-            c.prefetch(h);
-            c.prefetch_slot(h);
-            let staged = c.lookup_hashed(&k, h, 1);
+            let mut p = Probe::of(&k);
+            c.prefetch(p.hash);
+            c.prefetch_slot(&mut p);
+            assert_eq!(p.slot != Probe::NO_SLOT, n < 300, "key {n}");
+            let staged = c.lookup_probed(&k, p, 1);
             assert_eq!(staged, c.lookup(&k, 1), "key {n}");
             assert_eq!(matches!(staged, Lookup::Hit(_)), n < 300);
         }
+    }
+
+    /// A probe staged before the cache changed: a slot that went to
+    /// another key falls back to the index, a flushed one to a miss.
+    #[test]
+    fn a_stale_probe_is_confirmed_or_ignored() {
+        let mut c = FlowCache::new(4);
+        for n in 0..4 {
+            c.insert(key(n), entry(1, n as u16));
+        }
+        let mut p0 = Probe::of(&key(0));
+        c.prefetch_slot(&mut p0);
+        let Lookup::Hit(slot0) = c.lookup_probed(&key(0), p0, 1) else {
+            panic!("key 0 is cached");
+        };
+        assert_eq!(p0.slot, slot0);
+        // A probe that names key 0's slot for key 1 finds key 1 by hash.
+        let wrong = Probe {
+            slot: slot0,
+            ..Probe::of(&key(1))
+        };
+        assert_eq!(c.lookup_probed(&key(1), wrong, 1), c.lookup(&key(1), 1));
+        assert!(matches!(c.lookup(&key(1), 1), Lookup::Hit(s) if s != slot0));
+        // Evict everything: key 0's old probe now names another key's slot.
+        for n in 10..20 {
+            c.insert(key(n), entry(1, n as u16));
+        }
+        assert_eq!(c.lookup_probed(&key(0), p0, 1), c.lookup(&key(0), 1));
+        c.flush();
+        assert_eq!(c.lookup_probed(&key(0), p0, 1), Lookup::Miss);
     }
 
     #[test]

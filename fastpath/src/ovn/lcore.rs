@@ -13,8 +13,8 @@
 //!
 //! A worker with a burst decides in stages ([`OvnLcore::decide_hashed`]):
 //! it hashes every key and prefetches the cache first, then decides each
-//! packet with its precomputed hash, and adds the burst's hits to the
-//! counters once.
+//! packet with its precomputed [`Probe`] (hash and the slot its bucket
+//! named), and adds the burst's hits to the counters once.
 //!
 //! Owns the per-packet decision; it must not touch mbufs or devices (the
 //! worker applies the decision to the frame) and must not be shared between
@@ -27,8 +27,8 @@ use crossbeam::queue::ArrayQueue;
 use fastpath_packet::FlowKey;
 
 use super::cache::{
-    key_hash, tunnel_flow_hash, CachedCt, CachedOutput, EntryDrop, FastCt, FlowCache, FlowEntry,
-    Lookup, TunnelOut, MAX_CACHED_CT,
+    tunnel_flow_hash, CachedCt, CachedOutput, EntryDrop, FastCt, FlowCache, FlowEntry, Lookup,
+    Probe, TunnelOut, MAX_CACHED_CT,
 };
 use super::ct::{ConntrackHook, CtOpKind, CtResult, NoConntrack};
 use super::ct_engine::ConntrackEngine;
@@ -206,7 +206,7 @@ impl OvnLcore {
         now: u64,
         counters: &CacheCounters,
     ) -> Option<Decision<'_>> {
-        let d = self.decide_hashed(key, key_hash(key), pkt_len, now, counters, None)?;
+        let d = self.decide_hashed(key, Probe::of(key), pkt_len, now, counters, None)?;
         if d.hit {
             counters.hits.add(1);
         }
@@ -225,7 +225,7 @@ impl OvnLcore {
         counters: &CacheCounters,
         ct: CtInput<'_>,
     ) -> Option<Decision<'_>> {
-        let d = self.decide_hashed(key, key_hash(key), pkt_len, now, counters, Some(ct))?;
+        let d = self.decide_hashed(key, Probe::of(key), pkt_len, now, counters, Some(ct))?;
         if d.hit {
             counters.hits.add(1);
         }
@@ -233,17 +233,17 @@ impl OvnLcore {
     }
 
     /// Stage one of a burst's decisions: starts loading the cache bucket
-    /// of a key whose [`key_hash`] is `hash`.
+    /// of a key whose [`super::cache::key_hash`] is `hash`.
     #[inline(always)]
     pub fn prefetch(&self, hash: u64) {
         self.cache.prefetch(hash);
     }
 
     /// Stage two: starts loading the cache slot the (prefetched) bucket
-    /// names for `hash`.
+    /// names for the probe's hash, and keeps the slot in the probe.
     #[inline(always)]
-    pub fn prefetch_slot(&self, hash: u64) {
-        self.cache.prefetch_slot(hash);
+    pub fn prefetch_slot(&self, probe: &mut Probe) {
+        self.cache.prefetch_slot(probe);
     }
 
     /// Whether stage three should prefetch conntrack state: the program
@@ -261,14 +261,14 @@ impl OvnLcore {
         self.ct_in_burst = false;
     }
 
-    /// Stage three (a): for the entry the (prefetched) slot for `hash`
+    /// Stage three (a): for the entry the (prefetched) slot of `probe`
     /// holds, starts loading what its hit's conntrack touches read: the
     /// stamps of its lock-free connections, else its conntrack steps
     /// (`ct` list). True when it has steps to follow, which
     /// [`OvnLcore::prefetch_conntrack`] does in a later pass.
     #[inline(always)]
-    pub fn prefetch_ct_first(&self, hash: u64, ct: &crate::conntrack::Conntrack) -> bool {
-        let Some(e) = self.cache.tagged_entry(hash) else {
+    pub fn prefetch_ct_first(&self, probe: &Probe, ct: &crate::conntrack::Conntrack) -> bool {
+        let Some(e) = self.cache.tagged_entry(probe) else {
             return false;
         };
         if !e.fast_ct.is_empty() {
@@ -293,8 +293,8 @@ impl OvnLcore {
     /// [`OvnLcore::prefetch_ct_first`]) name, so that an established
     /// connection's `touch` does not wait for memory.
     #[inline(always)]
-    pub fn prefetch_conntrack(&self, hash: u64, ct: &crate::conntrack::Conntrack) {
-        let Some(e) = self.cache.tagged_entry(hash) else {
+    pub fn prefetch_conntrack(&self, probe: &Probe, ct: &crate::conntrack::Conntrack) {
+        let Some(e) = self.cache.tagged_entry(probe) else {
             return;
         };
         if !e.fast_ct.is_empty() {
@@ -318,8 +318,8 @@ impl OvnLcore {
         }
     }
 
-    /// The decision for a packet whose key hashes to `hash`
-    /// ([`key_hash`]), with conntrack when `ct` is given: what
+    /// The decision for a packet whose key's [`Probe`] is `probe`, with
+    /// conntrack when `ct` is given: what
     /// [`OvnLcore::decide`] and [`OvnLcore::decide_tracked`] do, except
     /// that a hit is not added to `counters` (the decision says
     /// [`Decision::hit`]; a worker adds a burst's hits at once). Misses,
@@ -328,7 +328,7 @@ impl OvnLcore {
     pub fn decide_hashed(
         &mut self,
         key: &FlowKey,
-        hash: u64,
+        probe: Probe,
         pkt_len: u32,
         now: u64,
         counters: &CacheCounters,
@@ -337,7 +337,7 @@ impl OvnLcore {
         let program = self.program.as_ref()?;
         let generation = program.generation;
         // (slot, whether a generation change made it stale)
-        let stale = match self.cache.lookup_hashed(key, hash, generation) {
+        let stale = match self.cache.lookup_probed(key, probe, generation) {
             Lookup::Hit(slot) => {
                 let (e, hints) = self.cache.entry_mut(slot);
                 self.ct_in_burst |= hints.tracked;
