@@ -250,6 +250,33 @@ pub(crate) fn print_rounds(rounds: &[RoundFigures], chosen: usize) {
     let lo = rounds.iter().map(|r| r.ratio).fold(f64::INFINITY, f64::min);
     let hi = rounds.iter().map(|r| r.ratio).fold(0.0, f64::max);
     println!("ratio over {} rounds: {lo:.3}–{hi:.3}", rounds.len());
+    if let Some(warning) = floor_drift(rounds) {
+        println!("{warning}");
+    }
+}
+
+/// Spread of the floor over the rounds above which a run says the host's
+/// speed drifted (the same code measured that much apart).
+const FLOOR_DRIFT: f64 = 1.2;
+
+/// A warning when the floor itself moved by more than [`FLOOR_DRIFT`]
+/// between rounds: the xconnect code did not change, so the host did, and
+/// a ratio of one round may have been measured at two speeds.
+pub(crate) fn floor_drift(rounds: &[RoundFigures]) -> Option<String> {
+    let floors = rounds
+        .iter()
+        .map(|r| r.floor_cycles_per_packet)
+        .filter(|f| *f > 0.0);
+    let lo = floors.clone().fold(f64::INFINITY, f64::min);
+    let hi = floors.fold(0.0, f64::max);
+    (hi > lo * FLOOR_DRIFT).then(|| {
+        format!(
+            "perf: the floor itself ranged {lo:.1}–{hi:.1} cycles per packet over the rounds \
+             (+{:.0} %): this host's speed drifted while it ran, so compare builds by the \
+             medians of many alternated runs, not by one",
+            (hi / lo - 1.0) * 100.0
+        )
+    })
 }
 
 /// One system's figures.
@@ -862,6 +889,22 @@ mod tests {
         let firsts: Vec<bool> = rounds.iter().map(|r| r.2).collect();
         assert_eq!(firsts, [false, true, false]);
         assert_eq!(rounds.iter().map(|r| r.1).collect::<Vec<_>>(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_floor_that_moved_between_rounds_is_reported() {
+        let round = |floor: f64| RoundFigures {
+            floor_cycles_per_packet: floor,
+            cycles_per_packet: floor * 1.5,
+            ratio: 1.5,
+            scenario_first: false,
+        };
+        assert_eq!(
+            floor_drift(&[round(170.0), round(200.0), round(180.0)]),
+            None
+        );
+        let w = floor_drift(&[round(170.0), round(330.0), round(0.0)]).expect("a warning");
+        assert!(w.contains("170.0–330.0") && w.contains("+94 %"), "{w}");
     }
 
     #[test]
