@@ -765,6 +765,37 @@ impl Conntrack {
         commit: &CtCommit,
         now: u64,
     ) -> Result<CtResult, CtError> {
+        self.commit_from(zone, packet, commit, now, true)
+    }
+
+    /// [`Conntrack::commit`] of a packet that a lookup in `zone` found no
+    /// connection for, moments before in the same pipeline pass (a new
+    /// connection's `ct_next` then `ct_commit`, or `ct_lb_mark`'s own
+    /// lookup): the first attempt goes straight to creating the
+    /// connection. Creating looks the key up again under its shard's lock
+    /// anyway, and when a connection appeared meanwhile (another lcore
+    /// committed it) it falls back to updating that one, as `commit` does;
+    /// only the lookup that would repeat the caller's is skipped.
+    pub fn commit_new(
+        &self,
+        zone: u16,
+        packet: &CtPacket,
+        commit: &CtCommit,
+        now: u64,
+    ) -> Result<CtResult, CtError> {
+        self.commit_from(zone, packet, commit, now, false)
+    }
+
+    /// [`Conntrack::commit`], whose first attempt looks the key up first
+    /// when `look` (later attempts always do).
+    fn commit_from(
+        &self,
+        zone: u16,
+        packet: &CtPacket,
+        commit: &CtCommit,
+        now: u64,
+        mut look: bool,
+    ) -> Result<CtResult, CtError> {
         match packet.class {
             PacketClass::Untrackable => return Ok(CtResult::invalid()),
             PacketClass::IcmpError { inner } => return Ok(self.related(zone, &inner, now)),
@@ -776,17 +807,20 @@ impl Conntrack {
         };
         let t = &self.timeouts;
         for _ in 0..4 {
-            let found = self.with_entry(&key, now, |e, hot, dir, id| {
-                match e.update(Some(hot), dir, packet.tcp_flags, packet.len, now, t, false) {
-                    Verdict::Valid(_) => {
-                        e.set_mark_label(hot, commit);
-                        Some(e.result(dir, id))
+            let found = look.then(|| {
+                self.with_entry(&key, now, |e, hot, dir, id| {
+                    match e.update(Some(hot), dir, packet.tcp_flags, packet.len, now, t, false) {
+                        Verdict::Valid(_) => {
+                            e.set_mark_label(hot, commit);
+                            Some(e.result(dir, id))
+                        }
+                        Verdict::Invalid => Some(CtResult::invalid()),
+                        Verdict::Reopen => None,
                     }
-                    Verdict::Invalid => Some(CtResult::invalid()),
-                    Verdict::Reopen => None,
-                }
+                })
             });
-            if let Some(Some(r)) = found {
+            look = true;
+            if let Some(Some(Some(r))) = found {
                 return Ok(r);
             }
             if !can_open(packet) {

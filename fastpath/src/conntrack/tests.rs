@@ -873,3 +873,37 @@ fn a_busy_reply_shard_delays_a_nat_commit_without_refusing_it() {
     assert_eq!(r.state, NEW | ct_state::DNAT);
     assert_eq!(ct.len(), 1);
 }
+
+/// `commit_new` answers as `commit` does: it creates a connection the
+/// caller just found missing, and one that another lcore committed since
+/// the caller's lookup is found and updated, not created twice; a packet
+/// that cannot open a connection stays invalid.
+#[test]
+fn commit_new_answers_as_commit_even_when_a_connection_appeared() {
+    let marked = CtCommit {
+        mark: 7,
+        mark_mask: 0xff,
+        ..CtCommit::default()
+    };
+    let q = pkt(&udp4("10.0.0.1", 5353, "10.0.0.53", 53));
+    let (plain, fresh) = (table(), table());
+    assert_eq!(plain.lookup(0, &q, SEC).state, NEW);
+    assert_eq!(fresh.lookup(0, &q, SEC).state, NEW);
+    let a = plain.commit(0, &q, &commit_plain(), SEC).unwrap();
+    let b = fresh.commit_new(0, &q, &commit_plain(), SEC).unwrap();
+    assert_eq!((a.state, a.mark), (b.state, b.mark));
+    assert_eq!((plain.len(), fresh.len()), (1, 1));
+    // The connection exists now (as if committed by another lcore after
+    // the lookup): commit_new updates it, as commit does.
+    let a = plain.commit(0, &q, &marked, 2 * SEC).unwrap();
+    let b = fresh.commit_new(0, &q, &marked, 2 * SEC).unwrap();
+    assert_eq!((a.state, a.mark, a.conn.is_some()), (b.state, 7, true));
+    assert_eq!((plain.len(), fresh.len()), (1, 1));
+    assert_eq!(fresh.lookup(0, &q, 3 * SEC).mark, 7);
+    // A TCP segment that cannot open a connection.
+    let rst = pkt(&tcp4("10.0.0.1", 40000, "10.0.0.80", 80, tf::ACK | tf::RST));
+    let a = plain.commit(0, &rst, &commit_plain(), SEC).unwrap();
+    let b = fresh.commit_new(0, &rst, &commit_plain(), SEC).unwrap();
+    assert_eq!((a.state, b.state), (INV, INV));
+    assert_eq!((plain.len(), fresh.len()), (1, 1));
+}

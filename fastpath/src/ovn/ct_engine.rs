@@ -342,16 +342,29 @@ impl ConntrackEngine {
         }
     }
 
+    /// Commits `p` in `zone`; `looked_up` when this very operation has
+    /// just looked the packet up and found no connection.
     fn commit_engine(
         &self,
         zone: CtZone,
         p: &CtPacket,
         c: &conntrack::CtCommit,
+        looked_up: bool,
     ) -> Result<conntrack::CtResult, CtRefusal> {
         if let Some(r) = self.again(zone, p, Some(c)) {
             return Ok(r);
         }
+        // An earlier operation of this pass looked the packet up in the
+        // zone and found no connection either.
+        let fresh = looked_up
+            || self
+                .zone_result(zone)
+                .is_some_and(|z| z.conn.is_none() && z.tracked.contains(&p.tuple));
         match self.mode {
+            Mode::Live if fresh => self
+                .ct
+                .commit_new(zone, p, c, self.now)
+                .map_err(CtRefusal::Engine),
             Mode::Live => self
                 .ct
                 .commit(zone, p, c, self.now)
@@ -554,7 +567,7 @@ impl ConntrackHook for ConntrackEngine {
                     snat: (direction == NatDirection::Snat).then_some(range),
                     ..Default::default()
                 };
-                let mut r = self.commit_engine(zone, &p, &c)?;
+                let mut r = self.commit_engine(zone, &p, &c, false)?;
                 if self.mode == Mode::ReadOnly {
                     Self::preview_nat(v, &mut r, &c);
                 }
@@ -603,7 +616,7 @@ impl ConntrackHook for ConntrackEngine {
             c.label = u128::from(bits);
             c.label_mask = u128::from(bits);
         }
-        let mut r = self.commit_engine(zone, &p, &c)?;
+        let mut r = self.commit_engine(zone, &p, &c, true)?;
         if self.mode == Mode::ReadOnly {
             Self::preview_nat(v, &mut r, &c);
             return Ok((self.finish(zone, v, r, false, p), Some(backend)));
@@ -637,7 +650,7 @@ impl ConntrackHook for ConntrackEngine {
                 true
             }
         };
-        let mut r = self.commit_engine(zone, &p, &c)?;
+        let mut r = self.commit_engine(zone, &p, &c, false)?;
         if self.mode == Mode::ReadOnly {
             if apply {
                 Self::preview_nat(v, &mut r, &c);

@@ -373,6 +373,13 @@ impl Snapshot {
         }
     }
 
+    /// The slot's bytes, from its header to its used length: what
+    /// [`crate::validate::validate_slot`] takes (for saving one generation
+    /// to a file, as the benchmarks' table data is).
+    pub fn slot_bytes(&self) -> &[u8] {
+        self.bytes()
+    }
+
     /// The sections of this slot.
     pub fn sections(&self) -> SlotSections<'_> {
         self.validated.sections(self.bytes())

@@ -235,3 +235,36 @@ fn fuzz_regression_empty_section_dump() {
     let data = include_bytes!("data/fuzz-empty-ovn-section.bin");
     fastpath_tables::fuzz_validate(data);
 }
+
+/// A generation's slot bytes, saved on their own (`fp-tables slot`),
+/// validate again with the same sections: what the benchmarks load.
+#[test]
+fn a_saved_slot_validates_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tables");
+    let mut writer = TableFile::create(&path, 1 << 20).unwrap();
+    publish_ports(&mut writer, 3);
+    let mut builder = writer.builder();
+    builder.add_ports(&[port(4, "a.ns")]).unwrap();
+    builder
+        .add_section(SectionKind(900), &[7u32, 8, 9])
+        .unwrap();
+    assert_eq!(writer.publish(builder).unwrap(), 2);
+    let snapshot = Reader::open_readonly(&path).unwrap().current().unwrap();
+    let saved = snapshot.slot_bytes().to_vec();
+    // The validator wants 8-byte alignment, as a loader gives it.
+    let mut words = vec![0u64; saved.len().div_ceil(8)];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+    bytes[..saved.len()].copy_from_slice(&saved);
+    let bytes = &bytes[..saved.len()];
+    let validated = fastpath_tables::validate::validate_slot(bytes).unwrap();
+    assert_eq!({ validated.header.generation }, 2);
+    let sections = validated.sections(bytes);
+    assert_eq!(sections.ports().len(), 1);
+    assert_eq!(
+        sections.typed::<u32>(SectionKind(900)),
+        Some(&[7u32, 8, 9][..])
+    );
+    // One byte short of its length, it is refused.
+    assert!(fastpath_tables::validate::validate_slot(&bytes[..bytes.len() - 1]).is_err());
+}

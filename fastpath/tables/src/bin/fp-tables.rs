@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage:
   fp-tables summary FILE
   fp-tables dump FILE SECTION
+  fp-tables slot FILE OUT
   fp-tables publish FILE [--capacity BYTES] [--port ID:NAME:DATAPATH:PORTKEY[:local]]...
                          [--filler BYTES] [--pace-ms MS --chunk BYTES] [--wait-acks]
 ";
@@ -72,6 +73,21 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Some("slot") if args.len() == 3 => match open_current(&args[1]) {
+            Ok(s) => match std::fs::write(&args[2], s.slot_bytes()) {
+                Ok(()) => {
+                    println!(
+                        "generation {}: {} bytes written to {}",
+                        s.generation(),
+                        s.slot_bytes().len(),
+                        args[2]
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("writing {}: {e}", args[2])),
+            },
+            Err(e) => fail(&e.to_string()),
+        },
         Some("publish") if args.len() >= 2 => publish(&args[1], &args[2..]),
         _ => {
             eprint!("{USAGE}");
