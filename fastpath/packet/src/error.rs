@@ -1,6 +1,6 @@
 //! Drop reasons of the packet layer: every way a frame can fail to parse.
 //!
-//! The list is declared once, in [`parse_errors!`]; the enum, its snake_case
+//! The list is declared once, in `parse_errors!`; the enum, its snake_case
 //! counter names, [`ParseError::COUNT`], [`ParseError::index`] and
 //! [`ParseError::ALL`] all come from it, so the fastpath can keep one drop
 //! counter per reason. This module owns the list only; counting is the caller's.

@@ -574,7 +574,7 @@ pub const MAX_VLAN_TAGS: u8 = 2;
 ///
 /// The commonest frame — untagged IPv4 without options, not a fragment,
 /// carrying a whole TCP or UDP header — is read by a straight-line path
-/// ([`extract_ipv4_tcp_udp`]) that gives exactly what the general parser
+/// (`extract_ipv4_tcp_udp`) that gives exactly what the general parser
 /// gives; every other frame, and every frame that path is unsure of, goes
 /// through the general parser.
 #[inline]
@@ -700,7 +700,7 @@ fn extract_ipv4_tcp_udp(
 }
 
 /// The straight-line path's key as words (see [`extract_ipv4_tcp_udp`]);
-/// `layout` is written only when the answer is some.
+/// `layout` is written only when it answers `Some`.
 #[inline(always)]
 fn ipv4_tcp_udp(frame: &[u8], in_port: u16, layout: &mut Layout) -> Option<[u64; KEY_LEN / 8]> {
     const L3: usize = ethernet::HEADER_LEN;

@@ -6,7 +6,10 @@
 //! wants) exactly when the packet layer breaks a promise.
 
 use crate::flowkey::flags;
-use crate::{extract, geneve, icmpv6, ip_proto, ipv4, ipv6, tcp, udp, FragState, ParseError};
+use crate::{
+    extract, extract_hashed, geneve, icmpv6, ip_proto, ipv4, ipv6, tcp, udp, FlowKey, FragState,
+    Layout, ParseError,
+};
 
 /// Logical port used by the fuzz body.
 const FUZZ_IN_PORT: u16 = 0x1234;
@@ -19,15 +22,22 @@ pub fn fuzz_parse(data: &[u8]) {
 }
 
 fn check_frame(data: &[u8], depth: u8) {
+    // What the worker parses with: the same answer as `extract`, and the
+    // key's own hash.
+    let mut hashed = (FlowKey::zeroed(), Layout::default());
+    let hash = extract_hashed(data, FUZZ_IN_PORT, &mut hashed.0, &mut hashed.1);
     let (key, layout) = match extract(data, FUZZ_IN_PORT) {
         Ok(parsed) => parsed,
         Err(e) => {
             assert!(e.index() < ParseError::COUNT);
             assert_eq!(ParseError::ALL[e.index()], e);
             assert!(!e.name().is_empty());
+            assert_eq!(hash, Err(e));
             return;
         }
     };
+    assert_eq!(hash, Ok(key.hash()));
+    assert_eq!(hashed, (key, layout));
     // Deterministic.
     assert_eq!(extract(data, FUZZ_IN_PORT), Ok((key, layout)));
 

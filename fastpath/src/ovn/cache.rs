@@ -21,17 +21,16 @@
 //! different packets overlap instead of queueing one after the other. A
 //! key's [`Probe`] carries its hash and the slot its bucket named from one
 //! stage to the next, so that the lookup reads the bucket only when that
-//! slot does not hold the key. The
-//! index is ours rather than a general hash table so that a bucket has an
-//! address to prefetch: a bucket is one 64-byte cache line of eight
-//! (16-bit tag, slot) ways; a key lives in its home bucket, or in its
-//! alternate bucket when the home one was full (the home bucket then says
-//! so, and only then does a lookup read the alternate). When both are full
-//! an entry of the home bucket is evicted. The output of a unicast entry is
-//! held inline in the entry ([`Outputs`]), so that its hit reads no heap
-//! memory beyond the slot. It must not run the
-//! pipeline, touch frames or mbufs, or be shared between lcores: each
-//! worker owns one, so nothing here locks.
+//! slot does not hold the key. The index is ours rather than a general
+//! hash table so that a bucket has an address to prefetch: a bucket is one
+//! 64-byte cache line of eight (16-bit tag, slot) ways; a key lives in its
+//! home bucket, or in its alternate bucket when the home one was full (the
+//! home bucket then says so, and only then does a lookup read the
+//! alternate). When both are full an entry of the home bucket is evicted.
+//! The output of a unicast entry is held inline in the entry
+//! ([`Outputs`]), so that its hit reads no heap memory beyond the slot. It
+//! must not run the pipeline, touch frames or mbufs, or be shared between
+//! lcores: each worker owns one, so nothing here locks.
 //!
 //! Correctness across table changes: an entry records the program
 //! generation it was built from, and the caller re-runs the interpreter for
@@ -530,12 +529,6 @@ pub struct FlowCache {
     hand: usize,
 }
 
-/// The key's words ([`FlowKey::words`]).
-#[inline(always)]
-pub(crate) fn words(key: &FlowKey) -> [u64; FlowKey::LEN / 8] {
-    key.words()
-}
-
 /// The hash the cache indexes a key by: [`FlowKey::hash`] (see
 /// [`fastpath_packet::flowkey::hash_words`]), whose low bits pick the home
 /// bucket, middle bits the alternate one and top bits the tag.
@@ -554,7 +547,7 @@ pub fn tunnel_flow_hash(key: &FlowKey) -> u32 {
 /// Whether two keys are equal, compared as words (no call to `memcmp`).
 #[inline(always)]
 fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    let (a, b) = (words(a), words(b));
+    let (a, b) = (a.words(), b.words());
     let mut d = 0u64;
     for i in 0..a.len() {
         d |= a[i] ^ b[i];

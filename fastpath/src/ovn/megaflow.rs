@@ -34,7 +34,7 @@ use fastpath_packet::FlowKey;
 use fastpath_tables::ovn::vector;
 use hashbrown::HashMap;
 
-use super::cache::{tunnel_flow_hash, words, FlowEntry};
+use super::cache::{tunnel_flow_hash, FlowEntry};
 use super::replay::ReplayStep;
 
 /// Words of a flow key.
@@ -111,7 +111,7 @@ impl KeyMask {
 
     #[inline]
     fn apply(&self, key: &FlowKey) -> [u64; WORDS] {
-        let mut w = words(key);
+        let mut w = key.words();
         for (w, m) in w.iter_mut().zip(self.0) {
             *w &= m;
         }
@@ -217,11 +217,11 @@ impl Megaflows {
     /// The entry of `m` made for `key`.
     fn made_for(&self, m: &Megaflow, key: &FlowKey) -> FlowEntry {
         let mut e = m.entry.clone();
-        let own = words(key);
+        let own = key.words();
         for (o, changed) in e.outputs.as_mut_slice().iter_mut().zip(&m.changed) {
             // The bytes the output changed are in the mask: the rest of
             // its final key is this packet's.
-            let mut fin = words(&o.rewrite.key);
+            let mut fin = o.rewrite.key.words();
             for ((f, k), c) in fin.iter_mut().zip(own).zip(changed.0) {
                 *f = (*f & c) | (k & !c);
             }
