@@ -25,6 +25,8 @@
 //! (of the unstaged one with `HIT_PATH_UNSTAGED=1` as well) and exits (for
 //! instruction counts under `valgrind --tool=callgrind` or `perf stat`).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,13 +44,7 @@ const SLOT: &[u8] = include_bytes!("data/l3-router.slot");
 const BURST: usize = 32;
 
 fn program() -> Program {
-    // The validator wants 8-byte alignment.
-    let mut words = vec![0u64; SLOT.len().div_ceil(8)];
-    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-    bytes[..SLOT.len()].copy_from_slice(SLOT);
-    let bytes = &bytes[..SLOT.len()];
-    let validated = fastpath_tables::validate::validate_slot(bytes).expect("the slot validates");
-    Program::load(&validated.sections(bytes), 1).expect("the program loads")
+    common::program(SLOT)
 }
 
 /// A UDP/IPv4 frame from p1 (10.0.0.11) to p3 (10.0.1.13) through the

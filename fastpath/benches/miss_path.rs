@@ -18,6 +18,8 @@
 //! `MISS_PATH_TABLES` set it first lists the tables one miss visits, with
 //! their rule and mask counts and where the pass-through skips lead.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,13 +36,7 @@ const SLOT: &[u8] = include_bytes!("data/l3-router.slot");
 const FLOWS: u16 = 4096;
 
 fn program() -> Program {
-    // The validator wants 8-byte alignment.
-    let mut words = vec![0u64; SLOT.len().div_ceil(8)];
-    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-    bytes[..SLOT.len()].copy_from_slice(SLOT);
-    let bytes = &bytes[..SLOT.len()];
-    let validated = fastpath_tables::validate::validate_slot(bytes).expect("the slot validates");
-    Program::load(&validated.sections(bytes), 1).expect("the program loads")
+    common::program(SLOT)
 }
 
 /// A UDP/IPv4 frame from p1 (10.0.0.11) to p3 (10.0.1.13) through the

@@ -23,6 +23,8 @@
 //! `valgrind --tool=callgrind`: the difference of two counts is the cost
 //! of the connections between them).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,13 +41,7 @@ use fastpath_packet::{extract, FlowKey, Layout};
 const SLOT: &[u8] = include_bytes!("data/acl-lb.slot");
 
 fn program() -> Program {
-    // The validator wants 8-byte alignment.
-    let mut words = vec![0u64; SLOT.len().div_ceil(8)];
-    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-    bytes[..SLOT.len()].copy_from_slice(SLOT);
-    let bytes = &bytes[..SLOT.len()];
-    let validated = fastpath_tables::validate::validate_slot(bytes).expect("the slot validates");
-    Program::load(&validated.sections(bytes), 1).expect("the program loads")
+    common::program(SLOT)
 }
 
 /// pktgen's frame `i` of `perf run new-connections`: from the client to
@@ -177,6 +173,7 @@ fn bench_new_connections(c: &mut Criterion) {
     {
         let mut o = Opener::new(&program, 200_000);
         black_box(open_range(&mut o, 0, n));
+        println!("new_connections: {n} connections opened");
         std::process::exit(0);
     }
 
