@@ -36,7 +36,7 @@ use fastpath::ovn::ct_engine::{ConntrackEngine, LbAffinity, Mode};
 use fastpath::ovn::lcore::{CtInput, OvnLcore};
 use fastpath::ovn::Program;
 use fastpath::stats::CacheCounters;
-use fastpath_packet::{extract, FlowKey, Layout};
+use fastpath_packet::{checksum, extract, FlowKey, Layout};
 
 const SLOT: &[u8] = include_bytes!("data/acl-lb.slot");
 
@@ -61,7 +61,7 @@ fn frame(i: u32) -> Vec<u8> {
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip.extend_from_slice(&src);
     ip.extend_from_slice(&dst);
-    let cs = !fold(sum16(&ip));
+    let cs = checksum::checksum(&ip);
     ip[10..12].copy_from_slice(&cs.to_be_bytes());
     f.extend_from_slice(&ip);
     let mut udp = Vec::with_capacity(8 + usize::from(payload));
@@ -70,29 +70,12 @@ fn frame(i: u32) -> Vec<u8> {
     udp.extend_from_slice(&(8 + payload).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.resize(8 + usize::from(payload), 0);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(8 + payload).to_be_bytes());
-    let cs = !fold(sum16(&pseudo) + sum16(&udp));
+    let pseudo = checksum::pseudo_header_v4(src, dst, 17, 8 + payload);
+    let cs = checksum::finish(checksum::sum(pseudo, &udp));
     udp[6..8].copy_from_slice(&(if cs == 0 { 0xffff } else { cs }).to_be_bytes());
     f.extend_from_slice(&udp);
     f.resize(64, 0);
     f
-}
-
-fn sum16(b: &[u8]) -> u32 {
-    b.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// A worker's OVN state for `n` connections: the flow cache and the

@@ -574,7 +574,7 @@ pub const MAX_VLAN_TAGS: u8 = 2;
 ///
 /// The commonest frame — untagged IPv4 without options, not a fragment,
 /// carrying a whole TCP or UDP header — is read by a straight-line path
-/// (`extract_ipv4_tcp_udp`) that gives exactly what the general parser
+/// (`ipv4_tcp_udp`) that gives exactly what the general parser
 /// gives; every other frame, and every frame that path is unsure of, goes
 /// through the general parser.
 #[inline]
@@ -667,7 +667,8 @@ pub fn extract_into(
     key: &mut FlowKey,
     layout: &mut Layout,
 ) -> Result<(), ParseError> {
-    if extract_ipv4_tcp_udp(frame, in_port, key, layout) {
+    if let Some(w) = ipv4_tcp_udp(frame, in_port, layout) {
+        key.set_words(&w);
         return Ok(());
     }
     let (general, general_layout) = extract_general(frame, in_port)?;
@@ -679,28 +680,11 @@ pub fn extract_into(
 /// The straight-line parse of an untagged Ethernet/IPv4 frame with a
 /// 20-byte header, neither fragment flag nor offset set, and a TCP or UDP
 /// header that the datagram holds whole (with the lengths the general
-/// parser checks). False for anything else, including every frame the
-/// general parser would refuse; when true, `key` (written whole, as words)
-/// and `layout` are those [`extract`]'s general parser gives for the same
-/// frame. Neither is written when the answer is false.
-#[inline(always)]
-fn extract_ipv4_tcp_udp(
-    frame: &[u8],
-    in_port: u16,
-    key: &mut FlowKey,
-    layout: &mut Layout,
-) -> bool {
-    match ipv4_tcp_udp(frame, in_port, layout) {
-        Some(w) => {
-            key.set_words(&w);
-            true
-        }
-        None => false,
-    }
-}
-
-/// The straight-line path's key as words (see [`extract_ipv4_tcp_udp`]);
-/// `layout` is written only when it answers `Some`.
+/// parser checks): the key's words, for the caller to store whole (and to
+/// hash while they are in registers). `None` for anything else, including
+/// every frame the general parser would refuse; when some, the words and
+/// `layout` are the key and layout [`extract`]'s general parser gives for
+/// the same frame. `layout` is not written when the answer is `None`.
 #[inline(always)]
 fn ipv4_tcp_udp(frame: &[u8], in_port: u16, layout: &mut Layout) -> Option<[u64; KEY_LEN / 8]> {
     const L3: usize = ethernet::HEADER_LEN;
@@ -1482,7 +1466,7 @@ mod tests {
         let mut fast_answers = 0;
         let mut check = |f: &[u8]| {
             let general = extract_general(f, 7);
-            if extract_ipv4_tcp_udp(f, 7, &mut FlowKey::zeroed(), &mut Layout::default()) {
+            if ipv4_tcp_udp(f, 7, &mut Layout::default()).is_some() {
                 fast_answers += 1;
             }
             assert_eq!(extract(f, 7), general, "frame {f:02x?}");

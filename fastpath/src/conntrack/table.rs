@@ -807,8 +807,8 @@ impl Conntrack {
         };
         let t = &self.timeouts;
         for _ in 0..4 {
-            let found = look.then(|| {
-                self.with_entry(&key, now, |e, hot, dir, id| {
+            if look {
+                let found = self.with_entry(&key, now, |e, hot, dir, id| {
                     match e.update(Some(hot), dir, packet.tcp_flags, packet.len, now, t, false) {
                         Verdict::Valid(_) => {
                             e.set_mark_label(hot, commit);
@@ -817,12 +817,12 @@ impl Conntrack {
                         Verdict::Invalid => Some(CtResult::invalid()),
                         Verdict::Reopen => None,
                     }
-                })
-            });
-            look = true;
-            if let Some(Some(Some(r))) = found {
-                return Ok(r);
+                });
+                if let Some(Some(r)) = found {
+                    return Ok(r);
+                }
             }
+            look = true;
             if !can_open(packet) {
                 return Ok(CtResult::invalid());
             }
