@@ -2,7 +2,9 @@
 //! and a stateful ACL compiled by the real ovn-northd and `ovn-bridge
 //! compile`, one TCP connection driven through an lcore's decision
 //! (`OvnLcore::decide_tracked`) over the process-wide connection table.
-//! The first packets of the connection miss, established packets hit (one
+//! The first packets of the connection miss (a packet that created a
+//! connection is not cached: its next packet finds that connection),
+//! established packets hit (one
 //! cache hit plus one conntrack touch per connection the verdict saw), a
 //! flush of the connection makes the next packet miss again and be treated
 //! as OVN treats a mid-stream packet of no connection (picked up as new and
@@ -189,12 +191,17 @@ fn established_connection_hits_the_cache_and_a_flush_makes_it_new_again() {
     // Handshake: every packet misses (the SYN and SYN-ACK see a new
     // connection; the first ACK builds the entry of the established one).
     lc.expect(0, &to_vip(SYN), &at_backend, "SYN reaches the backend");
+    // The SYN created the connection its next packet finds: an entry of
+    // it would be stale on first use, so it is not cached.
+    assert_eq!(lc.stats.cache.entries.get(), 0, "the SYN is not cached");
     lc.expect(
         1,
         &from_backend(SYN | ACK),
         &at_client,
         "reply from the VIP",
     );
+    // The reply created nothing: its entry is cached.
+    assert_eq!(lc.stats.cache.entries.get(), 1, "the SYN-ACK is cached");
     lc.expect(0, &to_vip(ACK), &at_backend, "ACK");
     lc.expect(1, &from_backend(ACK), &at_client, "ACK back");
     let (hits, misses) = cache(&lc);

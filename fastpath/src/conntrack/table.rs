@@ -979,11 +979,7 @@ impl Conntrack {
 
     /// Reply-tuple candidates for a new connection, in the order to try, and
     /// the NAT bits (`snat`/`dnat`) the connection will carry.
-    fn candidates<'a>(
-        &'a self,
-        key: &Key,
-        c: &'a CtCommit,
-    ) -> Result<(u32, Box<dyn Iterator<Item = Tuple> + 'a>), CtError> {
+    fn candidates(&self, key: &Key, c: &CtCommit) -> Result<(u32, Candidates), CtError> {
         let orig = key.tuple;
         let seed = key.hash();
         let mut bits = 0;
@@ -1013,49 +1009,52 @@ impl Conntrack {
                 None => (1024, u16::MAX),
             };
             let span = (ph - pl) as u64 + 1;
-            let first_port = if sn.ports.is_none() || (pl..=ph).contains(&orig.src_port) {
-                Some(orig.src_port)
+            let ports = if movable {
+                SnatPorts::Range {
+                    first: (sn.ports.is_none() || (pl..=ph).contains(&orig.src_port))
+                        .then_some(orig.src_port),
+                    low: pl,
+                    span,
+                    offset: (seed >> 24) % span,
+                    // Jump through the range by a stride coprime with its
+                    // size: every port is visited once, and a run of taken
+                    // ports (around popular original ports) is left after
+                    // one probe instead of being walked.
+                    stride: coprime_stride(span),
+                }
             } else {
-                None
+                SnatPorts::Fixed(orig.src_port)
             };
-            let addrs = n.min(16);
-            let start = (seed as u128) % n;
-            let offset = (seed >> 24) % span;
-            // Jump through the range by a stride coprime with its size: every
-            // port is visited once, and a run of taken ports (around popular
-            // original ports) is left after one probe instead of being walked.
-            let stride = coprime_stride(span);
-            let it = (0..addrs).flat_map(move |ai| {
-                let a = lo.wrapping_add((start + ai) % n).to_be_bytes();
-                let ports: Box<dyn Iterator<Item = u16>> =
-                    if movable {
-                        Box::new(first_port.into_iter().chain(
-                            (0..span).map(move |i| pl + ((offset + i * stride) % span) as u16),
-                        ))
-                    } else {
-                        Box::new(std::iter::once(orig.src_port))
-                    };
-                ports.map(move |port| {
-                    let mut t = base;
-                    t.src = a;
-                    t.src_port = port;
-                    t.reverse()
-                })
-            });
-            return Ok((bits, Box::new(it)));
+            return Ok((
+                bits,
+                Candidates::Snat {
+                    base,
+                    low: lo,
+                    n,
+                    start: (seed as u128) % n,
+                    addrs: n.min(16),
+                    addr: 0,
+                    ports,
+                    port: 0,
+                },
+            ));
         }
         if let Some(d) = &c.dnat {
             // DNAT alone: the chosen backend first, then the others of the range.
             let (lo, n) = addr_span(d, orig.ipv6)?;
-            let start = (seed as u128) % n;
-            let it = (0..n.min(16)).map(move |ai| {
-                let mut t = base;
-                t.dst = lo.wrapping_add((start + ai) % n).to_be_bytes();
-                t.reverse()
-            });
-            return Ok((bits, Box::new(it)));
+            return Ok((
+                bits,
+                Candidates::Dnat {
+                    base,
+                    low: lo,
+                    n,
+                    start: (seed as u128) % n,
+                    addrs: n.min(16),
+                    addr: 0,
+                },
+            ));
         }
-        Ok((bits, Box::new(std::iter::once(orig.reverse()))))
+        Ok((bits, Candidates::Once(Some(orig.reverse()))))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1387,6 +1386,124 @@ fn addr_span(r: &NatRange, ipv6: bool) -> Result<(u128, u128), CtError> {
     Ok((lo, (hi - lo).saturating_add(1)))
 }
 
+/// The reply tuples a new connection may take, in the order to try (see
+/// [`Conntrack::candidates`]): a plain iterator, so that a commit
+/// allocates nothing.
+enum Candidates {
+    /// No translation: the original tuple reversed.
+    Once(Option<Tuple>),
+    /// DNAT alone: the chosen address of the range first (`start`), then
+    /// the others, at most `addrs` of them.
+    Dnat {
+        base: Tuple,
+        low: u128,
+        n: u128,
+        start: u128,
+        addrs: u128,
+        addr: u128,
+    },
+    /// SNAT (after any DNAT of `base`): for each of at most `addrs`
+    /// addresses from `start`, every source port `ports` allows.
+    Snat {
+        base: Tuple,
+        low: u128,
+        n: u128,
+        start: u128,
+        addrs: u128,
+        addr: u128,
+        ports: SnatPorts,
+        /// The next port of the current address: 0 is `first` (when the
+        /// range has one), `i + 1` the `i`-th port of the stride walk.
+        port: u64,
+    },
+}
+
+/// The source ports SNAT may give a connection.
+#[derive(Clone, Copy)]
+enum SnatPorts {
+    /// The original port only (a protocol without ports).
+    Fixed(u16),
+    /// The original port when the range allows it, then every port of the
+    /// range, `stride` apart from `offset`.
+    Range {
+        first: Option<u16>,
+        low: u16,
+        span: u64,
+        offset: u64,
+        stride: u64,
+    },
+}
+
+impl Iterator for Candidates {
+    type Item = Tuple;
+
+    fn next(&mut self) -> Option<Tuple> {
+        match self {
+            Candidates::Once(t) => t.take(),
+            Candidates::Dnat {
+                base,
+                low,
+                n,
+                start,
+                addrs,
+                addr,
+            } => {
+                if *addr >= *addrs {
+                    return None;
+                }
+                let mut t = *base;
+                t.dst = low.wrapping_add((*start + *addr) % *n).to_be_bytes();
+                *addr += 1;
+                Some(t.reverse())
+            }
+            Candidates::Snat {
+                base,
+                low,
+                n,
+                start,
+                addrs,
+                addr,
+                ports,
+                port,
+            } => loop {
+                if *addr >= *addrs {
+                    return None;
+                }
+                // The current address's ports are indices 0..=last.
+                let last = match *ports {
+                    SnatPorts::Fixed(_) => 0,
+                    SnatPorts::Range { span, .. } => span,
+                };
+                if *port > last {
+                    *addr += 1;
+                    *port = 0;
+                    continue;
+                }
+                let i = *port;
+                *port += 1;
+                let chosen = match *ports {
+                    SnatPorts::Fixed(p) => Some(p),
+                    SnatPorts::Range { first, .. } if i == 0 => first,
+                    SnatPorts::Range {
+                        low,
+                        span,
+                        offset,
+                        stride,
+                        ..
+                    } => Some(low + ((offset + (i - 1) * stride) % span) as u16),
+                };
+                let Some(p) = chosen else {
+                    continue;
+                };
+                let mut t = *base;
+                t.src = low.wrapping_add((*start + *addr) % *n).to_be_bytes();
+                t.src_port = p;
+                return Some(t.reverse());
+            },
+        }
+    }
+}
+
 /// A step through `0..span` that visits every value: a large prime when it
 /// is coprime with `span`, else 1.
 fn coprime_stride(span: u64) -> u64 {
@@ -1454,6 +1571,18 @@ impl Conntrack {
         let g = self.shards[self.shard_of(key.hash())].lock.lock();
         let kr = g.index.find(key.hash(), |k| k.key == key)?;
         Some(kr as *const KeyRef as usize % 64)
+    }
+
+    /// The reply tuples a commit of `t` in `zone` under `c` would try, in
+    /// order, and the NAT bits the connection would carry.
+    pub(super) fn candidate_replies(
+        &self,
+        zone: u16,
+        t: &Tuple,
+        c: &CtCommit,
+    ) -> Result<(u32, Vec<Tuple>), CtError> {
+        let (bits, it) = self.candidates(&Key { zone, tuple: *t }, c)?;
+        Ok((bits, it.collect()))
     }
 
     /// Runs `f` while holding shard `idx`'s lock (as an lcore or the expiry

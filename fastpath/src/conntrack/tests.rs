@@ -446,6 +446,112 @@ fn snat_port_allocation_avoids_collisions() {
     assert!(p >= 1024 && p != 5000 && p != 5001, "port {p}");
 }
 
+fn nat_range(lo: &str, hi: &str, ports: Option<(u16, u16)>) -> NatRange {
+    NatRange {
+        addr_min: ip4(lo).into(),
+        addr_max: ip4(hi).into(),
+        ports,
+    }
+}
+
+/// The reply candidates of a commit, as (source address, source port) of
+/// the translated original direction, grouped by address.
+fn snat_candidates(t: &Tuple, c: &CtCommit) -> Vec<(Ipv4Addr, Vec<u16>)> {
+    let ct = table();
+    let (bits, replies) = ct.candidate_replies(0, t, c).unwrap();
+    assert_eq!(bits, ct_state::SNAT);
+    let mut out: Vec<(Ipv4Addr, Vec<u16>)> = Vec::new();
+    for r in replies {
+        // A reply tuple is the translated original reversed.
+        let o = r.reverse();
+        assert_eq!((o.dst, o.dst_port, o.proto), (t.dst, t.dst_port, t.proto));
+        let a: [u8; 4] = o.src[12..].try_into().unwrap();
+        let a = Ipv4Addr::from(a);
+        match out.last_mut() {
+            Some((last, ports)) if *last == a => ports.push(o.src_port),
+            _ => out.push((a, vec![o.src_port])),
+        }
+    }
+    out
+}
+
+#[test]
+fn nat_candidates_walk_every_address_and_port_once() {
+    let t = pkt(&udp4("10.0.0.1", 5003, "8.8.8.8", 53)).tuple;
+    // Three addresses, ten ports, the original port among them: per
+    // address, the original port first, then all ten once.
+    let got = snat_candidates(
+        &t,
+        &CtCommit {
+            snat: Some(nat_range("192.0.2.1", "192.0.2.3", Some((5000, 5009)))),
+            ..CtCommit::default()
+        },
+    );
+    let mut addrs: Vec<Ipv4Addr> = got.iter().map(|(a, _)| *a).collect();
+    addrs.sort();
+    assert_eq!(addrs, ["192.0.2.1", "192.0.2.2", "192.0.2.3"].map(ip4));
+    for (a, ports) in &got {
+        assert_eq!(ports[0], 5003, "{a}: the original port first");
+        let mut rest = ports[1..].to_vec();
+        rest.sort();
+        assert_eq!(rest, (5000..=5009).collect::<Vec<_>>(), "{a}");
+    }
+    // The original port outside the range: only the range's ports.
+    let got = snat_candidates(
+        &t,
+        &CtCommit {
+            snat: Some(nat_range("192.0.2.1", "192.0.2.1", Some((6000, 6004)))),
+            ..CtCommit::default()
+        },
+    );
+    assert_eq!(got.len(), 1);
+    let mut ports = got[0].1.clone();
+    ports.sort();
+    assert_eq!(ports, (6000..=6004).collect::<Vec<_>>());
+    // A protocol without ports keeps its port: one candidate per address.
+    let mut gre = t;
+    gre.proto = 47;
+    gre.src_port = 0;
+    gre.dst_port = 0;
+    let got = snat_candidates(
+        &gre,
+        &CtCommit {
+            snat: Some(nat_range("192.0.2.1", "192.0.2.2", None)),
+            ..CtCommit::default()
+        },
+    );
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|(_, p)| p == &[0]), "{got:?}");
+    // At most sixteen addresses of a wide range.
+    let got = snat_candidates(
+        &gre,
+        &CtCommit {
+            snat: Some(nat_range("192.0.2.1", "192.0.2.100", None)),
+            ..CtCommit::default()
+        },
+    );
+    assert_eq!(got.len(), 16);
+    // DNAT alone: the chosen backend first, then the others once each,
+    // at most sixteen.
+    let ct = table();
+    for (hi, n) in [("192.0.2.4", 4), ("192.0.2.40", 16)] {
+        let c = CtCommit {
+            dnat: Some(nat_range("192.0.2.1", hi, None)),
+            ..CtCommit::default()
+        };
+        let (bits, replies) = ct.candidate_replies(0, &t, &c).unwrap();
+        assert_eq!(bits, ct_state::DNAT);
+        let mut dsts: Vec<[u8; 16]> = replies.iter().map(|r| r.src).collect();
+        assert_eq!(dsts.len(), n);
+        dsts.sort();
+        dsts.dedup();
+        assert_eq!(dsts.len(), n, "distinct backends");
+    }
+    // No NAT: the original reversed, alone.
+    let (bits, replies) = ct.candidate_replies(0, &t, &commit_plain()).unwrap();
+    assert_eq!((bits, replies), (0, vec![t.reverse()]));
+}
+
 fn verify_l4_v4(frame: &[u8]) {
     let (key, layout) = extract(frame, 0).unwrap();
     let l3 = &frame[layout.l3 as usize..layout.l4 as usize];

@@ -61,7 +61,12 @@
 //! per connection, no atomic read-modify-write. A verdict with an
 //! invalid conntrack step is not cached, nor is one whose NAT needs the
 //! frame (the quoted header of an ICMP error, an ICMP echo identifier):
-//! those go through the interpreter every time. One kind of step without a
+//! those go through the interpreter every time. Nor is the verdict of a
+//! packet that created a connection its own earlier step had found absent
+//! (a new connection's first packet): the next packet finds that
+//! connection, so the entry would be stale on first use; the flow is
+//! cached from its next packet, and a burst of new connections does not
+//! evict established flows. One kind of step without a
 //! connection is cached: a zone OVN tracks without ever committing (the
 //! egress zone of a router port on a switch with a load balancer), where
 //! every packet of an established flow is an uncommitted `trk|new`; a hit

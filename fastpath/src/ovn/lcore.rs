@@ -381,7 +381,7 @@ impl OvnLcore {
                 ReplayStep::Op { op, .. } => Some(op.result),
                 ReplayStep::Hairpin { .. } => None,
             });
-            let cacheable = cached_steps(&mut e, results, c.engine);
+            let cacheable = cached_steps(&mut e, results, c.engine) == Caching::Now;
             Some((e, cacheable))
         });
         let (mut entry, cacheable) = match served {
@@ -615,14 +615,14 @@ fn run(
     };
     // The conntrack operations the entry depends on; a step that found no
     // connection, or NAT that needs the frame, makes it uncacheable.
-    let mut ct_cacheable = true;
+    let mut caching = Caching::Now;
     if let Some(engine) = engine {
         let results = verdict
             .ct_ops
             .iter()
             .filter(|op| !matches!(op.kind, CtOpKind::Clear))
             .map(|op| op.result);
-        ct_cacheable = cached_steps(&mut entry, results, engine);
+        caching = cached_steps(&mut entry, results, engine);
         if engine.ops().iter().any(|o| o.needs_frame) {
             frame_nat.extend(engine.ops().iter().filter_map(|o| o.translation));
         }
@@ -708,7 +708,10 @@ fn run(
             EntryDrop::Pipeline(super::DropCause::Implicit)
         });
     }
-    let cacheable = !verdict.length_dependent && !verdict.generated && ct_cacheable;
+    // (A verdict cached only from a later packet still makes a megaflow:
+    // the next packets of its connection, and the first packets of other
+    // connections, reuse it.)
+    let cacheable = !verdict.length_dependent && !verdict.generated && caching != Caching::Never;
     let keepable = consulting
         && cacheable
         && verdict.learned.is_empty()
@@ -740,7 +743,7 @@ fn run(
         }
         (m, steps)
     });
-    (entry, cacheable, kept)
+    (entry, cacheable && caching == Caching::Now, kept)
 }
 
 /// Starts the packet `key` in the conntrack engine (its time, length and
@@ -758,28 +761,71 @@ fn begin(ct: &mut CtInput<'_>, key: &FlowKey) {
 /// packets: a step that found no connection (other than an uncommitted new
 /// packet of a trackable kind, which a hit re-classifies), needed the
 /// frame, or more steps than an entry keeps, make it uncacheable.
+///
+/// So does a step that found no connection in a zone where one was
+/// created while the pass ran (the zone's creation count moved since the
+/// step looked): almost always this packet's own commit (`ct_lb_mark` of
+/// a new connection after the `ct_lb_mark` that only tracked it, or
+/// `ct_commit` after `ct_next`). The flow's next packet finds that
+/// connection, so the entry would be stale on its first use: the first
+/// packet of every connection would write a slot (cold memory) that the
+/// second replaces, and a burst of new connections would evict the
+/// established flows the cache is there for. A flow is cached from its
+/// second packet instead, once its connections answer as they will.
+/// (Creation by another lcore inside that window only delays caching to
+/// a later packet.) The steps are recorded only for an entry that will be
+/// cached: an uncached one is used for this packet alone.
 fn cached_steps(
     entry: &mut FlowEntry,
-    results: impl Iterator<Item = CtResult>,
+    results: impl Iterator<Item = CtResult> + Clone,
     engine: &ConntrackEngine,
-) -> bool {
-    let mut cacheable = true;
-    for (result, found) in results.zip(engine.ops()) {
+) -> Caching {
+    let table = engine.conntrack();
+    let mut steps = 0;
+    let mut later = false;
+    for (result, found) in results.clone().zip(engine.ops()) {
+        steps += 1;
         let uncommitted_new = result.state == ct_state::TRK | ct_state::NEW
             && found.packet.class == PacketClass::Trackable;
+        let created_since = found
+            .zone_commits
+            .is_some_and(|n| table.zone_commits(found.zone) != n);
         if (found.conn.is_none() && !uncommitted_new) || found.needs_frame {
-            cacheable = false;
+            return Caching::Never;
         }
-        entry.ct.push(CachedCt {
+        if found.conn.is_none() && created_since {
+            later = true;
+        }
+    }
+    if steps > MAX_CACHED_CT {
+        return Caching::Never;
+    }
+    if later {
+        return Caching::Later;
+    }
+    entry
+        .ct
+        .extend(results.zip(engine.ops()).map(|(result, found)| CachedCt {
             zone: found.zone,
             conn: found.conn,
             tuple: found.packet.tuple,
             result,
             zone_commits: found.zone_commits,
             stamp: Stamp::default(),
-        });
-    }
-    cacheable && entry.ct.len() <= MAX_CACHED_CT
+        }));
+    Caching::Now
+}
+
+/// Whether the entry a packet's verdict became may be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caching {
+    /// Now: it stands for the flow's next packets.
+    Now,
+    /// Not from this packet: the connection it created changes what the
+    /// next packet's conntrack steps find (a megaflow may still keep it).
+    Later,
+    /// Never: a step the entry cannot stand for.
+    Never,
 }
 
 /// Where a packet enters the logical pipeline.
