@@ -584,6 +584,12 @@ impl Conntrack {
         Some(e.result(dir, id))
     }
 
+    /// What [`Conntrack::lookup`] answers a trackable packet of no
+    /// connection: `trk|new` if it could open one, else `trk|inv`.
+    pub fn no_connection(packet: &CtPacket) -> CtResult {
+        new_or_invalid(packet)
+    }
+
     /// [`Conntrack::lookup`] without side effects: the same classification,
     /// but no refresh, no state change and no counters (for traces).
     pub fn peek(&self, zone: u16, packet: &CtPacket, now: u64) -> CtResult {
@@ -984,10 +990,13 @@ impl Conntrack {
         let seed = key.hash();
         let mut bits = 0;
         let mut base = orig;
-        if let Some(d) = &c.dnat {
+        let dnat = match &c.dnat {
+            Some(d) => Some((d, addr_span(d, orig.ipv6)?)),
+            None => None,
+        };
+        if let Some((d, (lo, n))) = dnat {
             bits |= ct_state::DNAT;
-            let (lo, n) = addr_span(d, orig.ipv6)?;
-            let a = lo.wrapping_add((seed as u128) % n);
+            let a = lo.wrapping_add(spread(seed, n));
             base.dst = a.to_be_bytes();
             if orig.has_ports() {
                 if let Some((pl, ph)) = d.ports {
@@ -1031,7 +1040,7 @@ impl Conntrack {
                     base,
                     low: lo,
                     n,
-                    start: (seed as u128) % n,
+                    start: spread(seed, n),
                     addrs: n.min(16),
                     addr: 0,
                     ports,
@@ -1039,16 +1048,15 @@ impl Conntrack {
                 },
             ));
         }
-        if let Some(d) = &c.dnat {
+        if let Some((_, (lo, n))) = dnat {
             // DNAT alone: the chosen backend first, then the others of the range.
-            let (lo, n) = addr_span(d, orig.ipv6)?;
             return Ok((
                 bits,
                 Candidates::Dnat {
                     base,
                     low: lo,
                     n,
-                    start: (seed as u128) % n,
+                    start: spread(seed, n),
                     addrs: n.min(16),
                     addr: 0,
                 },
@@ -1375,6 +1383,31 @@ fn remove_keyref(g: &mut Shard, kr: &KeyRef) {
 
 /// First address (as a number over the 16 v4-mapped bytes) and size of a
 /// NAT range, checked against the connection's family.
+/// `seed` reduced to an offset into a range of `n` (at least one)
+/// addresses: a 64-bit division, or none for one address (a 128-bit one
+/// is a library call, and most ranges are a single backend or address).
+#[inline]
+fn spread(seed: u64, n: u128) -> u128 {
+    match u64::try_from(n) {
+        Ok(1) => 0,
+        Ok(n) => u128::from(seed % n),
+        // A range wider than the seed: every seed is an offset in it.
+        Err(_) => u128::from(seed),
+    }
+}
+
+/// The offset of the `i`-th address from offset `start` in a range of `n`
+/// addresses, wrapping (`start < n`, `i < n`).
+#[inline]
+fn nth_from(start: u128, i: u128, n: u128) -> u128 {
+    let x = start + i;
+    if x >= n {
+        x - n
+    } else {
+        x
+    }
+}
+
 fn addr_span(r: &NatRange, ipv6: bool) -> Result<(u128, u128), CtError> {
     let (a, fa) = addr_to_bytes(r.addr_min);
     let (b, fb) = addr_to_bytes(r.addr_max);
@@ -1452,7 +1485,7 @@ impl Iterator for Candidates {
                     return None;
                 }
                 let mut t = *base;
-                t.dst = low.wrapping_add((*start + *addr) % *n).to_be_bytes();
+                t.dst = low.wrapping_add(nth_from(*start, *addr, *n)).to_be_bytes();
                 *addr += 1;
                 Some(t.reverse())
             }
@@ -1496,7 +1529,7 @@ impl Iterator for Candidates {
                     continue;
                 };
                 let mut t = *base;
-                t.src = low.wrapping_add((*start + *addr) % *n).to_be_bytes();
+                t.src = low.wrapping_add(nth_from(*start, *addr, *n)).to_be_bytes();
                 t.src_port = p;
                 return Some(t.reverse());
             },

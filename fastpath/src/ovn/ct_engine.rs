@@ -229,6 +229,10 @@ pub struct ConntrackEngine {
     /// The zone of the last operation of this packet (what OVS's
     /// `ct_nw_dst` / `ct_tp_dst` describe: the last `ct()` executed).
     last_zone: Option<CtZone>,
+    /// Tuples this packet's megaflow preview found no connection for,
+    /// with their zone's creation count read before it looked
+    /// ([`ConntrackEngine::assume_absent`]).
+    absent: Vec<(CtZone, Tuple, u32)>,
 }
 
 impl ConntrackEngine {
@@ -246,6 +250,7 @@ impl ConntrackEngine {
             zones: Vec::new(),
             zone_commits: std::cell::Cell::new(None),
             last_zone: None,
+            absent: Vec::new(),
         }
     }
 
@@ -274,6 +279,22 @@ impl ConntrackEngine {
         self.ops.clear();
         self.zones.clear();
         self.last_zone = None;
+        self.absent.clear();
+    }
+
+    /// Tells the engine, after [`ConntrackEngine::begin`], which tuples a
+    /// look without side effects found no connection for moments ago
+    /// (zone, tuple, and the zone's creation count read before that
+    /// look). A lookup of one of them, while the zone has created nothing
+    /// since, answers as a lookup that finds nothing without taking the
+    /// shard's lock: nothing can have appeared (a connection appears only
+    /// by creation), and a lookup that finds nothing changes nothing. The
+    /// megaflow replay of a new connection thus looks each key up once,
+    /// not twice.
+    pub fn assume_absent(&mut self, absent: impl Iterator<Item = (CtZone, Tuple, u32)>) {
+        if self.mode == Mode::Live {
+            self.absent.extend(absent);
+        }
     }
 
     /// The operations of the last packet, in the order of its verdict's
@@ -335,7 +356,11 @@ impl ConntrackEngine {
         if let Some(r) = self.again(zone, p, None) {
             return r;
         }
-        self.zone_commits.set(Some(self.ct.zone_commits(zone)));
+        let commits = self.ct.zone_commits(zone);
+        self.zone_commits.set(Some(commits));
+        if p.class == PacketClass::Trackable && self.absent.contains(&(zone, p.tuple, commits)) {
+            return Conntrack::no_connection(p);
+        }
         match self.mode {
             Mode::Live => self.ct.lookup(zone, p, self.now),
             Mode::ReadOnly => self.ct.peek(zone, p, self.now),
@@ -900,6 +925,42 @@ mod tests {
         assert_eq!(r.state & ct_state::EST, ct_state::EST);
         assert_eq!(again.field(field::DST), chosen.addr);
         assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn an_assumed_absence_holds_only_while_the_zone_creates_nothing() {
+        let (mut e, ct) = engine(Mode::Live);
+        let packet = |v: &FlowVector| CtPacket::from_key(&v.key());
+        let syn = tcp(11, 40000, 12, 80, SYN);
+        let ack = tcp(11, 40000, 12, 80, ACK);
+        let tuple = packet(&syn).tuple;
+        // Absent, as a preview found: the lookup answers new.
+        e.begin(1, 60, None);
+        e.assume_absent([(5, tuple, ct.zone_commits(5))].into_iter());
+        let r = e.track(5, &mut syn.clone()).unwrap();
+        assert_eq!(r.state, ct_state::TRK | ct_state::NEW);
+        assert_eq!(e.ops()[0].zone_commits, Some(ct.zone_commits(5)));
+        // The connection is created after the count was read: the
+        // absence no longer holds and the lookup finds it.
+        let before = ct.zone_commits(5);
+        e.begin(2, 60, None);
+        e.commit(5, &mut syn.clone(), &CtCommit::default()).unwrap();
+        e.begin(3, 60, None);
+        e.assume_absent([(5, tuple, before)].into_iter());
+        let r = e.track(5, &mut ack.clone()).unwrap();
+        assert!(e.ops()[0].conn.is_some(), "found: {r:?}");
+        // While the count holds, the claim is taken without a lookup (so
+        // a false one would be believed: only a look made moments before
+        // in the same packet's pass may make it).
+        e.begin(4, 60, None);
+        e.assume_absent([(5, tuple, ct.zone_commits(5))].into_iter());
+        let r = e.track(5, &mut ack.clone()).unwrap();
+        assert!(e.ops()[0].conn.is_none(), "taken on trust: {r:?}");
+        // A read-only engine (traces) never takes such claims.
+        let (mut ro, ct) = engine(Mode::ReadOnly);
+        ro.begin(1, 60, None);
+        ro.assume_absent([(5, tuple, ct.zone_commits(5))].into_iter());
+        assert!(ro.absent.is_empty());
     }
 
     #[test]

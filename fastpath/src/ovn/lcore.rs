@@ -373,6 +373,7 @@ impl OvnLcore {
             }
             let c = ct.as_mut()?;
             begin(c, key);
+            c.engine.assume_absent(previewed.absent());
             if !replay::replay(steps, c.engine, key) {
                 counters.megaflow_diverged.add(1);
                 return None;

@@ -47,7 +47,7 @@ use super::ct::{
 use super::ct_engine::{translate_vector, ConntrackEngine};
 use super::interpreter::Verdict;
 use super::vector::FlowVector;
-use crate::conntrack::{CtPacket, Translation, Tuple};
+use crate::conntrack::{CtPacket, PacketClass, Translation, Tuple};
 
 /// One call of a kept verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +142,10 @@ pub fn record(
 /// each backend once.
 #[derive(Default)]
 pub struct Previewed {
-    lookups: Vec<(CtZone, Tuple, crate::conntrack::CtResult)>,
+    /// (zone, tuple, what the look found, the zone's creation count read
+    /// before it looked, whether it found no connection for a trackable
+    /// packet)
+    lookups: Vec<(CtZone, Tuple, crate::conntrack::CtResult, u32, bool)>,
     /// (hash fields, the backends' range in `backends`, tuple, choice)
     choices: Vec<(u32, std::ops::Range<usize>, Tuple, Option<LbBackend>)>,
     backends: Vec<LbBackend>,
@@ -154,6 +157,15 @@ impl Previewed {
         self.lookups.clear();
         self.choices.clear();
         self.backends.clear();
+    }
+
+    /// The lookups that found no connection, for
+    /// [`ConntrackEngine::assume_absent`].
+    pub fn absent(&self) -> impl Iterator<Item = (CtZone, Tuple, u32)> + '_ {
+        self.lookups
+            .iter()
+            .filter(|l| l.4)
+            .map(|&(z, t, _, n, _)| (z, t, n))
     }
 
     /// The backend `lb` chooses for the packet `v` (whose tuple is
@@ -211,12 +223,15 @@ pub fn preview(
             let known = seen
                 .lookups
                 .iter()
-                .find(|(z, t, _)| *z == op.zone && *t == p.tuple);
+                .find(|l| l.0 == op.zone && l.1 == p.tuple);
             match known {
-                Some(&(_, _, r)) => r,
+                Some(&(_, _, r, _, _)) => r,
                 None => {
-                    let r = engine.conntrack().peek(op.zone, &p, now);
-                    seen.lookups.push((op.zone, p.tuple, r));
+                    let table = engine.conntrack();
+                    let commits = table.zone_commits(op.zone);
+                    let r = table.peek(op.zone, &p, now);
+                    let absent = p.class == PacketClass::Trackable && r.conn.is_none();
+                    seen.lookups.push((op.zone, p.tuple, r, commits, absent));
                     r
                 }
             }
