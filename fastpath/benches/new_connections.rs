@@ -36,7 +36,7 @@ use fastpath::ovn::ct_engine::{ConntrackEngine, LbAffinity, Mode};
 use fastpath::ovn::lcore::{CtInput, OvnLcore};
 use fastpath::ovn::Program;
 use fastpath::stats::CacheCounters;
-use fastpath_packet::{checksum, extract, FlowKey, Layout};
+use fastpath_packet::{extract, FlowKey, Layout};
 
 const SLOT: &[u8] = include_bytes!("data/acl-lb.slot");
 
@@ -44,38 +44,9 @@ fn program() -> Program {
     common::program(SLOT)
 }
 
-/// pktgen's frame `i` of `perf run new-connections`: from the client to
-/// the VIP through the gateway, with valid IPv4 and UDP checksums.
+/// pktgen's frame `i` of `perf run new-connections`.
 fn frame(i: u32) -> Vec<u8> {
-    let sport = (1024 + i % 64000) as u16;
-    let dport = (5001 + i / 64000) as u16;
-    let mut f = Vec::with_capacity(64);
-    f.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0xff, 0x01]); // GW0
-    f.extend_from_slice(&[0x50, 0x54, 0x00, 0x00, 0x00, 0x01]); // P1
-    f.extend_from_slice(&[0x08, 0x00]);
-    let payload = 18u16;
-    let total: u16 = 20 + 8 + payload;
-    let src = [10, 0, 0, 11];
-    let dst = [10, 96, 0, 10];
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let cs = checksum::checksum(&ip);
-    ip[10..12].copy_from_slice(&cs.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let mut udp = Vec::with_capacity(8 + usize::from(payload));
-    udp.extend_from_slice(&sport.to_be_bytes());
-    udp.extend_from_slice(&dport.to_be_bytes());
-    udp.extend_from_slice(&(8 + payload).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.resize(8 + usize::from(payload), 0);
-    let pseudo = checksum::pseudo_header_v4(src, dst, 17, 8 + payload);
-    let cs = checksum::finish(checksum::sum(pseudo, &udp));
-    udp[6..8].copy_from_slice(&(if cs == 0 { 0xffff } else { cs }).to_be_bytes());
-    f.extend_from_slice(&udp);
-    f.resize(64, 0);
-    f
+    common::client_to_vip((1024 + i % 64000) as u16, (5001 + i / 64000) as u16)
 }
 
 /// A worker's OVN state for `n` connections: the flow cache and the

@@ -149,6 +149,9 @@ pub struct Previewed {
     /// (hash fields, the backends' range in `backends`, tuple, choice)
     choices: Vec<(u32, std::ops::Range<usize>, Tuple, Option<LbBackend>)>,
     backends: Vec<LbBackend>,
+    /// The packet as received, as the steps before any translation see
+    /// it (the same for every variant).
+    received: Option<CtPacket>,
 }
 
 impl Previewed {
@@ -157,6 +160,7 @@ impl Previewed {
         self.lookups.clear();
         self.choices.clear();
         self.backends.clear();
+        self.received = None;
     }
 
     /// The lookups that found no connection, for
@@ -200,6 +204,10 @@ pub fn preview(
     seen: &mut Previewed,
 ) -> bool {
     let mut v = FlowVector::from_key(key, 0, 0);
+    // The packet as the steps see it since the last translation, once
+    // built.
+    let mut current = seen.received;
+    let mut translated = false;
     for step in steps {
         let ReplayStep::Op {
             op,
@@ -213,11 +221,16 @@ pub fn preview(
         let chooses = matches!(op.kind, CtOpKind::LoadBalance(Some(_)));
         // The packet as this step sees it, when the step is checked.
         let packet = (*first || chooses).then(|| {
-            let mut p = CtPacket::from_key(&v.key());
-            if p.len == 0 {
-                p.len = len;
-            }
-            p
+            *current.get_or_insert_with(|| {
+                let mut p = CtPacket::from_key(&v.key());
+                if p.len == 0 {
+                    p.len = len;
+                }
+                if !translated {
+                    seen.received = Some(p);
+                }
+                p
+            })
         });
         let found = packet.filter(|_| *first).map(|p| {
             let known = seen
@@ -269,6 +282,8 @@ pub fn preview(
         }
         if let Some(t) = translation {
             translate_vector(&mut v, t);
+            translated = true;
+            current = None;
         }
     }
     true
