@@ -1038,11 +1038,7 @@ impl Conntrack {
                 bits,
                 Candidates::Snat {
                     base,
-                    low: lo,
-                    n,
-                    start: spread(seed, n),
-                    addrs: n.min(16),
-                    addr: 0,
+                    addrs: AddrWalk::new(lo, n, seed),
                     ports,
                     port: 0,
                 },
@@ -1054,11 +1050,7 @@ impl Conntrack {
                 bits,
                 Candidates::Dnat {
                     base,
-                    low: lo,
-                    n,
-                    start: spread(seed, n),
-                    addrs: n.min(16),
-                    addr: 0,
+                    addrs: AddrWalk::new(lo, n, seed),
                 },
             ));
         }
@@ -1425,30 +1417,52 @@ fn addr_span(r: &NatRange, ipv6: bool) -> Result<(u128, u128), CtError> {
 enum Candidates {
     /// No translation: the original tuple reversed.
     Once(Option<Tuple>),
-    /// DNAT alone: the chosen address of the range first (`start`), then
-    /// the others, at most `addrs` of them.
-    Dnat {
-        base: Tuple,
-        low: u128,
-        n: u128,
-        start: u128,
-        addrs: u128,
-        addr: u128,
-    },
-    /// SNAT (after any DNAT of `base`): for each of at most `addrs`
-    /// addresses from `start`, every source port `ports` allows.
+    /// DNAT alone: each destination address `addrs` walks.
+    Dnat { base: Tuple, addrs: AddrWalk },
+    /// SNAT (after any DNAT of `base`): for each source address `addrs`
+    /// walks, every source port `ports` allows.
     Snat {
         base: Tuple,
-        low: u128,
-        n: u128,
-        start: u128,
-        addrs: u128,
-        addr: u128,
+        addrs: AddrWalk,
         ports: SnatPorts,
         /// The next port of the current address: 0 is `first` (when the
         /// range has one), `i + 1` the `i`-th port of the stride walk.
         port: u64,
     },
+}
+
+/// The addresses of a NAT range to try: the chosen one first (`start`
+/// from `low`), then the next ones, wrapping, at most `count` in all.
+struct AddrWalk {
+    low: u128,
+    n: u128,
+    start: u128,
+    count: u128,
+    /// How many were passed.
+    done: u128,
+}
+
+impl AddrWalk {
+    /// The walk over a range of `n` addresses from `low`, starting at the
+    /// one `seed` picks, at most sixteen.
+    fn new(low: u128, n: u128, seed: u64) -> AddrWalk {
+        AddrWalk {
+            low,
+            n,
+            start: spread(seed, n),
+            count: n.min(16),
+            done: 0,
+        }
+    }
+
+    /// The current address, if the walk is not over.
+    fn current(&self) -> Option<[u8; 16]> {
+        (self.done < self.count).then(|| {
+            self.low
+                .wrapping_add(nth_from(self.start, self.done, self.n))
+                .to_be_bytes()
+        })
+    }
 }
 
 /// The source ports SNAT may give a connection.
@@ -1473,42 +1487,26 @@ impl Iterator for Candidates {
     fn next(&mut self) -> Option<Tuple> {
         match self {
             Candidates::Once(t) => t.take(),
-            Candidates::Dnat {
-                base,
-                low,
-                n,
-                start,
-                addrs,
-                addr,
-            } => {
-                if *addr >= *addrs {
-                    return None;
-                }
+            Candidates::Dnat { base, addrs } => {
                 let mut t = *base;
-                t.dst = low.wrapping_add(nth_from(*start, *addr, *n)).to_be_bytes();
-                *addr += 1;
+                t.dst = addrs.current()?;
+                addrs.done += 1;
                 Some(t.reverse())
             }
             Candidates::Snat {
                 base,
-                low,
-                n,
-                start,
                 addrs,
-                addr,
                 ports,
                 port,
             } => loop {
-                if *addr >= *addrs {
-                    return None;
-                }
+                let addr = addrs.current()?;
                 // The current address's ports are indices 0..=last.
                 let last = match *ports {
                     SnatPorts::Fixed(_) => 0,
                     SnatPorts::Range { span, .. } => span,
                 };
                 if *port > last {
-                    *addr += 1;
+                    addrs.done += 1;
                     *port = 0;
                     continue;
                 }
@@ -1529,7 +1527,7 @@ impl Iterator for Candidates {
                     continue;
                 };
                 let mut t = *base;
-                t.src = low.wrapping_add(nth_from(*start, *addr, *n)).to_be_bytes();
+                t.src = addr;
                 t.src_port = p;
                 return Some(t.reverse());
             },

@@ -403,12 +403,12 @@ fn expire_budget_is_bounded() {
 }
 
 fn snat_to(addr: &str, ports: Option<(u16, u16)>) -> CtCommit {
+    snat_range(addr, addr, ports)
+}
+
+fn snat_range(lo: &str, hi: &str, ports: Option<(u16, u16)>) -> CtCommit {
     CtCommit {
-        snat: Some(NatRange {
-            addr_min: ip4(addr).into(),
-            addr_max: ip4(addr).into(),
-            ports,
-        }),
+        snat: Some(nat_range(lo, hi, ports)),
         ..CtCommit::default()
     }
 }
@@ -482,10 +482,7 @@ fn nat_candidates_walk_every_address_and_port_once() {
     // address, the original port first, then all ten once.
     let got = snat_candidates(
         &t,
-        &CtCommit {
-            snat: Some(nat_range("192.0.2.1", "192.0.2.3", Some((5000, 5009)))),
-            ..CtCommit::default()
-        },
+        &snat_range("192.0.2.1", "192.0.2.3", Some((5000, 5009))),
     );
     let mut addrs: Vec<Ipv4Addr> = got.iter().map(|(a, _)| *a).collect();
     addrs.sort();
@@ -497,13 +494,7 @@ fn nat_candidates_walk_every_address_and_port_once() {
         assert_eq!(rest, (5000..=5009).collect::<Vec<_>>(), "{a}");
     }
     // The original port outside the range: only the range's ports.
-    let got = snat_candidates(
-        &t,
-        &CtCommit {
-            snat: Some(nat_range("192.0.2.1", "192.0.2.1", Some((6000, 6004)))),
-            ..CtCommit::default()
-        },
-    );
+    let got = snat_candidates(&t, &snat_to("192.0.2.1", Some((6000, 6004))));
     assert_eq!(got.len(), 1);
     let mut ports = got[0].1.clone();
     ports.sort();
@@ -513,23 +504,11 @@ fn nat_candidates_walk_every_address_and_port_once() {
     gre.proto = 47;
     gre.src_port = 0;
     gre.dst_port = 0;
-    let got = snat_candidates(
-        &gre,
-        &CtCommit {
-            snat: Some(nat_range("192.0.2.1", "192.0.2.2", None)),
-            ..CtCommit::default()
-        },
-    );
+    let got = snat_candidates(&gre, &snat_range("192.0.2.1", "192.0.2.2", None));
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|(_, p)| p == &[0]), "{got:?}");
     // At most sixteen addresses of a wide range.
-    let got = snat_candidates(
-        &gre,
-        &CtCommit {
-            snat: Some(nat_range("192.0.2.1", "192.0.2.100", None)),
-            ..CtCommit::default()
-        },
-    );
+    let got = snat_candidates(&gre, &snat_range("192.0.2.1", "192.0.2.100", None));
     assert_eq!(got.len(), 16);
     // DNAT alone: the chosen backend first, then the others once each,
     // at most sixteen.

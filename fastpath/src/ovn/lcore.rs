@@ -788,15 +788,14 @@ fn cached_steps(
         steps += 1;
         let uncommitted_new = result.state == ct_state::TRK | ct_state::NEW
             && found.packet.class == PacketClass::Trackable;
-        let created_since = found
-            .zone_commits
-            .is_some_and(|n| table.zone_commits(found.zone) != n);
         if (found.conn.is_none() && !uncommitted_new) || found.needs_frame {
             return Caching::Never;
         }
-        if found.conn.is_none() && created_since {
-            later = true;
-        }
+        // Found nothing, and the zone has created something since.
+        later |= found.conn.is_none()
+            && found
+                .zone_commits
+                .is_some_and(|n| table.zone_commits(found.zone) != n);
     }
     if steps > MAX_CACHED_CT {
         return Caching::Never;
