@@ -24,6 +24,14 @@ for t in "${targets[@]}"; do
   seeds="$dir/fuzz/corpus/$target"
   [ -d "$seeds" ] || seeds=""
   printf '\n\033[1m== fuzz %s/%s for %ss\033[0m\n' "$dir" "$target" "$seconds"
+  # Built first, on its own: a target that does not build fails the run
+  # (the run's output below is filtered to its summary lines).
+  (cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz build "$target" >"$scratch/build.log" 2>&1) || {
+    tail -n 30 "$scratch/build.log" >&2
+    echo "fuzz: $dir/$target does not build" >&2
+    exit 1
+  }
+  rm -f "$scratch/build.log"
   (cd "$dir" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch" ${seeds:+"$OLDPWD/$seeds"} -- \
      -max_total_time="$seconds" -seed="$seed" -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|SUMMARY|==[0-9]+==ERROR|Done)" || true)
   (cd "$dir" && test ! -d fuzz/artifacts/"$target" || test -z "$(ls -A fuzz/artifacts/"$target" 2>/dev/null)") || {
