@@ -1134,13 +1134,24 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
     let pipeline = Pipeline::from_config(&cfg);
 
     let tsc_hz = dpdk::tsc_hz();
-    let conntrack = Arc::new(Conntrack::new(&cfg.conntrack.engine_config()));
+    let conntrack = Arc::new(Conntrack::new(&crate::conntrack::ConntrackConfig {
+        huge_pages: cfg.memory.transparent_huge_pages,
+        ..cfg.conntrack.engine_config()
+    }));
     let affinity = Arc::new(LbAffinity::new(cfg.conntrack.affinity_capacity));
     let meters = Arc::new(MeterBank::new(tsc_hz).context("QoS meters")?);
+    let memory = conntrack.memory();
     log::info!(
-        "conntrack: {} connections in {} shards",
+        "conntrack: {} connections in {} shards, {} MiB of arrays in a {} MiB huge-page arena{}",
         conntrack.capacity(),
-        cfg.conntrack.shards
+        cfg.conntrack.shards,
+        memory.used >> 20,
+        memory.size >> 20,
+        if memory.size == 0 {
+            " (none: the table is small)"
+        } else {
+            ""
+        }
     );
 
     let worker_lcores: Vec<u32> = cfg.workers.iter().map(|w| w.lcore).collect();

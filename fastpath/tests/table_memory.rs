@@ -68,8 +68,16 @@ fn tables_get_transparent_huge_pages_unless_turned_off() {
         fp.log()
     );
     if thp_on_request() {
-        // The conntrack table alone is ~100 MB, written at start.
-        assert!(anon_huge_kb(&fp) > 0, "no AnonHugePages:\n{}", fp.log());
+        // The conntrack table alone is ~100 MB, written at start, in one
+        // arena that huge pages back whole.
+        let arrays_mib = conntrack_arrays_mib(&fp.log());
+        assert!(arrays_mib >= 64, "{}", fp.log());
+        let huge_mib = anon_huge_kb(&fp) / 1024;
+        assert!(
+            huge_mib >= arrays_mib,
+            "{huge_mib} MiB on huge pages, less than the {arrays_mib} MiB of conntrack arrays:\n{}",
+            fp.log()
+        );
     } else {
         eprintln!("kernel THP mode is never: AnonHugePages not checked");
     }
@@ -79,4 +87,24 @@ fn tables_get_transparent_huge_pages_unless_turned_off() {
     let env = environ(&fp);
     assert!(!env.contains("glibc.malloc.hugetlb"), "{env}");
     assert!(!fp.log().contains("transparent huge pages asked for"));
+    if std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|m| m.contains("[madvise]"))
+    {
+        // Nothing asked, so nothing got them (the conntrack arena included).
+        assert_eq!(anon_huge_kb(&fp), 0, "{}", fp.log());
+    }
+}
+
+/// The MiB of conntrack arrays the fastpath logged at start.
+fn conntrack_arrays_mib(log: &str) -> u64 {
+    log.lines()
+        .find_map(|l| {
+            l.split_once("shards, ")?
+                .1
+                .split_once(" MiB of arrays")?
+                .0
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no conntrack arena line in the log:\n{log}"))
 }

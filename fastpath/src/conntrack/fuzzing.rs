@@ -47,6 +47,7 @@ fn small_table() -> Conntrack {
             ..CtTimeouts::default()
         },
         nat_attempts: 64,
+        huge_pages: false,
     })
 }
 

@@ -113,16 +113,21 @@ pub struct ConntrackConfig {
     pub timeouts: CtTimeouts,
     /// Most reply tuples a NAT commit tries before [`CtError::NatExhausted`].
     pub nat_attempts: usize,
+    /// Ask the kernel for transparent huge pages for the table's arrays
+    /// (`[memory] transparent_huge_pages`).
+    pub huge_pages: bool,
 }
 
 impl Default for ConntrackConfig {
-    /// 262 144 connections in 64 shards, default timeouts, 1024 NAT attempts.
+    /// 262 144 connections in 64 shards, default timeouts, 1024 NAT
+    /// attempts, on huge pages.
     fn default() -> Self {
         ConntrackConfig {
             capacity: 1 << 18,
             shards: 64,
             timeouts: CtTimeouts::default(),
             nat_attempts: 1024,
+            huge_pages: true,
         }
     }
 }

@@ -7,6 +7,8 @@ use super::proto::{
 };
 use super::tuple::{addr_from_bytes, addr_to_bytes, icmp4, icmp6, CtPacket, PacketClass, Tuple};
 use super::{ct_state, ConntrackConfig, CtCommit, CtEntryView, CtError, CtFilter, CtResult};
+use crate::dpdk::HugeArena;
+use allocator_api2::vec::Vec as ArenaVec;
 use fastpath_packet::ip_proto;
 use fastpath_packet::tcp::flags as tcpf;
 use hashbrown::HashTable;
@@ -313,9 +315,11 @@ impl Entry {
     }
 }
 
+/// The large arrays (index, entries, [`Hot`] lines) of every shard are
+/// carved from one [`HugeArena`], so that huge pages back them whole.
 struct Shard {
-    index: HashTable<KeyRef>,
-    entries: Vec<Entry>,
+    index: HashTable<KeyRef, HugeArena>,
+    entries: ArenaVec<Entry, HugeArena>,
     free: Vec<u32>,
     live: usize,
     cursor: usize,
@@ -326,19 +330,19 @@ struct ShardCell {
     lock: Mutex<Shard>,
     /// Current incarnation of every slot, readable without the lock: an index
     /// entry whose incarnation differs is stale.
-    incarnation: Box<[AtomicU32]>,
+    incarnation: ArenaVec<AtomicU32, HugeArena>,
     /// Address of the shard's entry array (reserved at creation and never
     /// reallocated), for prefetching an entry before taking the lock.
     entries_at: usize,
     /// Every slot's stamp, expiry and counters ([`Hot`]).
-    hot: Box<[Hot]>,
+    hot: ArenaVec<Hot, HugeArena>,
 }
 
 /// An empty entry array with room for `n`, its memory written once so that
 /// the kernel backs it now (with huge pages when they are on), not on the
 /// packet path when the table fills.
-fn prefaulted_vec(n: usize) -> Vec<Entry> {
-    let mut v = Vec::with_capacity(n);
+fn prefaulted_vec(n: usize, arena: &HugeArena) -> ArenaVec<Entry, HugeArena> {
+    let mut v = ArenaVec::with_capacity_in(n, arena.clone());
     v.resize(n, Entry::dead());
     v.clear();
     v
@@ -347,8 +351,8 @@ fn prefaulted_vec(n: usize) -> Vec<Entry> {
 /// An empty index with room for `n` keys, prefaulted like
 /// [`prefaulted_vec`]: filled with placeholders once, then cleared (which
 /// keeps its memory).
-fn prefaulted_index(n: usize) -> HashTable<KeyRef> {
-    let mut t = HashTable::with_capacity(n);
+fn prefaulted_index(n: usize, arena: &HugeArena) -> HashTable<KeyRef, HugeArena> {
+    let mut t = HashTable::with_capacity_in(n, arena.clone());
     let placeholder = KeyRef {
         key: Key {
             zone: 0,
@@ -376,6 +380,19 @@ fn prefaulted_index(n: usize) -> HashTable<KeyRef> {
     t
 }
 
+/// Bytes of a shard's arrays: its entries, [`Hot`] lines and incarnations, and an index
+/// for `index_keys` keys as hashbrown lays it out (a power of two of
+/// buckets at most 7/8 full, each a key and a control byte, plus a group
+/// of control bytes), with room for each array's alignment.
+fn shard_bytes(per_shard: usize, index_keys: usize) -> usize {
+    let buckets = (index_keys * 8 / 7 + 1).next_power_of_two();
+    let index = buckets * (std::mem::size_of::<KeyRef>() + 1) + 64;
+    let entries = per_shard * std::mem::size_of::<Entry>();
+    let hot = per_shard * std::mem::size_of::<Hot>();
+    let incarnation = per_shard * std::mem::size_of::<AtomicU32>();
+    index + entries + hot + incarnation + 4 * 64
+}
+
 /// An index entry in another shard left to remove after a connection died.
 struct Deferred {
     shard: usize,
@@ -388,6 +405,8 @@ struct Deferred {
 /// The connection tracker shared by all lcores (`Send + Sync`).
 pub struct Conntrack {
     shards: Box<[ShardCell]>,
+    /// Where the shards' arrays live.
+    arena: HugeArena,
     shard_bits: u32,
     per_shard: usize,
     timeouts: TimeoutsNs,
@@ -422,26 +441,40 @@ impl Conntrack {
     pub fn new(config: &ConntrackConfig) -> Conntrack {
         let shards = config.shards.clamp(1, 1024).next_power_of_two();
         let per_shard = (config.capacity / shards).max(1);
+        let index_keys = per_shard * 2 + 8;
+        let arena = HugeArena::new(
+            shards * shard_bytes(per_shard, index_keys),
+            config.huge_pages,
+        );
         let cells = (0..shards)
             .map(|_| {
-                let entries = prefaulted_vec(per_shard);
+                let entries = prefaulted_vec(per_shard, &arena);
                 let entries_at = entries.as_ptr() as usize;
                 ShardCell {
                     lock: Mutex::new(Shard {
-                        index: prefaulted_index(per_shard * 2 + 8),
+                        index: prefaulted_index(index_keys, &arena),
                         entries,
                         free: Vec::with_capacity(per_shard),
                         live: 0,
                         cursor: 0,
                     }),
-                    incarnation: (0..per_shard).map(|_| AtomicU32::new(0)).collect(),
+                    incarnation: {
+                        let mut inc = ArenaVec::with_capacity_in(per_shard, arena.clone());
+                        inc.resize_with(per_shard, || AtomicU32::new(0));
+                        inc
+                    },
                     entries_at,
-                    hot: (0..per_shard).map(|_| Hot::default()).collect(),
+                    hot: {
+                        let mut hot = ArenaVec::with_capacity_in(per_shard, arena.clone());
+                        hot.resize_with(per_shard, Hot::default);
+                        hot
+                    },
                 }
             })
             .collect();
         Conntrack {
             shards: cells,
+            arena,
             shard_bits: shards.trailing_zeros(),
             per_shard,
             timeouts: TimeoutsNs::new(&config.timeouts),
@@ -457,6 +490,12 @@ impl Conntrack {
     /// down to a multiple of the shard count, at least one per shard).
     pub fn capacity(&self) -> usize {
         self.per_shard * self.shards.len()
+    }
+
+    /// The huge-page arena the shards' arrays were carved from (all zero
+    /// for a table too small to have one).
+    pub fn memory(&self) -> crate::dpdk::ArenaUsage {
+        self.arena.usage()
     }
 
     /// The longest timeout, in ns: no entry outlives its last packet by more.

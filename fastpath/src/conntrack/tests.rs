@@ -992,3 +992,23 @@ fn commit_new_answers_as_commit_even_when_a_connection_appeared() {
     assert_eq!((a.state, b.state), (INV, INV));
     assert_eq!((plain.len(), fresh.len()), (1, 1));
 }
+
+#[test]
+fn a_table_of_the_default_size_lives_in_one_huge_page_arena() {
+    let ct = Conntrack::new(&ConntrackConfig::default());
+    let m = ct.memory();
+    // Every shard's arrays came from the arena (none from the system
+    // allocator), and the estimate of their size was not short by more
+    // than the last partly used huge page.
+    assert_eq!(m.spilled, 0, "{m:?}");
+    assert!(
+        m.used <= m.size && m.size - m.used < crate::dpdk::HUGE_PAGE,
+        "{m:?}"
+    );
+    // A table this small gets none.
+    let small = Conntrack::new(&ConntrackConfig {
+        capacity: 1000,
+        ..ConntrackConfig::default()
+    });
+    assert_eq!(small.memory(), crate::dpdk::ArenaUsage::default());
+}

@@ -6,11 +6,13 @@
 
 mod eal;
 mod ethdev;
+mod hugemem;
 mod mbuf;
 mod mempool;
 
 pub use eal::{launch_on_lcore, main_lcore, pin_control_thread, tsc_hz, wait_lcore, Eal, EalError};
 pub use ethdev::{EthPort, LinkStatus, PortConfig, PortError, PortStats};
+pub use hugemem::{ArenaUsage, HugeArena, HUGE_PAGE};
 pub use mbuf::{Mbuf, RxBurst, TxBuffer, TxResult, BURST_SIZE};
 pub use mempool::{Mempool, MempoolConfig};
 
