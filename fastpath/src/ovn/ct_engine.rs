@@ -233,6 +233,11 @@ pub struct ConntrackEngine {
     /// with their zone's creation count read before it looked
     /// ([`ConntrackEngine::assume_absent`]).
     absent: Vec<(CtZone, Tuple, u32)>,
+    /// Backends this packet's megaflow preview chose: (hash fields, the
+    /// backends' range in `chosen_from`, tuple, choice)
+    /// ([`ConntrackEngine::assume_chosen`]).
+    chosen: Vec<(u32, std::ops::Range<usize>, Tuple, Option<LbBackend>)>,
+    chosen_from: Vec<LbBackend>,
 }
 
 impl ConntrackEngine {
@@ -251,6 +256,8 @@ impl ConntrackEngine {
             zone_commits: std::cell::Cell::new(None),
             last_zone: None,
             absent: Vec::new(),
+            chosen: Vec::new(),
+            chosen_from: Vec::new(),
         }
     }
 
@@ -280,6 +287,8 @@ impl ConntrackEngine {
         self.zones.clear();
         self.last_zone = None;
         self.absent.clear();
+        self.chosen.clear();
+        self.chosen_from.clear();
     }
 
     /// Tells the engine, after [`ConntrackEngine::begin`], which tuples a
@@ -294,6 +303,42 @@ impl ConntrackEngine {
     pub fn assume_absent(&mut self, absent: impl Iterator<Item = (CtZone, Tuple, u32)>) {
         if self.mode == Mode::Live {
             self.absent.extend(absent);
+        }
+    }
+
+    /// Tells the engine, after [`ConntrackEngine::begin`], which backend
+    /// the megaflow preview chose for this packet (the tuple it had at
+    /// that step) among which backends and on which hash fields, so that
+    /// the replay's `ct_lb` does not hash the same fields again. The
+    /// choice is a function of the packet's fields alone, and a tuple
+    /// stands for the packet at one step of its own pass.
+    pub fn assume_chosen<'a>(
+        &mut self,
+        chosen: impl Iterator<Item = (u32, &'a [LbBackend], Tuple, Option<LbBackend>)>,
+    ) {
+        for (fields, backends, tuple, choice) in chosen {
+            let start = self.chosen_from.len();
+            self.chosen_from.extend_from_slice(backends);
+            self.chosen
+                .push((fields, start..self.chosen_from.len(), tuple, choice));
+        }
+    }
+
+    /// The backend [`ConntrackHook::choose_backend`] picks for the packet
+    /// `v` (whose tuple is `tuple`), from the preview's choices if it made
+    /// this one.
+    fn backend_for(
+        &mut self,
+        v: &FlowVector,
+        lb: &LbRequest<'_>,
+        tuple: &Tuple,
+    ) -> Option<LbBackend> {
+        let known = self.chosen.iter().find(|(f, r, t, _)| {
+            *f == lb.hash_fields && t == tuple && self.chosen_from[r.clone()] == *lb.backends
+        });
+        match known {
+            Some(&(_, _, _, choice)) => choice,
+            None => self.choose_backend(v, lb),
         }
     }
 
@@ -614,7 +659,7 @@ impl ConntrackHook for ConntrackEngine {
         if lb.backends.is_empty() || !is_new {
             return Ok((self.finish(zone, v, found, true, p), None));
         }
-        let Some(backend) = self.choose_backend(v, lb) else {
+        let Some(backend) = self.backend_for(v, lb, &p.tuple) else {
             return Ok((self.finish(zone, v, found, true, p), None));
         };
         let ipv6 = backend.family == 6;
@@ -829,7 +874,9 @@ pub fn needs_frame(p: &CtPacket) -> bool {
 mod tests {
     use super::*;
     use crate::conntrack::ConntrackConfig;
+    use crate::ovn::ct::choose_backend;
     use fastpath_packet::flowkey::{field, flags};
+    use fastpath_tables::ovn::hash_field;
 
     fn a4(x: u8) -> [u8; 16] {
         std::net::Ipv4Addr::new(10, 0, 0, x)
@@ -925,6 +972,47 @@ mod tests {
         assert_eq!(r.state & ct_state::EST, ct_state::EST);
         assert_eq!(again.field(field::DST), chosen.addr);
         assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn a_preview_choice_is_taken_for_its_tuple_backends_and_fields_only() {
+        let (mut e, _) = engine(Mode::Live);
+        let b = backends();
+        let syn = tcp(11, 40000, 100, 80, SYN);
+        let tuple = CtPacket::from_key(&syn.key()).tuple;
+        let hashed = choose_backend(&syn, &lb(&b)).unwrap();
+        let other = *b.iter().find(|x| **x != hashed).unwrap();
+        // Told the other backend (as no hash of this packet would say):
+        // the engine takes the told choice, so it did not hash again.
+        e.begin(1, 60, None);
+        e.assume_chosen([(0, &b[..], tuple, Some(other))].into_iter());
+        let (_, chosen) = e.load_balance(5, &mut syn.clone(), &lb(&b)).unwrap();
+        assert_eq!(chosen, Some(other));
+        // Another tuple, other backends or other hash fields: not this
+        // choice, so the engine hashes.
+        let other_tuple = CtPacket::from_key(&tcp(11, 40001, 100, 80, SYN).key()).tuple;
+        let told = [
+            (0, &b[..], other_tuple),
+            (0, &b[..1], tuple),
+            (hash_field::IP_SRC, &b[..], tuple),
+        ];
+        for (i, (fields, backends, t)) in told.into_iter().enumerate() {
+            let mut v = tcp(11, 41000 + i as u16, 100, 80, SYN);
+            let hashed = choose_backend(&v, &lb(&b));
+            let t = if t == tuple {
+                CtPacket::from_key(&v.key()).tuple
+            } else {
+                t
+            };
+            e.begin(2 + i as u64, 60, None);
+            let wrong = b.iter().copied().find(|x| Some(*x) != hashed);
+            e.assume_chosen([(fields, backends, t, wrong)].into_iter());
+            let (_, chosen) = e.load_balance(5, &mut v, &lb(&b)).unwrap();
+            assert_eq!(chosen, hashed, "case {i}");
+        }
+        // A new packet forgets the last one's choices.
+        e.begin(9, 60, None);
+        assert!(e.chosen.is_empty() && e.chosen_from.is_empty());
     }
 
     #[test]

@@ -374,6 +374,7 @@ impl OvnLcore {
             let c = ct.as_mut()?;
             begin(c, key);
             c.engine.assume_absent(previewed.absent());
+            c.engine.assume_chosen(previewed.chosen());
             if !replay::replay(steps, c.engine, key) {
                 counters.megaflow_diverged.add(1);
                 return None;

@@ -172,6 +172,14 @@ impl Previewed {
             .map(|&(z, t, _, n, _)| (z, t, n))
     }
 
+    /// The backends the previews chose, for
+    /// [`ConntrackEngine::assume_chosen`].
+    pub fn chosen(&self) -> impl Iterator<Item = (u32, &[LbBackend], Tuple, Option<LbBackend>)> {
+        self.choices
+            .iter()
+            .map(|(h, r, t, b)| (*h, &self.backends[r.clone()], *t, *b))
+    }
+
     /// The backend `lb` chooses for the packet `v` (whose tuple is
     /// `tuple`).
     fn choice(&mut self, lb: &LbCall, v: &FlowVector, tuple: Tuple) -> Option<LbBackend> {
