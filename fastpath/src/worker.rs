@@ -274,7 +274,16 @@ impl Worker {
                                 );
                             }
                             let mut hits = 0u64;
+                            let ahead = o.lcore.tracks_connections();
                             for (i, m) in burst.drain().enumerate() {
+                                let next = i + NEW_CONNECTION_AHEAD;
+                                if ahead && next < BURST_SIZE && staged.parsed & (1 << next) != 0 {
+                                    o.lcore.prefetch_new_connection(
+                                        &staged.probes[next],
+                                        &staged.keys[next],
+                                        o.conntrack.conntrack(),
+                                    );
+                                }
                                 // A packet that failed stage 2 was counted
                                 // there; dropping it frees it.
                                 if staged.parsed & (1 << i) != 0 {
@@ -553,6 +562,11 @@ fn stage_burst(
     prefetch_staged(staged, lcore, conntrack);
 }
 
+/// How many packets ahead of the one being decided stage 4 prefetches the
+/// conntrack index lines of a likely new connection
+/// ([`OvnLcore::prefetch_new_connection`]); stage 3 does the first ones.
+const NEW_CONNECTION_AHEAD: usize = 2;
+
 /// Stage 3 over a staged burst: the cache slot of each parsed packet, then
 /// (when the program tracks connections) the stamps of its entry's
 /// lock-free connections or else its conntrack steps, then, only when some
@@ -574,6 +588,9 @@ fn prefetch_staged(staged: &mut Staged, lcore: &OvnLcore, conntrack: &crate::con
     for (i, probe) in staged.probes.iter().enumerate() {
         if parsed(i) {
             steps |= lcore.prefetch_ct_first(probe, conntrack);
+            if i < NEW_CONNECTION_AHEAD {
+                lcore.prefetch_new_connection(probe, &staged.keys[i], conntrack);
+            }
         }
     }
     if !steps {

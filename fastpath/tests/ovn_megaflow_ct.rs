@@ -108,6 +108,11 @@ fn an_established_packet_of_another_connection_to_the_backend_is_a_megaflow_hit(
         (1, 0, 0),
         "A's first packet: a miss, not cached"
     );
+    assert_eq!(
+        lc.lcore.new_connection_zone(),
+        None,
+        "the interpreter, not a megaflow, made A"
+    );
     assert_eq!(lc.reply(backend, 1000), VIP);
     // A's next packet, established in the client's zone and the
     // backend's, keeps its backend and is cached.
@@ -122,6 +127,27 @@ fn an_established_packet_of_another_connection_to_the_backend_is_a_megaflow_hit(
         .expect("some port's connection goes to A's backend");
     assert_eq!(lc.reply(backend, sport), VIP);
     let (misses, megaflow_hits, _) = lc.counts();
+    // Those connections were opened by megaflows: the zone a miss now
+    // prefetches index lines in is where the client's packet is first
+    // looked up, before the backend is chosen: its connection from the
+    // client's port there is to the VIP (the backend's zone has it to the
+    // backend).
+    let zone = lc
+        .lcore
+        .new_connection_zone()
+        .expect("a megaflow made a connection");
+    let filter = fastpath::conntrack::CtFilter {
+        zone: Some(zone),
+        port: Some(sport),
+        ..Default::default()
+    };
+    let in_zone = lc.engine.conntrack().list(&filter, 8);
+    assert!(
+        in_zone
+            .iter()
+            .any(|c| c.original.src_port == sport && c.original.dst[12..] == VIP.0),
+        "zone {zone}: {in_zone:?}"
+    );
     // B's next packet is established in both zones, as A's was: the
     // megaflow A's packet left serves it (its preview finds B's
     // connection in each zone, the backend's by the translated tuple).

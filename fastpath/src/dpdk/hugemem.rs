@@ -138,6 +138,14 @@ impl HugeArena {
         }
     }
 
+    /// The address just past the last block carved from the region (0
+    /// without one): a block allocated in between two calls ends there.
+    pub fn end_of_used(&self) -> usize {
+        self.region.as_ref().map_or(0, |r| {
+            r.base.as_ptr() as usize + r.used.load(Ordering::Relaxed)
+        })
+    }
+
     /// Bytes carved from the region so far, bytes served from the system
     /// allocator once it was full, and the region's size (all 0 without one).
     pub fn usage(&self) -> ArenaUsage {

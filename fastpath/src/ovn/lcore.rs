@@ -138,6 +138,14 @@ pub struct OvnLcore {
     megaflows: Megaflows,
     /// What the previews of megaflow variants found for this packet.
     previewed: replay::Previewed,
+    /// The zone of the first conntrack step of the last megaflow whose
+    /// replay made a connection: where a flow-cache miss of the next
+    /// bursts most likely looks its packet up first.
+    new_conn_zone: Option<super::ct::CtZone>,
+    /// A megaflow replay of this burst made a connection.
+    new_in_burst: bool,
+    /// The last burst's did: prefetch index lines for this one's misses.
+    prefetch_new: bool,
 }
 
 impl OvnLcore {
@@ -157,6 +165,9 @@ impl OvnLcore {
             prefetch_ct: true,
             megaflows: Megaflows::new(0),
             previewed: replay::Previewed::default(),
+            new_conn_zone: None,
+            new_in_burst: false,
+            prefetch_new: false,
         }
     }
 
@@ -251,7 +262,15 @@ impl OvnLcore {
     /// connections (stateless traffic skips the two passes).
     #[inline(always)]
     pub fn tracks_connections(&self) -> bool {
-        self.prefetch_ct && self.program.as_ref().is_some_and(|p| p.uses_conntrack)
+        (self.prefetch_ct || self.prefetch_new)
+            && self.program.as_ref().is_some_and(|p| p.uses_conntrack)
+    }
+
+    /// The zone whose index lines a flow-cache miss prefetches (see
+    /// [`OvnLcore::prefetch_ct_first`]): the first conntrack zone of the
+    /// last megaflow that made a connection.
+    pub fn new_connection_zone(&self) -> Option<super::ct::CtZone> {
+        self.new_conn_zone
     }
 
     /// Ends a burst: what its hits were decides stage three of the next.
@@ -259,6 +278,8 @@ impl OvnLcore {
     pub fn end_burst(&mut self) {
         self.prefetch_ct = self.ct_in_burst;
         self.ct_in_burst = false;
+        self.prefetch_new = self.new_in_burst;
+        self.new_in_burst = false;
     }
 
     /// Stage three (a): for the entry the (prefetched) slot of `probe`
@@ -285,6 +306,33 @@ impl OvnLcore {
                 true
             }
             None => false,
+        }
+    }
+
+    /// For a packet without a flow-cache entry (a miss: most likely a new
+    /// connection when such packets have lately been), starts loading the
+    /// conntrack index lines of its first lookup: the megaflow replay that
+    /// will serve it looks its tuple up in that zone, then commits it
+    /// there. (The other zones' keys depend on the backend it gets.) The
+    /// worker asks this a couple of packets ahead, not for the whole burst
+    /// at once: thirty-two packets' index lines at a time left the
+    /// prefetches waiting for fill buffers.
+    #[inline(always)]
+    pub fn prefetch_new_connection(
+        &self,
+        probe: &Probe,
+        key: &FlowKey,
+        ct: &crate::conntrack::Conntrack,
+    ) {
+        let Some(zone) = self.new_conn_zone.filter(|_| self.prefetch_new) else {
+            return;
+        };
+        if self.cache.tagged_entry(probe).is_some() {
+            return;
+        }
+        let p = crate::conntrack::CtPacket::from_key(key);
+        if p.class == crate::conntrack::PacketClass::Trackable {
+            ct.prefetch_key(zone, &p.tuple);
         }
     }
 
@@ -383,8 +431,16 @@ impl OvnLcore {
                 ReplayStep::Op { op, .. } => Some(op.result),
                 ReplayStep::Hairpin { .. } => None,
             });
-            let cacheable = cached_steps(&mut e, results, c.engine) == Caching::Now;
-            Some((e, cacheable))
+            let caching = cached_steps(&mut e, results, c.engine);
+            if caching == Caching::Later {
+                // It made a connection: the next misses likely will too.
+                self.new_in_burst = true;
+                self.new_conn_zone = steps.iter().find_map(|s| match s {
+                    ReplayStep::Op { op, .. } => Some(op.zone),
+                    ReplayStep::Hairpin { .. } => None,
+                });
+            }
+            Some((e, caching == Caching::Now))
         });
         let (mut entry, cacheable) = match served {
             Some(e) => {
