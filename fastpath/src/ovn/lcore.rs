@@ -286,7 +286,7 @@ impl OvnLcore {
     /// holds, starts loading what its hit's conntrack touches read: the
     /// stamps of its lock-free connections, else its conntrack steps
     /// (`ct` list). True when it has steps to follow, which
-    /// [`OvnLcore::prefetch_conntrack`] does in a later pass.
+    /// [`OvnLcore::prefetch_conntrack`] does next.
     #[inline(always)]
     pub fn prefetch_ct_first(&self, probe: &Probe, ct: &crate::conntrack::Conntrack) -> bool {
         let Some(e) = self.cache.tagged_entry(probe) else {
