@@ -208,6 +208,60 @@ struct ZoneResult {
     tracked: [Tuple; 2],
 }
 
+/// The backends chosen for one packet's load balancers: (hash fields,
+/// the backends chosen among, the packet's tuple at that step) → choice.
+/// The megaflow preview fills it; the replay hands it to the engine
+/// ([`ConntrackEngine::assume_chosen`]) so that the same choice is not
+/// hashed twice.
+#[derive(Default)]
+pub struct BackendChoices {
+    /// (hash fields, the backends' range in `backends`, tuple, choice)
+    chosen: Vec<(u32, std::ops::Range<usize>, Tuple, Option<LbBackend>)>,
+    backends: Vec<LbBackend>,
+}
+
+impl BackendChoices {
+    /// Forgets every choice.
+    pub fn clear(&mut self) {
+        self.chosen.clear();
+        self.backends.clear();
+    }
+
+    /// Whether no choice is kept.
+    pub fn is_empty(&self) -> bool {
+        self.chosen.is_empty() && self.backends.is_empty()
+    }
+
+    /// The choice kept for these hash fields, backends and tuple.
+    pub fn find(
+        &self,
+        fields: u32,
+        backends: &[LbBackend],
+        tuple: &Tuple,
+    ) -> Option<Option<LbBackend>> {
+        self.chosen
+            .iter()
+            .find(|(f, r, t, _)| {
+                *f == fields && t == tuple && self.backends[r.clone()] == *backends
+            })
+            .map(|&(_, _, _, choice)| choice)
+    }
+
+    /// Keeps a choice.
+    pub fn push(
+        &mut self,
+        fields: u32,
+        backends: &[LbBackend],
+        tuple: Tuple,
+        choice: Option<LbBackend>,
+    ) {
+        let start = self.backends.len();
+        self.backends.extend_from_slice(backends);
+        self.chosen
+            .push((fields, start..self.backends.len(), tuple, choice));
+    }
+}
+
 /// The [`ConntrackHook`] over a shared [`Conntrack`] and [`LbAffinity`].
 pub struct ConntrackEngine {
     ct: Arc<Conntrack>,
@@ -233,11 +287,9 @@ pub struct ConntrackEngine {
     /// with their zone's creation count read before it looked
     /// ([`ConntrackEngine::assume_absent`]).
     absent: Vec<(CtZone, Tuple, u32)>,
-    /// Backends this packet's megaflow preview chose: (hash fields, the
-    /// backends' range in `chosen_from`, tuple, choice)
+    /// Backends this packet's megaflow preview chose
     /// ([`ConntrackEngine::assume_chosen`]).
-    chosen: Vec<(u32, std::ops::Range<usize>, Tuple, Option<LbBackend>)>,
-    chosen_from: Vec<LbBackend>,
+    chosen: BackendChoices,
 }
 
 impl ConntrackEngine {
@@ -256,8 +308,7 @@ impl ConntrackEngine {
             zone_commits: std::cell::Cell::new(None),
             last_zone: None,
             absent: Vec::new(),
-            chosen: Vec::new(),
-            chosen_from: Vec::new(),
+            chosen: BackendChoices::default(),
         }
     }
 
@@ -288,7 +339,6 @@ impl ConntrackEngine {
         self.last_zone = None;
         self.absent.clear();
         self.chosen.clear();
-        self.chosen_from.clear();
     }
 
     /// Tells the engine, after [`ConntrackEngine::begin`], which tuples a
@@ -312,16 +362,11 @@ impl ConntrackEngine {
     /// the replay's `ct_lb` does not hash the same fields again. The
     /// choice is a function of the packet's fields alone, and a tuple
     /// stands for the packet at one step of its own pass.
-    pub fn assume_chosen<'a>(
-        &mut self,
-        chosen: impl Iterator<Item = (u32, &'a [LbBackend], Tuple, Option<LbBackend>)>,
-    ) {
-        for (fields, backends, tuple, choice) in chosen {
-            let start = self.chosen_from.len();
-            self.chosen_from.extend_from_slice(backends);
-            self.chosen
-                .push((fields, start..self.chosen_from.len(), tuple, choice));
-        }
+    ///
+    /// The choices are taken, not copied: `choices` is left with the
+    /// engine's own, empty since [`ConntrackEngine::begin`].
+    pub fn assume_chosen(&mut self, choices: &mut BackendChoices) {
+        std::mem::swap(&mut self.chosen, choices);
     }
 
     /// The backend [`ConntrackHook::choose_backend`] picks for the packet
@@ -333,11 +378,8 @@ impl ConntrackEngine {
         lb: &LbRequest<'_>,
         tuple: &Tuple,
     ) -> Option<LbBackend> {
-        let known = self.chosen.iter().find(|(f, r, t, _)| {
-            *f == lb.hash_fields && t == tuple && self.chosen_from[r.clone()] == *lb.backends
-        });
-        match known {
-            Some(&(_, _, _, choice)) => choice,
+        match self.chosen.find(lb.hash_fields, lb.backends, tuple) {
+            Some(choice) => choice,
             None => self.choose_backend(v, lb),
         }
     }
@@ -985,7 +1027,9 @@ mod tests {
         // Told the other backend (as no hash of this packet would say):
         // the engine takes the told choice, so it did not hash again.
         e.begin(1, 60, None);
-        e.assume_chosen([(0, &b[..], tuple, Some(other))].into_iter());
+        let mut told = BackendChoices::default();
+        told.push(0, &b, tuple, Some(other));
+        e.assume_chosen(&mut told);
         let (_, chosen) = e.load_balance(5, &mut syn.clone(), &lb(&b)).unwrap();
         assert_eq!(chosen, Some(other));
         // Another tuple, other backends or other hash fields: not this
@@ -1006,13 +1050,15 @@ mod tests {
             };
             e.begin(2 + i as u64, 60, None);
             let wrong = b.iter().copied().find(|x| Some(*x) != hashed);
-            e.assume_chosen([(fields, backends, t, wrong)].into_iter());
+            let mut told = BackendChoices::default();
+            told.push(fields, backends, t, wrong);
+            e.assume_chosen(&mut told);
             let (_, chosen) = e.load_balance(5, &mut v, &lb(&b)).unwrap();
             assert_eq!(chosen, hashed, "case {i}");
         }
         // A new packet forgets the last one's choices.
         e.begin(9, 60, None);
-        assert!(e.chosen.is_empty() && e.chosen_from.is_empty());
+        assert!(e.chosen.is_empty());
     }
 
     #[test]

@@ -422,7 +422,7 @@ impl OvnLcore {
             let c = ct.as_mut()?;
             begin(c, key);
             c.engine.assume_absent(previewed.absent());
-            c.engine.assume_chosen(previewed.chosen());
+            c.engine.assume_chosen(&mut previewed.choices);
             if !replay::replay(steps, c.engine, key) {
                 counters.megaflow_diverged.add(1);
                 return None;

@@ -44,7 +44,7 @@ use fastpath_tables::ovn::ct_state;
 use super::ct::{
     self, ConntrackHook, CtCall, CtOp, CtOpKind, CtZone, LbBackend, LbCall, NatRequest,
 };
-use super::ct_engine::{translate_vector, ConntrackEngine};
+use super::ct_engine::{translate_vector, BackendChoices, ConntrackEngine};
 use super::interpreter::Verdict;
 use super::vector::FlowVector;
 use crate::conntrack::{CtPacket, PacketClass, Translation, Tuple};
@@ -146,9 +146,8 @@ pub struct Previewed {
     /// before it looked, whether it found no connection for a trackable
     /// packet)
     lookups: Vec<(CtZone, Tuple, crate::conntrack::CtResult, u32, bool)>,
-    /// (hash fields, the backends' range in `backends`, tuple, choice)
-    choices: Vec<(u32, std::ops::Range<usize>, Tuple, Option<LbBackend>)>,
-    backends: Vec<LbBackend>,
+    /// The backends the previews chose, handed to the replay's engine.
+    pub choices: BackendChoices,
     /// The packet as received, as the steps before any translation see
     /// it (the same for every variant).
     received: Option<CtPacket>,
@@ -159,7 +158,6 @@ impl Previewed {
     pub fn clear(&mut self) {
         self.lookups.clear();
         self.choices.clear();
-        self.backends.clear();
         self.received = None;
     }
 
@@ -172,28 +170,14 @@ impl Previewed {
             .map(|&(z, t, _, n, _)| (z, t, n))
     }
 
-    /// The backends the previews chose, for
-    /// [`ConntrackEngine::assume_chosen`].
-    pub fn chosen(&self) -> impl Iterator<Item = (u32, &[LbBackend], Tuple, Option<LbBackend>)> {
-        self.choices
-            .iter()
-            .map(|(h, r, t, b)| (*h, &self.backends[r.clone()], *t, *b))
-    }
-
     /// The backend `lb` chooses for the packet `v` (whose tuple is
     /// `tuple`).
     fn choice(&mut self, lb: &LbCall, v: &FlowVector, tuple: Tuple) -> Option<LbBackend> {
-        let known = self.choices.iter().find(|(h, r, t, _)| {
-            *h == lb.hash_fields && *t == tuple && self.backends[r.clone()] == lb.backends[..]
-        });
-        if let Some(&(_, _, _, b)) = known {
+        if let Some(b) = self.choices.find(lb.hash_fields, &lb.backends, &tuple) {
             return b;
         }
         let b = ct::choose_backend(v, &lb.request());
-        let start = self.backends.len();
-        self.backends.extend_from_slice(&lb.backends);
-        self.choices
-            .push((lb.hash_fields, start..self.backends.len(), tuple, b));
+        self.choices.push(lb.hash_fields, &lb.backends, tuple, b);
         b
     }
 }
