@@ -46,7 +46,13 @@ enum Cmd {
         count: Option<u64>,
     },
     /// Per-lcore busy percentage and busy cycles per packet.
-    Lcores,
+    Lcores {
+        /// Split each lcore's busy cycles per packet by stage of the poll
+        /// (rx, parse, prefetch, decide, tx), measured on one busy poll in
+        /// sixteen since the last `clear-stats`.
+        #[arg(long)]
+        stages: bool,
+    },
     /// Reset the software counters.
     ClearStats,
     /// The compiled tables in use: generation, age, sections, and which
@@ -381,13 +387,17 @@ fn run(cli: &Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Lcores => {
+        Cmd::Lcores { stages } => {
             let v = client.call(&Request::Lcores)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let l: Vec<LcoreInfo> = serde_json::from_value(v)?;
-                print!("{}", render::lcores(&l));
+                if *stages {
+                    print!("{}", render::lcore_stages(&l));
+                } else {
+                    print!("{}", render::lcores(&l));
+                }
             }
         }
         Cmd::Tables {

@@ -196,6 +196,40 @@ pub fn lcores(l: &[LcoreInfo]) -> String {
     )
 }
 
+/// `lcores --stages`: per lcore, busy cycles per packet split by stage
+/// of the poll, with each stage's share.
+pub fn lcore_stages(l: &[LcoreInfo]) -> String {
+    let mut rows = Vec::new();
+    for c in l {
+        let sum: f64 = c.stages.iter().map(|s| s.cycles_per_packet).sum();
+        for s in &c.stages {
+            rows.push(vec![
+                c.lcore_id.to_string(),
+                s.stage.clone(),
+                format!("{:.1}", s.cycles_per_packet),
+                if sum > 0.0 {
+                    format!("{:.0}", 100.0 * s.cycles_per_packet / sum)
+                } else {
+                    "-".into()
+                },
+            ]);
+        }
+        rows.push(vec![
+            c.lcore_id.to_string(),
+            format!("sum (of {} packets)", c.stage_packets),
+            format!("{sum:.1}"),
+            "100".into(),
+        ]);
+    }
+    let mut out = table(&["LCORE", "STAGE", "CYCLES/PKT", "SHARE%"], &rows);
+    out.push_str(
+        "(timed on one busy poll in sixteen; rx: the rx burst; parse: flow keys and hashes; \
+         prefetch: flow-cache slots; decide: cache or pipeline, rewrite, queueing; \
+         tx: the tx bursts)\n",
+    );
+    out
+}
+
 /// `flows dump`: per lcore, one block per entry.
 pub fn flows(l: &[LcoreFlows]) -> String {
     let mut out = String::new();
@@ -609,6 +643,42 @@ mod tests {
         assert_eq!(r.lcores[0].cycles_per_packet, 100.0);
         assert_eq!(r.lcores[0].busy_percent, 50.0);
         assert!(rates_table(&r).contains("100"));
+    }
+
+    #[test]
+    fn stage_table_gives_each_stage_its_share() {
+        let stages = [
+            ("rx", 50.0),
+            ("parse", 25.0),
+            ("prefetch", 0.0),
+            ("decide", 25.0),
+            ("tx", 100.0),
+        ];
+        let l = vec![LcoreInfo {
+            lcore_id: 3,
+            stages: stages
+                .iter()
+                .map(|(s, c)| fastpath_api::StageCycles {
+                    stage: s.to_string(),
+                    cycles_per_packet: *c,
+                })
+                .collect(),
+            stage_packets: 640,
+            ..Default::default()
+        }];
+        let t = lcore_stages(&l);
+        let row = |stage: &str| {
+            t.lines()
+                .find(|r| r.split_whitespace().nth(1) == Some(stage))
+                .map(|r| r.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(row("rx"), ["3", "rx", "50.0", "25"], "{t}");
+        assert_eq!(row("tx"), ["3", "tx", "100.0", "50"], "{t}");
+        assert!(
+            t.contains("sum (of 640 packets)") && t.contains("200.0"),
+            "{t}"
+        );
     }
 
     #[test]

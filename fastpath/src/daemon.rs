@@ -363,6 +363,15 @@ impl State {
                     cache_megaflow_diverged: s.cache[5],
                     cache_entries: l.cache.entries.get(),
                     preemptions: crate::stats::thread_preemptions(l.thread_id.get()),
+                    stages: crate::stats::STAGES
+                        .iter()
+                        .zip(s.stage_cycles_per_packet())
+                        .map(|(stage, c)| fastpath_api::StageCycles {
+                            stage: stage.to_string(),
+                            cycles_per_packet: c,
+                        })
+                        .collect(),
+                    stage_packets: s.stage_packets,
                 }
             })
             .collect()

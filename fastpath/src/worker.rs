@@ -19,6 +19,11 @@
 //! the enqueue. The burst's cache hits are
 //! counted once.
 //!
+//! One busy poll in [`crate::stats::STAGE_SAMPLE_EVERY`] is timed stage by
+//! stage (rx, parse = stages 1–2, prefetch = stage 3, decide = stage 4,
+//! tx), which `fastpathctl lcores --stages` and `perf` report as cycles
+//! per packet of each: the busy figure, split where it is spent.
+//!
 //! When the program tracks connections, stage 3 runs ahead of stage 4
 //! instead of over the whole burst: before deciding packet `i`, the
 //! worker prefetches the slot of packet `i + SLOT_AHEAD` and the conntrack
@@ -42,7 +47,7 @@ use crate::ovn::cache::{EntryDrop, FlowEntry, Probe};
 use crate::ovn::lcore::OvnLcore;
 use crate::ovn::DropCause;
 use crate::pipeline::{Pipeline, PortIndex};
-use crate::stats::{DropReason, LcoreStats};
+use crate::stats::{DropReason, LcoreStats, StageClock};
 use crate::tables::WorkerTables;
 use crate::tunnel::{self, MtuVerdict, TunnelError};
 use crate::underlay::{ArpOutcome, ArpThrottle, NextHopError, Underlay};
@@ -190,6 +195,7 @@ impl Worker {
         let mut tx: Vec<TxBuffer> = port_ids.iter().map(|_| TxBuffer::new()).collect();
         let sleep = Duration::from_micros(u64::from(idle.sleep_us));
         let mut empty_rounds: u32 = 0;
+        let mut busy_polls: u64 = 0;
         if let Some(tid) = crate::stats::current_thread_id() {
             stats.thread_id.set(tid);
         }
@@ -230,6 +236,9 @@ impl Worker {
                     continue;
                 }
                 round_packets += n;
+                let mut clock = StageClock::new(busy_polls, t0);
+                busy_polls += 1;
+                clock.end(0);
                 let pc = &stats.ports[q.port];
                 let mut bytes = 0u64;
                 for m in burst.as_slice() {
@@ -249,6 +258,7 @@ impl Worker {
                                     let _ = buf.push(m);
                                 }
                             }
+                            clock.end(3);
                             flush(buf, out, &port_ids, tx_queue, &stats);
                         }
                         None => {
@@ -274,15 +284,11 @@ impl Worker {
                                     &stats,
                                 );
                             } else {
-                                stage_burst(
-                                    &mut burst,
-                                    q.port,
-                                    &o.lcore,
-                                    o.conntrack.conntrack(),
-                                    &mut staged,
-                                    &stats,
-                                );
+                                stage_burst(&mut burst, q.port, &o.lcore, &mut staged, &stats);
                             }
+                            clock.end(1);
+                            prefetch_staged(&mut staged, &o.lcore, o.conntrack.conntrack());
+                            clock.end(2);
                             let mut hits = 0u64;
                             let ahead = o.lcore.tracks_connections();
                             for (i, m) in burst.drain().enumerate() {
@@ -304,6 +310,7 @@ impl Worker {
                             }
                             stats.cache.hits.add(hits);
                             o.lcore.end_burst();
+                            clock.end(3);
                             for (out, buf) in tx.iter_mut().enumerate() {
                                 if !buf.is_empty() {
                                     flush(buf, out, &port_ids, tx_queue, &stats);
@@ -317,7 +324,9 @@ impl Worker {
                     },
                 }
                 stats.packets.add(n as u64);
-                stats.busy_cycles.add(rdtsc().wrapping_sub(t0));
+                let t_end = rdtsc();
+                stats.busy_cycles.add(t_end.wrapping_sub(t0));
+                clock.record(t_end, n as u64, &stats.stages);
             }
             stats.iterations.add(1);
             if round_packets == 0 {
@@ -546,15 +555,14 @@ fn count_parse_drop(e: fastpath_packet::ParseError, stats: &LcoreStats) {
     stats.drop_packets(DropReason::Malformed, 1);
 }
 
-/// Stages 1 to 3 of the OVN pipeline over a received burst (see the module
-/// doc): fills `staged`; a malformed packet is counted here and left out
-/// of `staged.parsed` (the caller drops it).
+/// Stages 1 and 2 of the OVN pipeline over a received burst (see the
+/// module doc): fills `staged`; a malformed packet is counted here and
+/// left out of `staged.parsed` (the caller drops it).
 #[inline(always)]
 fn stage_burst(
     burst: &mut RxBurst,
     in_port: PortIndex,
     lcore: &OvnLcore,
-    conntrack: &crate::conntrack::Conntrack,
     staged: &mut Staged,
     stats: &LcoreStats,
 ) {
@@ -569,7 +577,6 @@ fn stage_burst(
         }
         staged.stage(i, m.data(), in_port as u16, lcore, stats);
     }
-    prefetch_staged(staged, lcore, conntrack);
 }
 
 /// How many packets ahead of the one being decided stage 4 prefetches a
@@ -645,7 +652,7 @@ fn prefetch_staged(staged: &mut Staged, lcore: &OvnLcore, conntrack: &crate::con
     }
 }
 
-/// Stages 1 to 3 for a burst from the Geneve uplink: ARP is answered or
+/// Stages 1 and 2 for a burst from the Geneve uplink: ARP is answered or
 /// learned from; a Geneve packet to this chassis is decapsulated in place
 /// (the mbuf then holds the inner frame) and staged with the tunnel
 /// metadata in its key; anything else is dropped under a named reason.
@@ -728,7 +735,6 @@ fn stage_uplink(
             Err(e) => count_parse_drop(e, stats),
         }
     }
-    prefetch_staged(staged, &o.lcore, o.conntrack.conntrack());
 }
 
 /// Sends a frame built in a buffer (ARP, ICMP) from a fresh mbuf.

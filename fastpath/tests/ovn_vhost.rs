@@ -252,6 +252,16 @@ fn routed_arp_ping_port_security_and_table_change() {
     assert_eq!(l.cache_misses, 1, "{l:?}");
     assert_eq!(l.cache_hits + l.cache_revalidations, 3, "{l:?}");
     assert!(l.cache_hits >= 1, "{l:?}");
+    // The first busy poll was timed stage by stage: every stage of the
+    // OVN pipeline took time (the miss ran the interpreter in `decide`).
+    let names: Vec<&str> = l.stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(names, ["rx", "parse", "prefetch", "decide", "tx"], "{l:?}");
+    assert!(l.stage_packets > 0 && l.stage_packets <= l.packets, "{l:?}");
+    assert!(
+        l.stages.iter().all(|s| s.cycles_per_packet > 0.0),
+        "{:?}",
+        l.stages
+    );
 
     // The gateway answers ARP.
     let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];

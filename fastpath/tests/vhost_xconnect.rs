@@ -86,6 +86,19 @@ fn frames_cross_byte_identical_and_counters_match() {
     );
     assert!(stats.lcores[0].busy_cycles > 0);
     assert!(stats.drops.is_empty(), "no drops: {:?}", stats.drops);
+    // The first busy poll is always timed stage by stage; xconnect neither
+    // parses nor prefetches.
+    let l = &stats.lcores[0];
+    let stage = |name: &str| {
+        l.stages
+            .iter()
+            .find(|s| s.stage == name)
+            .map(|s| s.cycles_per_packet)
+            .unwrap_or_else(|| panic!("no stage {name}: {:?}", l.stages))
+    };
+    assert!(l.stage_packets > 0 && l.stage_packets <= l.packets, "{l:?}");
+    assert!(stage("rx") > 0.0 && stage("tx") > 0.0, "{l:?}");
+    assert_eq!((stage("parse"), stage("prefetch")), (0.0, 0.0), "{l:?}");
 
     let ports: Vec<PortInfo> = c.call_as(&Request::Ports).unwrap();
     assert_eq!(ports.len(), 2);

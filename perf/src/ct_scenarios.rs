@@ -280,6 +280,7 @@ fn ovn_system(name: &str, gen: &GenReport, l: &LcoreInfo) -> SystemResult {
         mpps: gen.rx_mpps,
         gbps: gen.rx_gbps,
         cycles_per_packet: l.cycles_per_packet,
+        stages: l.stages.clone(),
     }
 }
 
@@ -451,6 +452,17 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
             r.cache_hits,
             r.cache_misses
         );
+    }
+    for r in &runs {
+        let systems: Vec<SystemResult> = r
+            .systems
+            .iter()
+            .map(|s| SystemResult {
+                system: format!("{} ({} conn.)", s.system, r.connections),
+                ..s.clone()
+            })
+            .collect();
+        crate::runner::print_stages(&systems);
     }
     let Some(last) = runs.last().cloned() else {
         bail!("no run");
@@ -636,6 +648,7 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
             s.system, s.sent, s.received, s.mpps, s.cycles_per_packet
         );
     }
+    crate::runner::print_stages(&report.systems);
     println!(
         "\n{} packets into the pipeline, each a new connection; {} conntrack entries; cache hits {} misses {} (megaflow {}, diverged {})",
         report.new_connections,

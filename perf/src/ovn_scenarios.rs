@@ -264,6 +264,7 @@ fn ovn_phase(
         mpps: gen.rx_mpps,
         gbps: gen.rx_gbps,
         cycles_per_packet: lcore.cycles_per_packet,
+        stages: lcore.stages.clone(),
     };
     Ok(OvnPhase {
         system,
@@ -360,6 +361,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
             s.system, s.sent, s.received, s.mpps, s.cycles_per_packet
         );
     }
+    crate::runner::print_stages(&report.systems);
     println!(
         "\ncache hits {} misses {} (megaflow {}); ratio ovn/xconnect busy cycles per packet: {ratio:.3}",
         l.cache_hits, l.cache_misses, l.cache_megaflow_hits

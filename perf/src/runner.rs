@@ -5,7 +5,7 @@
 use crate::plot;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fastpath_api::{Client, LcoreInfo, Request};
+use fastpath_api::{Client, LcoreInfo, Request, StageCycles};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -294,6 +294,30 @@ pub struct SystemResult {
     pub gbps: f64,
     /// Busy cycles per packet on the forwarding core.
     pub cycles_per_packet: f64,
+    /// The fastpath's busy cycles per packet split by stage of its polls
+    /// (empty for another system).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageCycles>,
+}
+
+/// Prints where each fastpath system's busy cycles per packet went, stage
+/// by stage of its polls (the fastpath times one busy poll in sixteen).
+pub(crate) fn print_stages(systems: &[SystemResult]) {
+    let Some(names) = systems.iter().find(|s| !s.stages.is_empty()) else {
+        return;
+    };
+    let mut header = format!("\n{:<26}", "STAGE CYCLES/PKT");
+    for st in &names.stages {
+        header.push_str(&format!(" {:>9}", st.stage.to_uppercase()));
+    }
+    println!("{header}");
+    for s in systems.iter().filter(|s| !s.stages.is_empty()) {
+        let mut row = format!("{:<26}", s.system);
+        for st in &s.stages {
+            row.push_str(&format!(" {:>9.1}", st.cycles_per_packet));
+        }
+        println!("{row}");
+    }
 }
 
 /// The JSON document of a run.
@@ -484,6 +508,7 @@ pub(crate) fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResu
     let gen = run_pktgen(args, dir, "fp", &[])?;
     let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
     let cpp = lcores.first().map(|l| l.cycles_per_packet).unwrap_or(0.0);
+    let stages = lcores.first().map(|l| l.stages.clone()).unwrap_or_default();
     stop_fastpath(fp);
     Ok(SystemResult {
         system: "fastpath xconnect".into(),
@@ -492,6 +517,7 @@ pub(crate) fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResu
         mpps: gen.rx_mpps,
         gbps: gen.rx_gbps,
         cycles_per_packet: cpp,
+        stages,
     })
 }
 
@@ -741,6 +767,7 @@ fn testpmd_io(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
         mpps: gen.rx_mpps,
         gbps: gen.rx_gbps,
         cycles_per_packet: cpp,
+        stages: Vec::new(),
     })
 }
 
@@ -812,6 +839,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             s.system, s.sent, s.received, s.mpps, s.gbps, s.cycles_per_packet
         );
     }
+    print_stages(&systems);
     if let Some(r) = ratio {
         println!("\nratio fastpath/floor of busy cycles per packet: {r:.3}");
     }
@@ -868,6 +896,7 @@ mod tests {
                 mpps: 0.0,
                 gbps: 0.0,
                 cycles_per_packet: 100.0,
+                stages: Vec::new(),
             })
         };
         let scenario = |r: u32| {

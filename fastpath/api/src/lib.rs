@@ -465,6 +465,23 @@ pub struct LcoreInfo {
     /// it). `None` when it cannot be read.
     #[serde(default)]
     pub preemptions: Option<u64>,
+    /// Where the busy cycles went: cycles per packet of each stage of a
+    /// busy poll (rx, parse, prefetch, decide, tx), measured on one poll
+    /// in sixteen. Their sum is close to `cycles_per_packet`.
+    #[serde(default)]
+    pub stages: Vec<StageCycles>,
+    /// Packets of the polls the stages were measured on.
+    #[serde(default)]
+    pub stage_packets: u64,
+}
+
+/// Cycles per packet of one stage of an lcore's busy polls.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageCycles {
+    /// The stage: `rx`, `parse`, `prefetch`, `decide` or `tx`.
+    pub stage: String,
+    /// TSC cycles per packet.
+    pub cycles_per_packet: f64,
 }
 
 /// Answer to [`Request::Stats`].
