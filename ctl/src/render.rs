@@ -216,7 +216,10 @@ pub fn lcore_stages(l: &[LcoreInfo]) -> String {
         }
         rows.push(vec![
             c.lcore_id.to_string(),
-            format!("sum (of {} packets)", c.stage_packets),
+            format!(
+                "sum ({} packets, {:.1} per poll)",
+                c.stage_packets, c.packets_per_poll
+            ),
             format!("{sum:.1}"),
             "100".into(),
         ]);
@@ -664,6 +667,7 @@ mod tests {
                 })
                 .collect(),
             stage_packets: 640,
+            packets_per_poll: 20.0,
             ..Default::default()
         }];
         let t = lcore_stages(&l);
@@ -676,7 +680,7 @@ mod tests {
         assert_eq!(row("rx"), ["3", "rx", "50.0", "25"], "{t}");
         assert_eq!(row("tx"), ["3", "tx", "100.0", "50"], "{t}");
         assert!(
-            t.contains("sum (of 640 packets)") && t.contains("200.0"),
+            t.contains("sum (640 packets, 20.0 per poll)") && t.contains("200.0"),
             "{t}"
         );
     }

@@ -261,6 +261,8 @@ pub struct StageCounters {
     pub cycles: [Counter; STAGES.len()],
     /// Packets of the sampled polls.
     pub packets: Counter,
+    /// Sampled polls.
+    pub polls: Counter,
 }
 
 /// The time-stamp counter at each boundary between the [`STAGES`] of one
@@ -313,6 +315,7 @@ impl StageClock {
             last = end;
         }
         counters.packets.add(packets);
+        counters.polls.add(1);
     }
 }
 
@@ -395,6 +398,8 @@ pub struct LcoreSnapshot {
     pub stage_cycles: [u64; STAGES.len()],
     /// Packets of the sampled polls.
     pub stage_packets: u64,
+    /// Sampled polls.
+    pub stage_polls: u64,
 }
 
 impl LcoreStats {
@@ -448,6 +453,7 @@ impl LcoreStats {
             drops,
             stage_cycles: std::array::from_fn(|k| self.stages.cycles[k].get()),
             stage_packets: self.stages.packets.get(),
+            stage_polls: self.stages.polls.get(),
         }
     }
 }
@@ -465,6 +471,7 @@ impl LcoreSnapshot {
                 self.stage_cycles[k].saturating_sub(base.stage_cycles[k])
             }),
             stage_packets: self.stage_packets.saturating_sub(base.stage_packets),
+            stage_polls: self.stage_polls.saturating_sub(base.stage_polls),
             ports: self
                 .ports
                 .iter()
@@ -574,7 +581,7 @@ mod tests {
         on.record(1300, 32, &c);
         let cycles: Vec<u64> = c.cycles.iter().map(|x| x.get()).collect();
         assert_eq!(cycles, [50, 30, 0, 120, 100]);
-        assert_eq!(c.packets.get(), 32);
+        assert_eq!((c.packets.get(), c.polls.get()), (32, 1));
         // Marks read the clock in order.
         let mut live = StageClock::new(0, crate::dpdk::rdtsc());
         for stage in 0..STAGES.len() - 1 {

@@ -281,6 +281,7 @@ fn ovn_system(name: &str, gen: &GenReport, l: &LcoreInfo) -> SystemResult {
         gbps: gen.rx_gbps,
         cycles_per_packet: l.cycles_per_packet,
         stages: l.stages.clone(),
+        packets_per_poll: l.packets_per_poll,
     }
 }
 

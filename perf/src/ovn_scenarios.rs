@@ -265,6 +265,7 @@ fn ovn_phase(
         gbps: gen.rx_gbps,
         cycles_per_packet: lcore.cycles_per_packet,
         stages: lcore.stages.clone(),
+        packets_per_poll: lcore.packets_per_poll,
     };
     Ok(OvnPhase {
         system,

@@ -298,6 +298,8 @@ pub struct SystemResult {
     /// (empty for another system).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageCycles>,
+    /// The fastpath's packets per busy poll (0 for another system).
+    pub packets_per_poll: f64,
 }
 
 /// Prints where each fastpath system's busy cycles per packet went, stage
@@ -310,13 +312,13 @@ pub(crate) fn print_stages(systems: &[SystemResult]) {
     for st in &names.stages {
         header.push_str(&format!(" {:>9}", st.stage.to_uppercase()));
     }
-    println!("{header}");
+    println!("{header} {:>10}", "PKTS/POLL");
     for s in systems.iter().filter(|s| !s.stages.is_empty()) {
         let mut row = format!("{:<26}", s.system);
         for st in &s.stages {
             row.push_str(&format!(" {:>9.1}", st.cycles_per_packet));
         }
-        println!("{row}");
+        println!("{row} {:>10.1}", s.packets_per_poll);
     }
 }
 
@@ -509,6 +511,7 @@ pub(crate) fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResu
     let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
     let cpp = lcores.first().map(|l| l.cycles_per_packet).unwrap_or(0.0);
     let stages = lcores.first().map(|l| l.stages.clone()).unwrap_or_default();
+    let packets_per_poll = lcores.first().map_or(0.0, |l| l.packets_per_poll);
     stop_fastpath(fp);
     Ok(SystemResult {
         system: "fastpath xconnect".into(),
@@ -518,6 +521,7 @@ pub(crate) fn fastpath_xconnect(args: &RunArgs, dir: &Path) -> Result<SystemResu
         gbps: gen.rx_gbps,
         cycles_per_packet: cpp,
         stages,
+        packets_per_poll,
     })
 }
 
@@ -768,6 +772,7 @@ fn testpmd_io(args: &RunArgs, dir: &Path) -> Result<SystemResult> {
         gbps: gen.rx_gbps,
         cycles_per_packet: cpp,
         stages: Vec::new(),
+        packets_per_poll: 0.0,
     })
 }
 
@@ -897,6 +902,7 @@ mod tests {
                 gbps: 0.0,
                 cycles_per_packet: 100.0,
                 stages: Vec::new(),
+                packets_per_poll: 0.0,
             })
         };
         let scenario = |r: u32| {

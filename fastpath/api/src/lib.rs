@@ -473,6 +473,12 @@ pub struct LcoreInfo {
     /// Packets of the polls the stages were measured on.
     #[serde(default)]
     pub stage_packets: u64,
+    /// Packets per busy poll (of those polls): up to the burst size, 32.
+    /// Below it, the lcore keeps up with its queues and pays each burst's
+    /// fixed costs over fewer packets, so its cycles per packet rise
+    /// although it has time to spare (VPP's vectors per call).
+    #[serde(default)]
+    pub packets_per_poll: f64,
 }
 
 /// Cycles per packet of one stage of an lcore's busy polls.
