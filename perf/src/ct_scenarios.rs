@@ -66,6 +66,10 @@ pub struct AclLbRun {
     pub floor_cycles_per_packet: f64,
     /// `cycles_per_packet / floor_cycles_per_packet`.
     pub ratio: f64,
+    /// What the pipeline's own stages (parse, prefetch, decide) add per
+    /// packet to the floor's, from the sampled stage split: the part of
+    /// the difference the vhost-user bursts do not blur.
+    pub pipeline_cycles_per_packet: Option<f64>,
     /// Received Mpps with the OVN pipeline.
     pub mpps: f64,
     /// Flow-cache hits during the measurement.
@@ -313,6 +317,10 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
         .map(|((floor, mut run, _), f)| {
             run.floor_cycles_per_packet = f.floor_cycles_per_packet;
             run.ratio = f.ratio;
+            run.pipeline_cycles_per_packet = run
+                .systems
+                .first()
+                .and_then(|s| crate::runner::pipeline_added(&floor, s));
             run.systems.insert(0, floor);
             run
         })
@@ -398,6 +406,7 @@ fn acl_lb_ovn(run_args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<A
             cycles_per_packet: ovn.cycles_per_packet,
             floor_cycles_per_packet: 0.0,
             ratio: 0.0,
+            pipeline_cycles_per_packet: None,
             mpps: ovn.mpps,
             cache_hits: l.cache_hits,
             cache_misses: l.cache_misses,

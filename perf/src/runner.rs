@@ -320,6 +320,44 @@ pub(crate) fn print_stages(systems: &[SystemResult]) {
         }
         println!("{row} {:>10.1}", s.packets_per_poll);
     }
+    let (Some(floor), Some(scenario)) = (systems.first(), systems.get(1)) else {
+        return;
+    };
+    if let (Some(added), Some(io)) = (pipeline_added(floor, scenario), io_cycles(scenario)) {
+        let floor_io = io_cycles(floor).unwrap_or(0.0);
+        println!(
+            "the pipeline's own stages add {added:.1} cycles per packet to the floor's \
+             ({:.2} × the floor's {:.1}); the vhost-user bursts (rx + tx) took {io:.1} \
+             against the floor's {floor_io:.1} (those move with the host's memory traffic \
+             from run to run)",
+            added / floor.cycles_per_packet.max(f64::MIN_POSITIVE),
+            floor.cycles_per_packet,
+        );
+    }
+}
+
+/// Cycles per packet of the named stages of a system.
+fn stage_sum(s: &SystemResult, names: &[&str]) -> Option<f64> {
+    let mut sum = 0.0;
+    for n in names {
+        sum += s.stages.iter().find(|st| st.stage == *n)?.cycles_per_packet;
+    }
+    Some(sum)
+}
+
+/// The rx and tx stages of a system: the vhost-user bursts and counters.
+fn io_cycles(s: &SystemResult) -> Option<f64> {
+    stage_sum(s, &["rx", "tx"])
+}
+
+/// What a scenario's pipeline adds per packet to the floor's work,
+/// stage by stage: its parse, prefetch and decide against the floor's
+/// (xconnect's decide moves the burst to the output's buffer). Unlike the
+/// ratio of the totals, this leaves out the rx and tx bursts, whose cost
+/// moves with the host's memory traffic from run to run.
+pub(crate) fn pipeline_added(floor: &SystemResult, scenario: &SystemResult) -> Option<f64> {
+    let own = ["parse", "prefetch", "decide"];
+    Some(stage_sum(scenario, &own)? - stage_sum(floor, &own)?)
 }
 
 /// The JSON document of a run.
@@ -887,6 +925,40 @@ mod tests {
         // Of 1, 2, 3, 4: a ratio reports 3, a rate 2.
         assert_eq!(median_index(&[4.0, 1.0, 3.0, 2.0], Better::Lower), Some(2));
         assert_eq!(median_index(&[4.0, 1.0, 3.0, 2.0], Better::Higher), Some(3));
+    }
+
+    #[test]
+    fn the_pipelines_share_leaves_the_bursts_out() {
+        let system = |stages: [f64; 5]| SystemResult {
+            system: String::new(),
+            sent: 0,
+            received: 0,
+            mpps: 0.0,
+            gbps: 0.0,
+            cycles_per_packet: stages.iter().sum(),
+            stages: ["rx", "parse", "prefetch", "decide", "tx"]
+                .iter()
+                .zip(stages)
+                .map(|(s, c)| StageCycles {
+                    stage: s.to_string(),
+                    cycles_per_packet: c,
+                })
+                .collect(),
+            packets_per_poll: 32.0,
+        };
+        let floor = system([60.0, 0.0, 0.0, 4.0, 90.0]);
+        // The same pipeline on a slower host hour: bigger bursts' cost,
+        // the same own stages.
+        let fast = system([60.0, 26.0, 11.0, 33.0, 90.0]);
+        let slow = system([110.0, 26.0, 11.0, 33.0, 140.0]);
+        assert_eq!(pipeline_added(&floor, &fast), Some(66.0));
+        assert_eq!(pipeline_added(&floor, &slow), Some(66.0));
+        assert_eq!(io_cycles(&slow), Some(250.0));
+        let other = SystemResult {
+            stages: Vec::new(),
+            ..floor.clone()
+        };
+        assert_eq!(pipeline_added(&other, &fast), None);
     }
 
     #[test]
