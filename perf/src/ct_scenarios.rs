@@ -276,6 +276,22 @@ fn lcore(client: &mut Client) -> Result<(LcoreInfo, Stats)> {
     Ok((lcores.first().cloned().unwrap_or_default(), stats))
 }
 
+/// A run's systems, the floor's name saying which connection count it
+/// was measured beside.
+fn labelled_systems(r: &AclLbRun) -> Vec<SystemResult> {
+    r.systems
+        .iter()
+        .map(|s| SystemResult {
+            system: if s.system.contains(" conn") {
+                s.system.clone()
+            } else {
+                format!("{} ({} conn)", s.system, r.connections)
+            },
+            ..s.clone()
+        })
+        .collect()
+}
+
 fn ovn_system(name: &str, gen: &GenReport, l: &LcoreInfo) -> SystemResult {
     SystemResult {
         system: name.into(),
@@ -464,15 +480,7 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         );
     }
     for r in &runs {
-        let systems: Vec<SystemResult> = r
-            .systems
-            .iter()
-            .map(|s| SystemResult {
-                system: format!("{} ({} conn.)", s.system, r.connections),
-                ..s.clone()
-            })
-            .collect();
-        crate::runner::print_stages(&systems);
+        crate::runner::print_stages(&labelled_systems(r));
     }
     let Some(last) = runs.last().cloned() else {
         bail!("no run");
@@ -513,7 +521,12 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         ),
     )?;
     eprintln!("perf: wrote {}", path.display());
-    Ok(())
+    let systems: Vec<SystemResult> = runs.iter().flat_map(labelled_systems).collect();
+    crate::runner::write_stage_plot(
+        args,
+        "acl-lb: where the busy cycles go, established UDP connections",
+        &systems,
+    )
 }
 
 /// One `new-connections` measurement: every packet opens a connection.
@@ -689,7 +702,11 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         ),
     )?;
     eprintln!("perf: wrote {}", path.display());
-    Ok(())
+    crate::runner::write_stage_plot(
+        args,
+        "new-connections: where the busy cycles go, every packet a new connection",
+        &report.systems,
+    )
 }
 
 /// Runs `perf run acl-lb|new-connections`.

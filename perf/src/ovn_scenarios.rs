@@ -403,5 +403,9 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
         ),
     )?;
     eprintln!("perf: wrote {}", path.display());
-    Ok(())
+    crate::runner::write_stage_plot(
+        args,
+        &format!("{}: where the busy cycles go, {what}", args.scenario),
+        &report.systems,
+    )
 }

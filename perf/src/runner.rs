@@ -203,6 +203,47 @@ pub(crate) fn plot_path(args: &RunArgs) -> PathBuf {
     })
 }
 
+/// Where the stage chart goes: beside the run's chart, `NAME-stages.svg`.
+fn stage_plot_path(chart: &Path) -> PathBuf {
+    let stem = chart
+        .file_stem()
+        .map_or_else(|| "perf".into(), |s| s.to_string_lossy().into_owned());
+    chart.with_file_name(format!("{stem}-stages.svg"))
+}
+
+/// Writes the stage split of the fastpath systems among `systems` as
+/// stacked bars beside the run's chart, when any was split.
+pub(crate) fn write_stage_plot(
+    args: &RunArgs,
+    title: &str,
+    systems: &[SystemResult],
+) -> Result<()> {
+    let split: Vec<&SystemResult> = systems.iter().filter(|s| !s.stages.is_empty()).collect();
+    let Some(first) = split.first() else {
+        return Ok(());
+    };
+    let names: Vec<&str> = first.stages.iter().map(|s| s.stage.as_str()).collect();
+    let bars: Vec<(String, Vec<f64>)> = split
+        .iter()
+        .map(|s| {
+            let parts = s.stages.iter().map(|st| st.cycles_per_packet).collect();
+            (s.system.clone(), parts)
+        })
+        .collect();
+    let path = stage_plot_path(&plot_path(args));
+    std::fs::write(
+        &path,
+        plot::stacked_bars(
+            title,
+            "cycles/packet by stage of the busy polls (one in sixteen timed)",
+            &names,
+            &bars,
+        ),
+    )?;
+    eprintln!("perf: wrote {}", path.display());
+    Ok(())
+}
+
 /// The bars of a chart of rounds: the floor and the scenario of each round
 /// side by side (without round numbers when there is one round).
 pub(crate) fn round_bars(
@@ -308,13 +349,19 @@ pub(crate) fn print_stages(systems: &[SystemResult]) {
     let Some(names) = systems.iter().find(|s| !s.stages.is_empty()) else {
         return;
     };
-    let mut header = format!("\n{:<26}", "STAGE CYCLES/PKT");
+    let width = systems
+        .iter()
+        .map(|s| s.system.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(26);
+    let mut header = format!("\n{:<width$}", "STAGE CYCLES/PKT");
     for st in &names.stages {
         header.push_str(&format!(" {:>9}", st.stage.to_uppercase()));
     }
     println!("{header} {:>10}", "PKTS/POLL");
     for s in systems.iter().filter(|s| !s.stages.is_empty()) {
-        let mut row = format!("{:<26}", s.system);
+        let mut row = format!("{:<width$}", s.system);
         for st in &s.stages {
             row.push_str(&format!(" {:>9.1}", st.cycles_per_packet));
         }
@@ -907,12 +954,28 @@ pub fn run(args: RunArgs) -> Result<()> {
         ),
     )?;
     eprintln!("perf: wrote {}", plot_path.display());
-    Ok(())
+    write_stage_plot(
+        &args,
+        &format!("{}: where the busy cycles go", args.scenario),
+        &systems,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stage_chart_sits_beside_the_run_s_chart() {
+        assert_eq!(
+            stage_plot_path(Path::new("out/l2.svg")),
+            Path::new("out/l2-stages.svg")
+        );
+        assert_eq!(
+            stage_plot_path(Path::new("perf-acl-lb.svg")),
+            Path::new("perf-acl-lb-stages.svg")
+        );
+    }
 
     #[test]
     fn the_median_is_the_middle_value_or_the_worse_middle_one() {
