@@ -6,24 +6,64 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Height of a bar and the gap below it.
+const BAR_H: f64 = 34.0;
+const GAP: f64 = 14.0;
+
+/// The geometry of a chart of horizontal bars: the labels' margin, the
+/// size, the length of the longest bar.
+struct Frame {
+    left: f64,
+    w: f64,
+    h: f64,
+    span: f64,
+}
+
+impl Frame {
+    /// A frame for bars labelled `labels` below `top` pixels of header.
+    fn new<'a>(labels: impl Iterator<Item = &'a str>, rows: usize, top: f64) -> Frame {
+        // Room for the longest label (about 7.5 px a character at 13 px),
+        // the plot keeping its 440 px.
+        let longest = labels.map(|l| l.chars().count()).max().unwrap_or(0);
+        let left = (12.0 + 7.5 * longest as f64).max(230.0);
+        let w = left + 530.0;
+        Frame {
+            left,
+            w,
+            h: top + rows as f64 * (BAR_H + GAP) + 40.0,
+            span: w - left - 90.0,
+        }
+    }
+
+    /// The opening of the SVG document with its title.
+    fn open(&self, title: &str) -> String {
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"12\" y=\"26\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
+            self.w,
+            self.h,
+            esc(title)
+        )
+    }
+
+    /// The unit line and the end of the document.
+    fn close(&self, unit: &str) -> String {
+        format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"#555\">{}</text>\n</svg>\n",
+            self.left,
+            self.h - 12.0,
+            esc(unit)
+        )
+    }
+}
+
 /// Horizontal bars, one per `(label, value)`, with the value printed.
 pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
-    // Room for the longest label (about 7.5 px a character at 13 px),
-    // the plot keeping its 440 px.
-    let longest = bars.iter().map(|b| b.0.chars().count()).max().unwrap_or(0);
-    let left = (12.0 + 7.5 * longest as f64).max(230.0);
-    let w = left + 530.0;
-    let bar_h = 34.0;
-    let gap = 14.0;
     let top = 50.0;
-    let h = top + bars.len() as f64 * (bar_h + gap) + 40.0;
+    let f = Frame::new(bars.iter().map(|b| b.0.as_str()), bars.len(), top);
+    let (left, span, bar_h, gap) = (f.left, f.span, BAR_H, GAP);
     let max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-9);
-    let span = w - left - 90.0;
     let colors = ["#2b6cb0", "#9b2c2c", "#2f855a", "#b7791f", "#6b46c1"];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"12\" y=\"26\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
-        esc(title)
-    );
+    let mut s = f.open(title);
     for (i, (label, v)) in bars.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let len = (v / max) * span;
@@ -37,11 +77,7 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
             y + bar_h * 0.65
         );
     }
-    s += &format!(
-        "<text x=\"{left}\" y=\"{}\" fill=\"#555\">{}</text>\n</svg>\n",
-        h - 12.0,
-        esc(unit)
-    );
+    s += &f.close(unit);
     s
 }
 
@@ -54,25 +90,18 @@ pub fn stacked_bars(
     segments: &[&str],
     bars: &[(String, Vec<f64>)],
 ) -> String {
-    let longest = bars.iter().map(|b| b.0.chars().count()).max().unwrap_or(0);
-    let left = (12.0 + 7.5 * longest as f64).max(230.0);
-    let w = left + 530.0;
-    let bar_h = 34.0;
-    let gap = 14.0;
+    // Room for the legend under the title.
     let top = 76.0;
-    let h = top + bars.len() as f64 * (bar_h + gap) + 40.0;
+    let f = Frame::new(bars.iter().map(|b| b.0.as_str()), bars.len(), top);
+    let (left, span, bar_h, gap) = (f.left, f.span, BAR_H, GAP);
     let total = |parts: &[f64]| parts.iter().map(|v| v.max(0.0)).sum::<f64>();
     let max = bars
         .iter()
         .map(|b| total(&b.1))
         .fold(0.0f64, f64::max)
         .max(1e-9);
-    let span = w - left - 90.0;
     let colors = ["#2b6cb0", "#b7791f", "#2f855a", "#9b2c2c", "#6b46c1"];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"12\" y=\"26\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
-        esc(title)
-    );
+    let mut s = f.open(title);
     for (k, name) in segments.iter().enumerate() {
         let x = left + 90.0 * k as f64;
         s += &format!(
@@ -108,11 +137,7 @@ pub fn stacked_bars(
             total(parts)
         );
     }
-    s += &format!(
-        "<text x=\"{left}\" y=\"{}\" fill=\"#555\">{}</text>\n</svg>\n",
-        h - 12.0,
-        esc(unit)
-    );
+    s += &f.close(unit);
     s
 }
 
