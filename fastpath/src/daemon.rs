@@ -372,11 +372,7 @@ impl State {
                         })
                         .collect(),
                     stage_packets: s.stage_packets,
-                    packets_per_poll: if s.stage_polls == 0 {
-                        0.0
-                    } else {
-                        s.stage_packets as f64 / s.stage_polls as f64
-                    },
+                    packets_per_poll: s.packets_per_poll(),
                 }
             })
             .collect()

@@ -244,6 +244,18 @@ pub struct LcoreStats {
 /// `decide` is the move of the burst to the output's buffer.
 pub const STAGES: [&str; 5] = ["rx", "parse", "prefetch", "decide", "tx"];
 
+/// Indices into [`STAGES`], for [`StageClock::end`].
+pub mod stage {
+    /// The rx burst.
+    pub const RX: usize = 0;
+    /// Flow keys and hashes.
+    pub const PARSE: usize = 1;
+    /// Flow-cache slots.
+    pub const PREFETCH: usize = 2;
+    /// Cache or pipeline, rewrite, queueing.
+    pub const DECIDE: usize = 3;
+}
+
 /// One busy poll in this many is timed stage by stage (five more reads of
 /// the time-stamp counter, a few cycles per packet of that poll), so that
 /// the breakdown costs the others nothing but a counter.
@@ -507,6 +519,15 @@ impl LcoreSnapshot {
                 self.stage_cycles[k] as f64 / self.stage_packets as f64
             }
         })
+    }
+
+    /// Packets per sampled poll (0 without any).
+    pub fn packets_per_poll(&self) -> f64 {
+        if self.stage_polls == 0 {
+            0.0
+        } else {
+            self.stage_packets as f64 / self.stage_polls as f64
+        }
     }
 
     /// Busy cycles per packet (0 without packets).

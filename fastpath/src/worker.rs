@@ -47,7 +47,7 @@ use crate::ovn::cache::{EntryDrop, FlowEntry, Probe};
 use crate::ovn::lcore::OvnLcore;
 use crate::ovn::DropCause;
 use crate::pipeline::{Pipeline, PortIndex};
-use crate::stats::{DropReason, LcoreStats, StageClock};
+use crate::stats::{stage, DropReason, LcoreStats, StageClock};
 use crate::tables::WorkerTables;
 use crate::tunnel::{self, MtuVerdict, TunnelError};
 use crate::underlay::{ArpOutcome, ArpThrottle, NextHopError, Underlay};
@@ -238,7 +238,7 @@ impl Worker {
                 round_packets += n;
                 let mut clock = StageClock::new(busy_polls, t0);
                 busy_polls += 1;
-                clock.end(0);
+                clock.end(stage::RX);
                 let pc = &stats.ports[q.port];
                 let mut bytes = 0u64;
                 for m in burst.as_slice() {
@@ -258,7 +258,7 @@ impl Worker {
                                     let _ = buf.push(m);
                                 }
                             }
-                            clock.end(3);
+                            clock.end(stage::DECIDE);
                             flush(buf, out, &port_ids, tx_queue, &stats);
                         }
                         None => {
@@ -286,9 +286,9 @@ impl Worker {
                             } else {
                                 stage_burst(&mut burst, q.port, &o.lcore, &mut staged, &stats);
                             }
-                            clock.end(1);
+                            clock.end(stage::PARSE);
                             prefetch_staged(&mut staged, &o.lcore, o.conntrack.conntrack());
-                            clock.end(2);
+                            clock.end(stage::PREFETCH);
                             let mut hits = 0u64;
                             let ahead = o.lcore.tracks_connections();
                             for (i, m) in burst.drain().enumerate() {
@@ -310,7 +310,7 @@ impl Worker {
                             }
                             stats.cache.hits.add(hits);
                             o.lcore.end_burst();
-                            clock.end(3);
+                            clock.end(stage::DECIDE);
                             for (out, buf) in tx.iter_mut().enumerate() {
                                 if !buf.is_empty() {
                                     flush(buf, out, &port_ids, tx_queue, &stats);
