@@ -20,6 +20,7 @@
 use crate::ovn_scenarios::{
     compile_tables, lcore_preemptions, ovn_pipeline_args, report_preemptions, wait_tables, Central,
 };
+use crate::ovs::{Ovs, OvsComparison};
 use crate::plot;
 use crate::runner::{
     alternate, floor_round, median_index, plot_path, print_rounds, round_bars, round_label,
@@ -83,6 +84,10 @@ pub struct AclLbRun {
     /// Every round of `--rounds` (one when it is not given); the figures
     /// above are those of the round with the median ratio.
     pub rounds: Vec<RoundFigures>,
+    /// OVS-DPDK with ovn-controller on the same topology and traffic, and
+    /// its port-to-port floor (unless `--no-ovs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ovs: Option<crate::ovs::OvsComparison>,
 }
 
 /// The JSON document of `acl-lb`: the top-level figures are those of the
@@ -429,6 +434,7 @@ fn acl_lb_ovn(run_args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<A
             lcore_preemptions: preempted,
             systems: vec![ovn],
             rounds: Vec::new(),
+            ovs: None,
         })
     })();
     stop_fastpath(fp);
@@ -443,7 +449,52 @@ fn write_json<T: Serialize>(args: &RunArgs, report: &T) -> Result<()> {
     Ok(())
 }
 
-fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
+/// OVS-DPDK with ovn-controller on the acl-lb topology with `n`
+/// established connections, warmed up as the fastpath is (pktgen answering
+/// from the backends), and its port-to-port floor.
+fn acl_lb_ovs(args: &RunArgs, dir: &Path, central: &Central, n: u32) -> Result<OvsComparison> {
+    let run_args = RunArgs {
+        flows: n,
+        ..args.clone()
+    };
+    let warm_up = |ovs: &Ovs| {
+        let warm = RunArgs {
+            rate: WARMUP_RATE,
+            duration: (3.0 * f64::from(n) / WARMUP_RATE).max(1.0),
+            ..run_args.clone()
+        };
+        let mut extra = client_frames();
+        extra.push("--reply".into());
+        let mut previous = u64::MAX;
+        for round in 1..=WARMUP_ROUNDS {
+            let gen = ovs.pktgen(&warm, &extra)?;
+            let conns = ovs.conntrack_count()?;
+            eprintln!(
+                "perf: OVS warm-up round {round}: {} replies sent, {} came back to the client; conntrack: {conns} entries",
+                gen.replies_sent, gen.replies_received
+            );
+            // Settled when a round neither opened nor lost a connection
+            // and every reply made it back (the connections are
+            // established).
+            if conns == previous && gen.replies_received >= gen.replies_sent {
+                break;
+            }
+            previous = conns;
+        }
+        Ok(())
+    };
+    crate::ovs::compare(
+        &run_args,
+        dir,
+        central,
+        ("p1", "p3"),
+        &format!("acl-lb {n} conn"),
+        &client_frames(),
+        warm_up,
+    )
+}
+
+fn acl_lb(args: &RunArgs, dir: &Path, central: &Central, tables: &Path) -> Result<()> {
     let counts: Vec<u32> = match args.connections {
         Some(0) => bail!("--connections must be at least 1"),
         Some(n) => vec![n],
@@ -451,7 +502,11 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     };
     let mut runs = Vec::new();
     for n in counts {
-        runs.push(acl_lb_once(args, dir, tables, n)?);
+        let mut run = acl_lb_once(args, dir, tables, n)?;
+        if !args.no_ovs {
+            run.ovs = Some(acl_lb_ovs(args, dir, central, n)?);
+        }
+        runs.push(run);
     }
     println!();
     println!(
@@ -482,6 +537,11 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
     for r in &runs {
         crate::runner::print_stages(&labelled_systems(r));
     }
+    for r in &runs {
+        if let (Some(o), [floor, fastpath, ..]) = (&r.ovs, labelled_systems(r).as_slice()) {
+            crate::ovs::print_comparison(floor, fastpath, o);
+        }
+    }
     let Some(last) = runs.last().cloned() else {
         bail!("no run");
     };
@@ -507,6 +567,16 @@ fn acl_lb(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
             &format!("xconnect floor ({} flows)", r.connections),
             &format!("acl-lb, {} connections", r.connections),
         ));
+        if let Some(o) = &r.ovs {
+            bars.push((
+                format!("ovs-dpdk port-to-port ({} flows)", r.connections),
+                o.floor.system.cycles_per_packet,
+            ));
+            bars.push((
+                o.scenario.system.system.clone(),
+                o.scenario.system.cycles_per_packet,
+            ));
+        }
     }
     let path = plot_path(args);
     std::fs::write(
@@ -719,7 +789,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     if args.scenario == "new-connections" {
         new_connections(args, dir, &tables)
     } else {
-        acl_lb(args, dir, &tables)
+        acl_lb(args, dir, &central, &tables)
     }
 }
 

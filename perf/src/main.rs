@@ -1,12 +1,14 @@
 //! `perf`: runs data-plane scenarios and compares the fastpath with the floor
-//! (DPDK's own `dpdk-testpmd` in `io` mode on the same kind of ports), in the
+//! (DPDK's own `dpdk-testpmd` in `io` mode on the same kind of ports) and
+//! with OVS-DPDK (with `ovn-controller` on the same OVN topology), in the
 //! same run. `perf run xconnect` starts the fastpath patching two vhost-user
-//! ports on one core and `pktgen` on the other, then testpmd the same way,
-//! and prints busy cycles per packet of each and their ratio.
+//! ports on one core and `pktgen` on the other, then testpmd and OVS-DPDK
+//! the same way, and prints busy cycles per packet of each and their ratios.
 #![forbid(unsafe_code)]
 
 mod ct_scenarios;
 mod ovn_scenarios;
+mod ovs;
 mod plot;
 mod pod_add;
 mod runner;

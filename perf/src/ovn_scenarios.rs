@@ -66,6 +66,10 @@ pub struct OvnReport {
     /// Every round of `--rounds` (one when it is not given); the figures
     /// above are those of the median round.
     pub rounds: Vec<RoundFigures>,
+    /// OVS-DPDK with ovn-controller on the same topology and traffic, and
+    /// its port-to-port floor (l2 and l3, unless `--no-ovs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ovs: Option<crate::ovs::OvsComparison>,
 }
 
 /// The OVN central of a scenario (`ovsdb::testing::OvnCentral`).
@@ -215,6 +219,28 @@ pub(crate) fn ovn_pipeline_args(
     a
 }
 
+/// pktgen's addresses: from p1 to p2 on the same switch, or to p3 through
+/// the router.
+fn frames(routed: bool) -> Vec<String> {
+    let (dst_mac, dst_ip) = if routed {
+        (GW0, "10.0.1.13")
+    } else {
+        (P2, "10.0.0.12")
+    };
+    [
+        "--src-mac",
+        P1,
+        "--dst-mac",
+        dst_mac,
+        "--src-ip",
+        "10.0.0.11",
+        "--dst-ip",
+        dst_ip,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Starts the fastpath with the OVN pipeline, sends the scenario's traffic
 /// and collects its figures.
 fn ovn_phase(
@@ -229,26 +255,7 @@ fn ovn_phase(
     wait_tables(&mut client)?;
     client.call(&Request::ClearStats)?;
     let preempted_before = lcore_preemptions(&mut client)?;
-    let (dst_mac, dst_ip) = if routed {
-        (GW0, "10.0.1.13")
-    } else {
-        (P2, "10.0.0.12")
-    };
-    let gen = run_pktgen(
-        args,
-        dir,
-        "ovn",
-        &[
-            "--src-mac".into(),
-            P1.into(),
-            "--dst-mac".into(),
-            dst_mac.into(),
-            "--src-ip".into(),
-            "10.0.0.11".into(),
-            "--dst-ip".into(),
-            dst_ip.into(),
-        ],
-    )?;
+    let gen = run_pktgen(args, dir, "ovn", &frames(routed))?;
     let lcores: Vec<LcoreInfo> = client.call_as(&Request::Lcores)?;
     let stats: fastpath_api::Stats = client.call_as(&Request::Stats)?;
     stop_fastpath(fp);
@@ -334,6 +341,19 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     };
     let chosen = median_index(&keys, better).context("no round measured")?;
     let (floor, phase, _) = &rounds[chosen];
+    let ovs = if args.no_ovs || new_flows {
+        None
+    } else {
+        Some(crate::ovs::compare(
+            args,
+            dir,
+            &central,
+            ("p1", target),
+            &args.scenario,
+            &frames(routed),
+            |_| Ok(()),
+        )?)
+    };
     let (ovn, l, stats) = (&phase.system, &phase.lcore, &phase.stats);
     let ratio = figures[chosen].ratio;
     let new_flows_per_second = new_flows_per_second(phase);
@@ -354,6 +374,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
         lcore_preemptions: phase.preemptions,
         systems: vec![floor.clone(), ovn.clone()],
         rounds: figures,
+        ovs,
     };
     print_rounds(&report.rounds, chosen);
     println!();
@@ -375,6 +396,9 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     if let Some(n) = new_flows_per_second {
         println!("new flows per second per core: {n:.0}");
     }
+    if let Some(o) = &report.ovs {
+        crate::ovs::print_comparison(floor, ovn, o);
+    }
     if !stats.drops.is_empty() {
         println!("drops: {:?}", stats.drops);
     }
@@ -395,10 +419,13 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
                 args.scenario, args.size
             ),
             "cycles/packet",
-            &round_bars(
-                &report.rounds,
-                "xconnect floor",
-                &format!("ovn {}", args.scenario),
+            &crate::ovs::with_bars(
+                round_bars(
+                    &report.rounds,
+                    "xconnect floor",
+                    &format!("ovn {}", args.scenario),
+                ),
+                report.ovs.as_ref(),
             ),
         ),
     )?;

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 /// Known scenarios and what they measure.
 pub const SCENARIOS: &[(&str, &str)] = &[
-    ("xconnect", "fastpath xconnect between two vhost-user ports vs dpdk-testpmd io mode (the floor)"),
-    ("l2", "OVN pipeline, cache hits: two pods on one logical switch, busy cycles per packet vs the xconnect floor"),
-    ("l3", "OVN pipeline, cache hits: two pods on two switches behind a logical router, vs the xconnect floor"),
+    ("xconnect", "fastpath xconnect between two vhost-user ports vs dpdk-testpmd io mode (the floor) and OVS-DPDK port-to-port"),
+    ("l2", "OVN pipeline, cache hits: two pods on one logical switch, busy cycles per packet vs the xconnect floor, beside OVS-DPDK + ovn-controller"),
+    ("l3", "OVN pipeline, cache hits: two pods on two switches behind a logical router, vs the xconnect floor, beside OVS-DPDK + ovn-controller"),
     ("new-flows", "OVN pipeline, every packet a flow-cache miss (more flows than cache entries): new flows per second per core"),
-    ("acl-lb", "OVN pipeline with conntrack: a stateful NetworkPolicy ACL and a UDP load balancer, established connections (--connections N, default 1, 10000 and 100000), vs the xconnect floor"),
+    ("acl-lb", "OVN pipeline with conntrack: a stateful NetworkPolicy ACL and a UDP load balancer, established connections (--connections N, default 1, 10000 and 100000), vs the xconnect floor, beside OVS-DPDK + ovn-controller"),
     ("new-connections", "OVN pipeline with conntrack: every packet opens a new connection through the ACL and load balancer: new connections per second per core"),
     ("pod-add", "the whole node with --pods-present pods (default 1000) over --nodes nodes: CNI ADD of --adds new pods to their first packet forwarded, and --edits manifest edits (egress_rate) to the new table generation in use"),
     ("tables", "publish-to-acknowledgement latency of table generations with traffic flowing, and the cost of a 10 MB slot"),
@@ -81,6 +81,16 @@ pub struct RunArgs {
     /// Path of dpdk-testpmd.
     #[arg(long, default_value = "dpdk-testpmd")]
     pub testpmd: String,
+    /// xconnect, l2, l3, acl-lb: skip the OVS-DPDK runs (its port-to-port
+    /// floor, and OVS with ovn-controller on the scenario's topology).
+    #[arg(long)]
+    pub no_ovs: bool,
+    /// Path of OVS-DPDK's ovs-vswitchd.
+    #[arg(
+        long,
+        default_value = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
+    )]
+    pub ovs_vswitchd: String,
     /// l2, l3, new-flows, acl-lb, new-connections: measure the floor and
     /// the scenario this many times, alternating which goes first, and
     /// report the round whose figure is the median (every round is
@@ -122,11 +132,11 @@ impl RoundFigures {
 /// Runs `rounds` rounds of `floor` and `scenario`, the floor first in even
 /// rounds (counting from 0) and second in odd ones, so that a drift of the
 /// host's speed favours neither; returns each round's two results.
-pub(crate) fn alternate<T>(
+pub(crate) fn alternate<F, T>(
     rounds: u32,
-    mut floor: impl FnMut(u32) -> Result<SystemResult>,
+    mut floor: impl FnMut(u32) -> Result<F>,
     mut scenario: impl FnMut(u32) -> Result<T>,
-) -> Result<Vec<(SystemResult, T, bool)>> {
+) -> Result<Vec<(F, T, bool)>> {
     let mut out = Vec::new();
     for r in 0..rounds {
         let scenario_first = r % 2 == 1;
@@ -426,6 +436,9 @@ pub struct RunReport {
     pub ratio: Option<f64>,
     /// Every system measured.
     pub systems: Vec<SystemResult>,
+    /// OVS-DPDK's PMD counters of its port-to-port run (unless `--no-ovs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ovs: Option<crate::ovs::PmdStats>,
 }
 
 pub(crate) struct Killer(Option<Child>);
@@ -455,7 +468,7 @@ fn wait_for(path: &Path, what: &str, timeout: Duration, child: &mut Child) -> Re
     Ok(())
 }
 
-fn terminate(child: &mut Child) {
+pub(crate) fn terminate(child: &mut Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -894,19 +907,32 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.scenario, args.size, args.flows, args.duration
     );
     eprintln!(
-        "perf: [1/2] fastpath xconnect on core {}, pktgen on core {}",
+        "perf: [1/3] fastpath xconnect on core {}, pktgen on core {}",
         args.dut_core, args.gen_core
     );
     let mut systems = vec![fastpath_xconnect(&args, dir.path())?];
     if !args.no_floor {
         eprintln!(
-            "perf: [2/2] dpdk-testpmd io on core {}, pktgen on core {}",
+            "perf: [2/3] dpdk-testpmd io on core {}, pktgen on core {}",
             args.dut_core, args.gen_core
         );
         systems.push(testpmd_io(&args, dir.path())?);
     }
+    let mut ovs = None;
+    if !args.no_ovs {
+        eprintln!(
+            "perf: [3/3] OVS-DPDK port-to-port, PMD on core {}, pktgen on core {}",
+            args.dut_core, args.gen_core
+        );
+        let switch = crate::ovs::Ovs::start(&args, &dir.path().join("ovs"))?;
+        switch.port_to_port()?;
+        let run = switch.measure(&args, &switch.floor_dir(), "ovs-dpdk port-to-port", &[])?;
+        drop(switch);
+        systems.push(run.system.clone());
+        ovs = Some(run);
+    }
     let fp = &systems[0];
-    let floor = systems.get(1).map(|s| s.cycles_per_packet);
+    let floor = (!args.no_floor).then(|| systems[1].cycles_per_packet);
     let ratio = floor.filter(|f| *f > 0.0).map(|f| fp.cycles_per_packet / f);
     let report = RunReport {
         scenario: args.scenario.clone(),
@@ -917,6 +943,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         floor_cycles_per_packet: floor,
         ratio,
         systems: systems.clone(),
+        ovs: ovs.map(|r| r.pmd),
     };
     println!();
     println!(
@@ -932,6 +959,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     print_stages(&systems);
     if let Some(r) = ratio {
         println!("\nratio fastpath/floor of busy cycles per packet: {r:.3}");
+    }
+    if let Some(o) = systems.iter().find(|s| s.system.starts_with("ovs-dpdk")) {
+        if o.cycles_per_packet > 0.0 {
+            println!(
+                "ratio fastpath/OVS-DPDK port-to-port of busy cycles per packet: {:.3}",
+                fp.cycles_per_packet / o.cycles_per_packet
+            );
+        }
     }
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
