@@ -423,6 +423,15 @@ pub struct PipelineSection {
     /// the mask of the key bits they depended on; 0: none).
     #[serde(default = "default_megaflows")]
     pub megaflow_entries: usize,
+    /// For `ovn`: one in this many stateless verdicts a megaflow serves
+    /// enters the flow cache (OVS-DPDK's `emc-insert-inv-prob`; 1: every
+    /// one).
+    #[serde(default = "default_insert_inv_prob")]
+    pub flow_cache_insert_inv_prob: u32,
+}
+
+fn default_insert_inv_prob() -> u32 {
+    100
 }
 
 fn default_megaflows() -> usize {
@@ -444,6 +453,7 @@ impl Default for PipelineSection {
             xconnect: Vec::new(),
             flow_cache_entries: default_flow_cache(),
             megaflow_entries: default_megaflows(),
+            flow_cache_insert_inv_prob: default_insert_inv_prob(),
         }
     }
 }

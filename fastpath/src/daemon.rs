@@ -1230,11 +1230,13 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<()> {
             Pipeline::Ovn {
                 cache_entries,
                 megaflow_entries,
+                insert_inv_prob,
             } => {
                 let (tx, rx) = crossbeam::channel::bounded(4);
                 commands.push((w.lcore, tx));
                 let mut lcore = OvnLcore::new(*cache_entries, learned_queue.clone());
                 lcore.set_megaflows(*megaflow_entries);
+                lcore.set_insert_one_in(*insert_inv_prob);
                 lcore.set_uplink(underlay.as_ref().map(|u| u.config.uplink as u16));
                 Some(OvnWorker {
                     lcore,

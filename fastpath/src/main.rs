@@ -35,6 +35,10 @@ struct Cli {
     /// Megaflows per worker (pipeline `ovn`; 0: none).
     #[arg(long)]
     megaflow_entries: Option<usize>,
+    /// One in N stateless verdicts a megaflow serves enters the flow
+    /// cache (pipeline `ovn`; 1: every one).
+    #[arg(long, value_name = "N")]
+    flow_cache_insert_inv_prob: Option<u32>,
     /// Add an xconnect pair: A,B (repeatable).
     #[arg(long = "xconnect", value_name = "A,B")]
     xconnect: Vec<String>,
@@ -129,6 +133,9 @@ fn apply(cli: &Cli, cfg: &mut Config) -> Result<()> {
     }
     if let Some(n) = cli.megaflow_entries {
         cfg.pipeline.megaflow_entries = n;
+    }
+    if let Some(n) = cli.flow_cache_insert_inv_prob {
+        cfg.pipeline.flow_cache_insert_inv_prob = n;
     }
     if let Some(m) = cli.mbufs {
         cfg.mempool.mbufs = m;

@@ -46,6 +46,8 @@ pub enum Pipeline {
         cache_entries: usize,
         /// Megaflows per lcore (0: none).
         megaflow_entries: usize,
+        /// One in this many megaflow-served stateless verdicts is cached.
+        insert_inv_prob: u32,
     },
 }
 
@@ -56,6 +58,7 @@ impl Pipeline {
             "ovn" => Pipeline::Ovn {
                 cache_entries: cfg.pipeline.flow_cache_entries,
                 megaflow_entries: cfg.pipeline.megaflow_entries,
+                insert_inv_prob: cfg.pipeline.flow_cache_insert_inv_prob,
             },
             _ => Pipeline::Xconnect(Xconnect::from_config(cfg)),
         }

@@ -1038,9 +1038,19 @@ fn megaflows_decide_as_the_interpreter_does() {
         let mut mega = OvnLcore::new(1 << 16, learned.clone());
         mega.set_megaflows(4096);
         mega.set_program(Some(program.clone()));
+        // Megaflows too, but only one verdict they serve in three enters
+        // the flow cache: the others are made in the scratch entry.
+        let mut sparse = OvnLcore::new(1 << 16, learned.clone());
+        sparse.set_megaflows(4096);
+        sparse.set_insert_one_in(3);
+        sparse.set_program(Some(program.clone()));
         let mut plain = OvnLcore::new(1 << 16, learned);
         plain.set_program(Some(program.clone()));
-        let (cm, cp) = (CacheCounters::default(), CacheCounters::default());
+        let (cm, cp, cs) = (
+            CacheCounters::default(),
+            CacheCounters::default(),
+            CacheCounters::default(),
+        );
         let mut compared = 0;
         for round in 0..6_000u32 {
             let src = &pods[next() as usize % pods.len()];
@@ -1148,10 +1158,26 @@ fn megaflows_decide_as_the_interpreter_does() {
                     format!("{:?}", d.generated),
                 )
             });
+            let c = sparse
+                .decide(&key, pkt_len, u64::from(round), &cs)
+                .map(|d| {
+                    (
+                        d.entry.outputs.clone(),
+                        d.entry.drop,
+                        d.entry.meters.clone(),
+                        format!("{:?}", d.generated),
+                    )
+                });
             assert_eq!(
                 a,
                 b,
                 "{topology}: {}",
+                fastpath::ovn::trace::describe_key(&key)
+            );
+            assert_eq!(
+                c,
+                b,
+                "{topology}, one in three cached: {}",
                 fastpath::ovn::trace::describe_key(&key)
             );
             compared += 1;
@@ -1164,5 +1190,14 @@ fn megaflows_decide_as_the_interpreter_does() {
         );
         assert!(compared > 5_000, "{topology}: {compared}");
         assert!(served > 1_000, "{topology}: only {served} megaflow hits");
+        // Every verdict the megaflows served became an entry of `mega`'s
+        // cache, one in three (about) of `sparse`'s.
+        let (all, some) = (mega.cache.len() as f64, sparse.cache.len() as f64);
+        let expected = all - served as f64 * 2.0 / 3.0;
+        eprintln!("{topology}: {all} cache entries, {some} with one in three cached");
+        assert!(
+            (some - expected).abs() < served as f64 / 10.0,
+            "{topology}: {some} entries, about {expected} expected"
+        );
     }
 }

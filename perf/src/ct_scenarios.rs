@@ -159,6 +159,14 @@ pub struct NewConnectionsReport {
     pub rounds: Vec<RoundFigures>,
     /// Every system measured.
     pub systems: Vec<SystemResult>,
+    /// OVS-DPDK with ovn-controller sent the same new connections (its
+    /// conntrack flushed before each round), and its port-to-port floor
+    /// (unless `--no-ovs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ovs: Option<OvsComparison>,
+    /// OVS's new connections per second of busy time on its PMD core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ovs_new_connections_per_second: Option<f64>,
 }
 
 impl Central {
@@ -656,7 +664,7 @@ fn new_connections_phase(
     })
 }
 
-fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
+fn new_connections(args: &RunArgs, dir: &Path, central: &Central, tables: &Path) -> Result<()> {
     let n = match args.connections {
         Some(0) => bail!("--connections must be at least 1"),
         Some(n) => n,
@@ -700,6 +708,24 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         .nth(chosen)
         .context("no round measured")?;
     let per_second = phase.per_second();
+    let ovs = if args.no_ovs {
+        None
+    } else {
+        let mut extra = client_frames();
+        extra.extend(["--packets".into(), n.to_string()]);
+        Some(crate::ovs::compare(
+            &run_args,
+            dir,
+            central,
+            ("p1", "p3"),
+            "new-connections",
+            &extra,
+            Ovs::flush_conntrack,
+        )?)
+    };
+    let ovs_per_second = ovs
+        .as_ref()
+        .map(|o| o.scenario.per_second(phase.stats.tsc_hz));
     let NewConnectionsPhase {
         gen,
         lcore: l,
@@ -729,6 +755,8 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         lcore_preemptions: preempted,
         systems: vec![floor, ovn],
         rounds: figures,
+        ovs,
+        ovs_new_connections_per_second: ovs_per_second,
     };
     println!();
     println!(
@@ -755,6 +783,16 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
         "new connections per second per core: {:.0}",
         report.new_connections_per_second
     );
+    if let (Some(o), Some(rate)) = (&report.ovs, report.ovs_new_connections_per_second) {
+        crate::ovs::print_comparison(&report.systems[0], &report.systems[1], o);
+        println!(
+            "OVS-DPDK + ovn-controller: {rate:.0} new connections per second per core ({} \
+             conntrack entries after {} packets); the fastpath opens {:.2} × as many",
+            o.scenario.conntrack_entries,
+            o.scenario.pmd.packets,
+            report.new_connections_per_second / rate.max(f64::MIN_POSITIVE)
+        );
+    }
     if !report.drops.is_empty() {
         println!("drops: {:?}", report.drops);
     }
@@ -768,7 +806,10 @@ fn new_connections(args: &RunArgs, dir: &Path, tables: &Path) -> Result<()> {
                 args.size
             ),
             "cycles/packet",
-            &round_bars(&report.rounds, "xconnect floor", "new connection"),
+            &crate::ovs::with_bars(
+                round_bars(&report.rounds, "xconnect floor", "new connection"),
+                report.ovs.as_ref(),
+            ),
         ),
     )?;
     eprintln!("perf: wrote {}", path.display());
@@ -787,7 +828,7 @@ pub fn run(args: &RunArgs, dir: &Path) -> Result<()> {
     let tables = dir.join("tables");
     compile_tables(&central, &tables, &[("p1", 0), ("p3", 1)])?;
     if args.scenario == "new-connections" {
-        new_connections(args, dir, &tables)
+        new_connections(args, dir, &central, &tables)
     } else {
         acl_lb(args, dir, &central, &tables)
     }

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a scenario.
-    Run(runner::RunArgs),
+    Run(Box<runner::RunArgs>),
     /// List the scenarios.
     List,
 }
@@ -37,7 +37,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let r: Result<()> = match cli.cmd {
-        Cmd::Run(args) => runner::run(args),
+        Cmd::Run(args) => runner::run(*args),
         Cmd::List => {
             for (name, what) in runner::SCENARIOS {
                 println!("{name:<16} {what}");

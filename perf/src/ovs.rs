@@ -115,6 +115,21 @@ pub struct OvsRun {
     pub system: SystemResult,
     /// OVS's PMD counters.
     pub pmd: PmdStats,
+    /// Connections in OVS's conntrack after the run (all zones).
+    pub conntrack_entries: u64,
+}
+
+impl OvsRun {
+    /// Packets per second of busy time on the PMD core, for a TSC of
+    /// `tsc_hz` (OVS counts its cycles with the TSC): the rate of the
+    /// scenarios where every packet is new (a flow, a connection).
+    pub fn per_second(&self, tsc_hz: u64) -> f64 {
+        if self.pmd.cycles_per_packet > 0.0 {
+            tsc_hz as f64 / self.pmd.cycles_per_packet
+        } else {
+            0.0
+        }
+    }
 }
 
 /// OVS-DPDK beside a fastpath scenario: its own floor and the scenario,
@@ -465,6 +480,12 @@ impl Ovs {
             .with_context(|| format!("dpctl/ct-get-nconns answered {text:?}"))
     }
 
+    /// Forgets every connection of OVS's conntrack.
+    pub fn flush_conntrack(&self) -> Result<()> {
+        self.appctl(&["dpctl/flush-conntrack"])?;
+        Ok(())
+    }
+
     /// Zeroes the PMD counters.
     pub fn clear_stats(&self) -> Result<()> {
         self.appctl(&["dpif-netdev/pmd-stats-clear"])?;
@@ -490,6 +511,7 @@ impl Ovs {
         self.clear_stats()?;
         let gen = run_pktgen(args, sockets, "ovs", extra)?;
         let pmd = self.pmd_stats()?;
+        let conntrack_entries = self.conntrack_count()?;
         if gen.received == 0 {
             bail!(
                 "{name}: no packet came back through OVS (logs in {})",
@@ -508,6 +530,7 @@ impl Ovs {
                 packets_per_poll: 0.0,
             },
             pmd,
+            conntrack_entries,
         })
     }
 
@@ -541,8 +564,9 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 /// Measures OVS's floor and OVS + `ovn-controller` on `central`'s
 /// topology, the generator's logical ports `a` (it sends there) and `b`
 /// (it receives there), pktgen given `extra` (the scenario's addresses) in
-/// the OVN runs; `prepare` runs on the chassis before the measurements (a
-/// warm-up). `--rounds` rounds, alternating which goes first as the
+/// the OVN runs; `before_scenario` runs on the chassis before each
+/// measurement of the scenario (a warm-up, or forgetting the connections
+/// of the round before). `--rounds` rounds, alternating which goes first as the
 /// fastpath's do; the round of the median ratio is reported. OVS runs in
 /// `dir/ovs` and is stopped before this returns.
 pub fn compare(
@@ -552,13 +576,12 @@ pub fn compare(
     ports: (&str, &str),
     name: &str,
     extra: &[String],
-    prepare: impl FnOnce(&Ovs) -> Result<()>,
+    mut before_scenario: impl FnMut(&Ovs) -> Result<()>,
 ) -> Result<OvsComparison> {
     eprintln!("perf: OVS-DPDK ({name}): starting it and binding the ports");
     let mut ovs = Ovs::start(args, &dir.join("ovs"))?;
     ovs.port_to_port()?;
     ovs.ovn_chassis(central, ports.0, ports.1)?;
-    prepare(&ovs)?;
     let what = |r: u32, system: &str| {
         eprintln!(
             "perf: {}{system}, PMD on core {}, pktgen on core {}",
@@ -574,6 +597,7 @@ pub fn compare(
             ovs.measure(args, &ovs.floor_dir(), "ovs-dpdk port-to-port", &[])
         },
         |r| {
+            before_scenario(&ovs)?;
             what(r, &format!("OVS-DPDK + ovn-controller ({name})"));
             ovs.measure(args, ovs.dir(), &format!("ovs-dpdk + ovn {name}"), extra)
         },
@@ -736,6 +760,7 @@ main thread:
                 packets_per_poll: 0.0,
             },
             pmd: PmdStats::default(),
+            conntrack_entries: 0,
         };
         let comparison = OvsComparison {
             floor: run("ovs-dpdk port-to-port", 200.0),

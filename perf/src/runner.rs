@@ -65,6 +65,11 @@ pub struct RunArgs {
     /// without megaflows (every flow-cache miss runs the interpreter).
     #[arg(long)]
     pub no_megaflows: bool,
+    /// l2, l3, new-flows, acl-lb, new-connections: the fastpath caches one
+    /// in N stateless verdicts a megaflow serves (its
+    /// `--flow-cache-insert-inv-prob`; unset: the fastpath's default).
+    #[arg(long, value_name = "N")]
+    pub insert_inv_prob: Option<u32>,
     /// pod-add: pods in the manifests before the measured ones.
     #[arg(long, default_value_t = 1000)]
     pub pods_present: usize,

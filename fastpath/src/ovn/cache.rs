@@ -207,6 +207,17 @@ impl Outputs {
         };
     }
 
+    /// Makes these outputs a copy of `other` in place: a unicast output
+    /// is overwritten where it lies, a vector keeps its allocation.
+    #[inline]
+    pub fn assign(&mut self, other: &Outputs) {
+        match (&mut *self, other) {
+            (Outputs::One(a), Outputs::One(b)) => *a = *b,
+            (Outputs::Many(v), Outputs::Many(w)) => v.clone_from(w),
+            _ => *self = other.clone(),
+        }
+    }
+
     /// The outputs as a writable slice.
     pub fn as_mut_slice(&mut self) -> &mut [CachedOutput] {
         match self {
@@ -338,6 +349,24 @@ pub struct FlowEntry {
     pub ct: Vec<CachedCt>,
     /// When it was (re)built, in the caller's time unit (TSC cycles).
     pub built_at: u64,
+}
+
+impl FlowEntry {
+    /// Makes this entry a copy of `other` in place: what a slot (or the
+    /// miss path's scratch entry) already holds is overwritten where it
+    /// lies and its vectors keep their allocations, instead of a copy of
+    /// the whole entry being built and moved in.
+    #[inline]
+    pub fn assign(&mut self, other: &FlowEntry) {
+        self.generation = other.generation;
+        self.hits = other.hits;
+        self.fast_ct = other.fast_ct;
+        self.outputs.assign(&other.outputs);
+        self.drop = other.drop;
+        self.meters.clone_from(&other.meters);
+        self.ct.clone_from(&other.ct);
+        self.built_at = other.built_at;
+    }
 }
 
 /// Result of a lookup.
@@ -736,9 +765,15 @@ impl FlowCache {
 
     /// Replaces the entry of a slot (after revalidation).
     pub fn replace(&mut self, slot: u32, entry: FlowEntry) {
+        self.replace_with(slot, |e| *e = entry);
+    }
+
+    /// Replaces the entry of a slot by writing it in place with `fill`.
+    #[inline]
+    pub fn replace_with(&mut self, slot: u32, fill: impl FnOnce(&mut FlowEntry)) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
-            s.hints = Hints::of(&entry);
-            s.entry = entry;
+            fill(&mut s.entry);
+            s.hints = Hints::of(&s.entry);
         }
     }
 
@@ -758,16 +793,33 @@ impl FlowCache {
     /// Installs an entry for `key` (which must not be present). Returns the
     /// slot and whether an entry was evicted to make room.
     pub fn insert(&mut self, key: FlowKey, entry: FlowEntry) -> (u32, bool) {
-        let hash = key_hash(&key);
+        self.insert_with(&key, |e| *e = entry)
+    }
+
+    /// [`FlowCache::insert`] of the entry `fill` writes in place, into
+    /// the slot that takes it (over the evicted entry, if any).
+    #[inline]
+    pub fn insert_with(&mut self, key: &FlowKey, fill: impl FnOnce(&mut FlowEntry)) -> (u32, bool) {
+        let (i, evicted) = self.place(key);
+        let s = &mut self.slots[i as usize];
+        fill(&mut s.entry);
+        s.hints = Hints::of(&s.entry);
+        (i, evicted)
+    }
+
+    /// Indexes `key` (which must not be present) at a slot, evicting an
+    /// entry if there is no room, and gives the slot its key; the caller
+    /// writes its entry. Returns the slot and whether an entry was
+    /// evicted.
+    fn place(&mut self, key: &FlowKey) -> (u32, bool) {
+        let hash = key_hash(key);
         let t = tag(hash);
         let home = self.home(hash);
         let alt = self.alternate(hash);
-        let slot = Slot {
-            key,
-            hash,
-            hints: Hints::of(&entry),
-            entry,
-            referenced: false,
+        let set_key = |s: &mut Slot| {
+            s.key = *key;
+            s.hash = hash;
+            s.referenced = false;
         };
         // Where in the index.
         let (b, w) = match self.buckets[home].free_way() {
@@ -791,13 +843,19 @@ impl FlowCache {
                         .unwrap_or(0);
                     let i = bucket.slots[w];
                     self.buckets[home].set_tag(w, t);
-                    self.slots[i as usize] = slot;
+                    set_key(&mut self.slots[i as usize]);
                     return (i, true);
                 }
             },
         };
         let (i, evicted) = if self.slots.len() < self.capacity {
-            self.slots.push(slot);
+            self.slots.push(Slot {
+                key: *key,
+                referenced: false,
+                hints: Hints::default(),
+                entry: FlowEntry::default(),
+                hash,
+            });
             ((self.slots.len() - 1) as u32, false)
         } else {
             // Clock: skip (and clear) slots used since the hand last passed.
@@ -812,7 +870,7 @@ impl FlowCache {
                 }
             };
             self.unindex(victim);
-            self.slots[victim as usize] = slot;
+            set_key(&mut self.slots[victim as usize]);
             (victim, true)
         };
         self.buckets[b].set_tag(w, t);
@@ -859,6 +917,51 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_entry_assigned_in_place_equals_the_one_it_copies() {
+        let meter = MeterKey(1);
+        let many = FlowEntry {
+            outputs: [entry(1, 4).outputs[0], entry(1, 5).outputs[0]]
+                .into_iter()
+                .collect(),
+            meters: vec![meter, meter],
+            drop: Some(EntryDrop::RemoteOutport),
+            built_at: 9,
+            ..entry(3, 0)
+        };
+        let one = FlowEntry {
+            hits: 7,
+            ..entry(2, 6)
+        };
+        let none = FlowEntry::default();
+        // Every pair of shapes, each way: one output over two, two over
+        // one, none over either, and the vectors' contents replaced.
+        for from in [&many, &one, &none] {
+            for to in [&many, &one, &none] {
+                let mut e = to.clone();
+                e.assign(from);
+                assert_eq!(&e, from);
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_inserted_in_place_replaces_the_evicted_one() {
+        let mut c = FlowCache::new(2);
+        let mut evictions = 0;
+        for n in 0..20u32 {
+            let (slot, evicted) = c.insert_with(&key(n), |e| e.assign(&entry(1, n as u16)));
+            evictions += u32::from(evicted);
+            assert_eq!(c.lookup(&key(n), 1), Lookup::Hit(slot));
+            assert_eq!(c.entry(slot).outputs[0].port, n as u16);
+            assert_eq!(c.iter().filter(|(k, _)| **k == key(n)).count(), 1);
+            c.replace_with(slot, |e| e.generation = 2);
+            assert_eq!(c.lookup(&key(n), 2), Lookup::Hit(slot));
+        }
+        assert_eq!(c.len(), 2);
+        assert_eq!(evictions, 18);
     }
 
     #[test]

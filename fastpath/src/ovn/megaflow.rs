@@ -190,12 +190,28 @@ impl Megaflows {
         &self,
         key: &FlowKey,
         generation: u64,
-        mut accept: impl FnMut(&[ReplayStep]) -> bool,
+        accept: impl FnMut(&[ReplayStep]) -> bool,
     ) -> Option<(FlowEntry, u32)> {
+        let i = self.find_with(key, generation, accept)?;
+        let mut e = FlowEntry::default();
+        self.fill_for(i, key, &mut e);
+        Some((e, i))
+    }
+
+    /// The index of the megaflow [`Megaflows::lookup_with`] would serve
+    /// `key` from, without making its entry (see
+    /// [`Megaflows::fill_for`]).
+    #[inline]
+    pub fn find_with(
+        &self,
+        key: &FlowKey,
+        generation: u64,
+        mut accept: impl FnMut(&[ReplayStep]) -> bool,
+    ) -> Option<u32> {
         if generation != self.generation {
             return None;
         }
-        let i = self.subtables.iter().find_map(|st| {
+        self.subtables.iter().find_map(|st| {
             let mut i = st.flows.get(&st.mask.apply(key)).copied()?;
             while let Some(m) = self.flows.get(i as usize) {
                 if m.ct.is_empty() || accept(&m.ct) {
@@ -204,9 +220,7 @@ impl Megaflows {
                 i = m.next;
             }
             None
-        })?;
-        let m = self.flows.get(i as usize)?;
-        Some((self.made_for(m, key), i))
+        })
     }
 
     /// The conntrack calls of megaflow `index`.
@@ -214,9 +228,16 @@ impl Megaflows {
         self.flows.get(index as usize).map_or(&[], |m| &m.ct)
     }
 
-    /// The entry of `m` made for `key`.
-    fn made_for(&self, m: &Megaflow, key: &FlowKey) -> FlowEntry {
-        let mut e = m.entry.clone();
+    /// Writes the entry of megaflow `index` made for `key` (its outputs'
+    /// final keys and tunnel flow hashes) into `e`, in place (a slot of
+    /// the flow cache, or a scratch entry): no copy of the entry is built
+    /// and moved. Nothing is written for an index that is not a megaflow.
+    #[inline]
+    pub fn fill_for(&self, index: u32, key: &FlowKey, e: &mut FlowEntry) {
+        let Some(m) = self.flows.get(index as usize) else {
+            return;
+        };
+        e.assign(&m.entry);
         let own = key.words();
         for (o, changed) in e.outputs.as_mut_slice().iter_mut().zip(&m.changed) {
             // The bytes the output changed are in the mask: the rest of
@@ -225,14 +246,11 @@ impl Megaflows {
             for ((f, k), c) in fin.iter_mut().zip(own).zip(changed.0) {
                 *f = (*f & c) | (k & !c);
             }
-            let mut bytes = [0u8; FlowKey::LEN];
-            bytes.copy_from_slice(bytemuck::cast_slice(&fin));
-            o.rewrite.key = FlowKey::from_bytes(bytes);
+            o.rewrite.key.set_words(&fin);
             if let Some(t) = o.tunnel.as_mut() {
                 t.flow_hash = tunnel_flow_hash(key);
             }
         }
-        e
     }
 
     /// Keeps `entry`, computed for `key` with program generation
