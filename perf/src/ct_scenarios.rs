@@ -550,6 +550,25 @@ fn acl_lb(args: &RunArgs, dir: &Path, central: &Central, tables: &Path) -> Resul
             crate::ovs::print_comparison(floor, fastpath, o);
         }
     }
+    if runs.iter().any(|r| r.ovs.is_some()) {
+        println!(
+            "\n{:>12} {:>12} {:>9} {:>12} {:>9} {:>14}",
+            "CONNECTIONS", "FASTPATH", "× FLOOR", "OVS-DPDK", "× FLOOR", "FASTPATH / OVS"
+        );
+        for r in &runs {
+            let Some(o) = &r.ovs else { continue };
+            let ovs = o.scenario.system.cycles_per_packet;
+            println!(
+                "{:>12} {:>12.1} {:>9.3} {:>12.1} {:>9.3} {:>14.3}",
+                r.connections,
+                r.cycles_per_packet,
+                r.ratio,
+                ovs,
+                o.ratio,
+                r.cycles_per_packet / ovs.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
     let Some(last) = runs.last().cloned() else {
         bail!("no run");
     };

@@ -38,6 +38,9 @@ const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 /// two vhost-user ports fits with room to spare).
 const SOCKET_MEM_MB: u32 = 512;
 
+/// Lines of each OVS log an error quotes.
+const LOG_TAIL: usize = 8;
+
 /// The chassis name `ovn-controller` registers.
 pub(crate) const SYSTEM_ID: &str = "ovs-perf";
 
@@ -277,7 +280,7 @@ impl Ovs {
         while !path.exists() {
             for (name, c) in &mut self.children {
                 if let Ok(Some(st)) = c.try_wait() {
-                    bail!("{name} exited ({st}); its log is in {}", self.dir.display());
+                    bail!("{name} exited ({st}){}", log_tails(&self.dir));
                 }
             }
             if start.elapsed() > Duration::from_secs(60) {
@@ -456,13 +459,13 @@ impl Ovs {
             }
             if let Some((name, c)) = self.children.last_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    bail!("{name} exited ({st}); its log is in {}", self.dir.display());
+                    bail!("{name} exited ({st}){}", log_tails(&self.dir));
                 }
             }
             if start.elapsed() > Duration::from_secs(60) {
                 bail!(
-                    "ovn-controller did not bind {a} and {b} within 60 s (log in {})",
-                    self.dir.display()
+                    "ovn-controller did not bind {a} and {b} within 60 s{}",
+                    log_tails(&self.dir)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -514,8 +517,8 @@ impl Ovs {
         let conntrack_entries = self.conntrack_count()?;
         if gen.received == 0 {
             bail!(
-                "{name}: no packet came back through OVS (logs in {})",
-                self.dir.display()
+                "{name}: no packet came back through OVS{}",
+                log_tails(&self.dir)
             );
         }
         Ok(OvsRun {
@@ -538,6 +541,24 @@ impl Ovs {
     pub fn pktgen(&self, args: &RunArgs, extra: &[String]) -> Result<GenReport> {
         run_pktgen(args, &self.dir, "ovs", extra)
     }
+}
+
+/// The last lines of every log of the OVS in `dir`, for an error message
+/// (the directory goes with the run).
+fn log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    for log in ["ovsdb-server.log", "ovs-vswitchd.log", "ovn-controller.log"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(log)) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("\n--- last lines of {log}:"));
+        for l in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+            out.push('\n');
+            out.push_str(l);
+        }
+    }
+    out
 }
 
 /// Runs a command to completion; its stderr in the error when it fails.
@@ -744,6 +765,19 @@ main thread:
         // A figure that is not a number is refused, not read as zero.
         let garbled = SHOW.replace("237.20 (", "n/a (");
         assert_eq!(PmdStats::parse(&garbled), None);
+    }
+
+    #[test]
+    fn an_error_quotes_the_end_of_each_log_there_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(dir.path().join("ovs-vswitchd.log"), log).unwrap();
+        let tails = log_tails(dir.path());
+        assert!(tails.starts_with("\n--- last lines of ovs-vswitchd.log:"));
+        assert!(tails.contains("line 13\n") && tails.ends_with("line 20"));
+        assert!(!tails.contains("line 12\n"));
+        assert!(!tails.contains("ovn-controller"));
+        assert_eq!(log_tails(&dir.path().join("nothing")), "");
     }
 
     #[test]

@@ -474,9 +474,13 @@ fn wait_for(path: &Path, what: &str, timeout: Duration, child: &mut Child) -> Re
 }
 
 pub(crate) fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
+        .stderr(Stdio::null())
         .status();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
