@@ -354,6 +354,20 @@ pub struct CacheCounters {
     pub entries: Counter,
 }
 
+impl CacheCounters {
+    /// Counts a packet whose cached entry could not serve it and was made
+    /// again: a revalidation when a table change made it stale, else a
+    /// miss.
+    #[inline]
+    pub fn count_rerun(&self, by_generation: bool) {
+        if by_generation {
+            self.revalidations.add(1);
+        } else {
+            self.misses.add(1);
+        }
+    }
+}
+
 impl LcoreStats {
     /// Counters for an lcore that may touch `nports` ports.
     pub fn new(lcore: u32, queues: Vec<String>, nports: usize) -> Self {

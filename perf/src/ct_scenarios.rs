@@ -365,6 +365,20 @@ fn acl_lb_once(args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclL
     Ok(run)
 }
 
+/// The warm-up's pktgen settings for `n` connections: every flow about
+/// three times per round at [`WARMUP_RATE`], answered from the backend
+/// side (`--reply`) so that each connection sees a reply.
+fn warm_up(run_args: &RunArgs, n: u32) -> (RunArgs, Vec<String>) {
+    let warm = RunArgs {
+        rate: WARMUP_RATE,
+        duration: (3.0 * f64::from(n) / WARMUP_RATE).max(1.0),
+        ..run_args.clone()
+    };
+    let mut extra = client_frames();
+    extra.push("--reply".into());
+    (warm, extra)
+}
+
 /// One measurement of the OVN pipeline with `n` established connections
 /// (the floor figures are left for the caller).
 fn acl_lb_ovn(run_args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<AclLbRun> {
@@ -380,13 +394,7 @@ fn acl_lb_ovn(run_args: &RunArgs, dir: &Path, tables: &Path, n: u32) -> Result<A
     let r = (|| {
         // Warm-up: pktgen answers every packet from the backend side, so
         // each connection sees a reply and becomes established.
-        let warm = RunArgs {
-            rate: WARMUP_RATE,
-            duration: (3.0 * f64::from(n) / WARMUP_RATE).max(1.0),
-            ..run_args.clone()
-        };
-        let mut extra = client_frames();
-        extra.push("--reply".into());
+        let (warm, extra) = warm_up(run_args, n);
         let (mut entries, mut est, mut previous) = (0, 0, usize::MAX);
         for round in 1..=WARMUP_ROUNDS {
             let gen = run_pktgen(&warm, dir, "warm", &extra)?;
@@ -466,13 +474,7 @@ fn acl_lb_ovs(args: &RunArgs, dir: &Path, central: &Central, n: u32) -> Result<O
         ..args.clone()
     };
     let warm_up = |ovs: &Ovs| {
-        let warm = RunArgs {
-            rate: WARMUP_RATE,
-            duration: (3.0 * f64::from(n) / WARMUP_RATE).max(1.0),
-            ..run_args.clone()
-        };
-        let mut extra = client_frames();
-        extra.push("--reply".into());
+        let (warm, extra) = warm_up(&run_args, n);
         let mut previous = u64::MAX;
         for round in 1..=WARMUP_ROUNDS {
             let gen = ovs.pktgen(&warm, &extra)?;

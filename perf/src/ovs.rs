@@ -157,6 +157,9 @@ pub struct OvsComparison {
 pub struct Ovs {
     dir: PathBuf,
     db: String,
+    /// The generator's core, where every OVS process but the PMD thread
+    /// runs (none of them on the core measured).
+    gen_core: u32,
     /// Started processes, stopped in reverse order on drop.
     children: Vec<(&'static str, Child)>,
 }
@@ -172,7 +175,8 @@ impl Drop for Ovs {
 impl Ovs {
     /// Starts the database and `ovs-vswitchd` (from `args.ovs_vswitchd`)
     /// in `dir` (created): DPDK on, the PMD thread on the DUT core, the
-    /// other threads on the generator's core.
+    /// other threads (and the other OVS processes) on the generator's
+    /// core.
     pub fn start(args: &RunArgs, dir: &Path) -> Result<Ovs> {
         if !Path::new(&args.ovs_vswitchd).exists() {
             bail!(
@@ -195,10 +199,11 @@ impl Ovs {
         let mut ovs = Ovs {
             dir: dir.to_path_buf(),
             db: format!("unix:{}", db_sock.display()),
+            gen_core: args.gen_core,
             children: Vec::new(),
         };
         let server = ovs
-            .command("ovsdb-server")
+            .pinned("ovsdb-server")
             .arg(&conf)
             .arg(format!("--remote=punix:{}", db_sock.display()))
             .arg(format!(
@@ -229,9 +234,7 @@ impl Ovs {
             ),
         ])?;
         let vswitchd = ovs
-            .command("taskset")
-            .args(["-c", &args.gen_core.to_string()])
-            .arg(&args.ovs_vswitchd)
+            .pinned(&args.ovs_vswitchd)
             .arg(&ovs.db)
             .arg(format!("--unixctl={}", ovs.vswitchd_ctl().display()))
             .arg(format!(
@@ -271,6 +274,14 @@ impl Ovs {
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        c
+    }
+
+    /// [`Ovs::command`] of `program` started on the generator's core
+    /// (`taskset`, which then runs it in its own place).
+    fn pinned(&self, program: &str) -> Command {
+        let mut c = self.command("taskset");
+        c.args(["-c", &self.gen_core.to_string()]).arg(program);
         c
     }
 
@@ -431,7 +442,7 @@ impl Ovs {
             [("a.sock", Some(a)), ("b.sock", Some(b))],
         )?;
         let controller = self
-            .command("ovn-controller")
+            .pinned("ovn-controller")
             .arg(&self.db)
             .arg(format!(
                 "--log-file={}",

@@ -248,11 +248,7 @@ impl OvnLcore {
         };
         match stale {
             Some((slot, by_generation)) => {
-                if by_generation {
-                    counters.revalidations.add(1);
-                } else {
-                    counters.misses.add(1);
-                }
+                counters.count_rerun(by_generation);
                 self.cache.replace_with(slot, fill);
                 Decision::missed(self.cache.entry(slot), &self.generated, &self.frame_nat)
             }
@@ -570,11 +566,7 @@ impl OvnLcore {
         entry.hits = 1;
         match stale {
             Some((slot, by_generation)) => {
-                if by_generation {
-                    counters.revalidations.add(1);
-                } else {
-                    counters.misses.add(1);
-                }
+                counters.count_rerun(by_generation);
                 if cacheable {
                     self.cache.replace(slot, entry);
                     return Some(Decision::missed(
