@@ -501,15 +501,11 @@ impl OvnLcore {
         if let Some(index) = found.filter(|i| self.megaflows.steps(*i).is_empty()) {
             return Some(self.serve_stateless(index, key, stale, now, counters));
         }
-        let found = found.map(|index| {
-            let mut e = FlowEntry::default();
-            self.megaflows.fill_for(index, key, &mut e);
-            (e, index)
-        });
         let had_megaflow = found.is_some();
-        // A megaflow's entry, once its conntrack calls answered this
-        // packet as they did the first.
-        let served = found.and_then(|(mut e, index)| {
+        // A megaflow's entry, made in the scratch entry, once its
+        // conntrack calls answered this packet as they did the first:
+        // whether it may be cached.
+        let served = found.and_then(|index| {
             let steps = self.megaflows.steps(index);
             let c = ct.as_mut()?;
             begin(c, key);
@@ -519,11 +515,12 @@ impl OvnLcore {
                 counters.megaflow_diverged.add(1);
                 return None;
             }
+            self.megaflows.fill_for(index, key, &mut self.scratch);
             let results = steps.iter().filter_map(|s| match s {
                 ReplayStep::Op { op, .. } => Some(op.result),
                 ReplayStep::Hairpin { .. } => None,
             });
-            let caching = cached_steps(&mut e, results, c.engine);
+            let caching = cached_steps(&mut self.scratch, results, c.engine);
             if caching == Caching::Later {
                 // It made a connection: the next misses likely will too.
                 self.new_in_burst = true;
@@ -532,14 +529,17 @@ impl OvnLcore {
                     ReplayStep::Hairpin { .. } => None,
                 });
             }
-            Some((e, caching == Caching::Now))
+            Some(caching == Caching::Now)
         });
-        let (mut entry, cacheable) = match served {
-            Some(e) => {
+        // The verdict is in the scratch entry from here on: a new
+        // connection's (never cached) is used where it was made, a
+        // cached one is swapped into its slot.
+        let cacheable = match served {
+            Some(cacheable) => {
                 self.generated.clear();
                 self.frame_nat.clear();
                 counters.megaflow_hits.add(1);
-                e
+                cacheable
             }
             None => {
                 let (entry, cacheable, kept) = run(
@@ -559,47 +559,41 @@ impl OvnLcore {
                 if let (Some((mask, steps)), false) = (kept, had_megaflow) {
                     self.megaflows.insert(key, mask, &entry, steps, generation);
                 }
-                (entry, cacheable)
+                self.scratch = entry;
+                cacheable
             }
         };
-        entry.built_at = now;
-        entry.hits = 1;
-        match stale {
+        self.scratch.built_at = now;
+        self.scratch.hits = 1;
+        let scratch = &mut self.scratch;
+        let take = |e: &mut FlowEntry| std::mem::swap(e, scratch);
+        let slot = match stale {
             Some((slot, by_generation)) => {
                 counters.count_rerun(by_generation);
-                if cacheable {
-                    self.cache.replace(slot, entry);
-                    return Some(Decision::missed(
-                        self.cache.entry(slot),
-                        &self.generated,
-                        &self.frame_nat,
-                    ));
-                }
-                // Keep the stale entry out of use: the next packet re-runs.
-                self.scratch = entry;
+                // (Not cacheable: the stale entry stays out of use, and
+                // the next packet runs again.)
+                cacheable.then(|| {
+                    self.cache.replace_with(slot, take);
+                    slot
+                })
             }
             None => {
                 counters.misses.add(1);
-                if cacheable {
-                    let (slot, evicted) = self.cache.insert(*key, entry);
+                cacheable.then(|| {
+                    let (slot, evicted) = self.cache.insert_with(key, take);
                     if evicted {
                         counters.evictions.add(1);
                     }
                     counters.entries.set(self.cache.len() as u64);
-                    return Some(Decision::missed(
-                        self.cache.entry(slot),
-                        &self.generated,
-                        &self.frame_nat,
-                    ));
-                }
-                self.scratch = entry;
+                    slot
+                })
             }
-        }
-        Some(Decision::missed(
-            &self.scratch,
-            &self.generated,
-            &self.frame_nat,
-        ))
+        };
+        let entry = match slot {
+            Some(slot) => self.cache.entry(slot),
+            None => &self.scratch,
+        };
+        Some(Decision::missed(entry, &self.generated, &self.frame_nat))
     }
 }
 
