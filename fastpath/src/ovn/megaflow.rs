@@ -179,28 +179,16 @@ impl Megaflows {
     /// `generation` that matches it, made for `key` (its outputs' final
     /// keys and tunnel flow hashes).
     pub fn lookup(&self, key: &FlowKey, generation: u64) -> Option<FlowEntry> {
-        self.lookup_with(key, generation, |_| false).map(|(e, _)| e)
-    }
-
-    /// [`Megaflows::lookup`] over every variant: a megaflow without
-    /// conntrack calls is served as is, one with calls only when `accept`
-    /// takes them. Returns the entry and the megaflow's index (for
-    /// [`Megaflows::steps`]).
-    pub fn lookup_with(
-        &self,
-        key: &FlowKey,
-        generation: u64,
-        accept: impl FnMut(&[ReplayStep]) -> bool,
-    ) -> Option<(FlowEntry, u32)> {
-        let i = self.find_with(key, generation, accept)?;
+        let i = self.find_with(key, generation, |_| false)?;
         let mut e = FlowEntry::default();
         self.fill_for(i, key, &mut e);
-        Some((e, i))
+        Some(e)
     }
 
-    /// The index of the megaflow [`Megaflows::lookup_with`] would serve
-    /// `key` from, without making its entry (see
-    /// [`Megaflows::fill_for`]).
+    /// The index of the megaflow that serves `key`, over every variant: a
+    /// megaflow without conntrack calls is served as is, one with calls
+    /// only when `accept` takes them. Its entry is made by
+    /// [`Megaflows::fill_for`], its calls are [`Megaflows::steps`].
     #[inline]
     pub fn find_with(
         &self,
