@@ -254,11 +254,7 @@ impl OvnLcore {
             }
             None if insert => {
                 counters.misses.add(1);
-                let (slot, evicted) = self.cache.insert_with(key, fill);
-                if evicted {
-                    counters.evictions.add(1);
-                }
-                counters.entries.set(self.cache.len() as u64);
+                let slot = insert_counted(&mut self.cache, key, fill, counters);
                 Decision::missed(self.cache.entry(slot), &self.generated, &self.frame_nat)
             }
             None => {
@@ -579,14 +575,7 @@ impl OvnLcore {
             }
             None => {
                 counters.misses.add(1);
-                cacheable.then(|| {
-                    let (slot, evicted) = self.cache.insert_with(key, take);
-                    if evicted {
-                        counters.evictions.add(1);
-                    }
-                    counters.entries.set(self.cache.len() as u64);
-                    slot
-                })
+                cacheable.then(|| insert_counted(&mut self.cache, key, take, counters))
             }
         };
         let entry = match slot {
@@ -595,6 +584,23 @@ impl OvnLcore {
         };
         Some(Decision::missed(entry, &self.generated, &self.frame_nat))
     }
+}
+
+/// Inserts the entry `fill` writes for `key` into the flow cache and
+/// counts what that did (an eviction, the entries held); the slot.
+#[inline]
+fn insert_counted(
+    cache: &mut FlowCache,
+    key: &FlowKey,
+    fill: impl FnOnce(&mut FlowEntry),
+    counters: &CacheCounters,
+) -> u32 {
+    let (slot, evicted) = cache.insert_with(key, fill);
+    if evicted {
+        counters.evictions.add(1);
+    }
+    counters.entries.set(cache.len() as u64);
+    slot
 }
 
 /// Touches the connections of a cached entry for a hit: without their
